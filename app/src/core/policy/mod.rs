@@ -1,0 +1,202 @@
+//! Policy as code: the tools and route policies of POLICY.md, loaded from TOML
+//! into typed values (`load`), the decision function (`Policy::decide`) and
+//! policy tests (`expect`). Pure: no I/O beyond reading the text it is given.
+
+mod expect;
+mod load;
+pub mod schema;
+
+pub use expect::{run_expectations, ExpectReport};
+pub use load::{load_policy, PolicyError};
+
+use schema::ArgsSchema;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolKind {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tool {
+    pub name: String,
+    pub kind: ToolKind,
+    pub destructive: bool,
+    /// How to reverse it, or "irreversible".
+    pub undo: String,
+    /// A short template such as "1 ticket of {tenant}".
+    pub blast_radius: String,
+    pub expires_after_seconds: i64,
+    pub execute_within_seconds: i64,
+    pub max_attempts: i64,
+    pub cost_usd: f64,
+    /// Distinct approvals needed (1 for writes; at least 2 for destructive tools).
+    pub approvals: i64,
+    pub args: ArgsSchema,
+}
+
+impl Tool {
+    pub fn is_irreversible(&self) -> bool {
+        self.undo.trim().eq_ignore_ascii_case("irreversible")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budgets {
+    pub steps: i64,
+    pub seconds: i64,
+    pub usd: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub allow_tools: BTreeSet<String>,
+    pub deny_tools: BTreeSet<String>,
+    pub require_approval: BTreeSet<String>,
+    pub auto_approve: BTreeSet<String>,
+    pub budgets: Budgets,
+    pub audit_enabled: bool,
+}
+
+/// Circuit-breaker thresholds (policy `[breakers]`, all optional).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Breakers {
+    /// Denials in a row after which a run is revoked.
+    pub run_denials: i64,
+    /// A route stops releasing when more than this share of its last
+    /// `route_window` executions failed.
+    pub route_failure_share: f64,
+    pub route_window: i64,
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        Self {
+            run_denials: 5,
+            route_failure_share: 0.5,
+            route_window: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub tools: BTreeMap<String, Tool>,
+    pub routes: BTreeMap<String, Route>,
+    pub breakers: Breakers,
+    /// SHA-256 of the source text, hex.
+    pub hash: String,
+    pub source: String,
+}
+
+/// Why a tool is refused on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// Listed in `deny_tools` (beats everything).
+    Denied,
+    /// Not in `allow_tools`, or not declared at all (deny by default).
+    NotAllowed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    RequireApproval { approvals: i64 },
+    Deny(Denial),
+}
+
+impl Policy {
+    /// A policy with no tools and no routes: everything is denied. For
+    /// commands that need no policy.
+    pub fn empty() -> Policy {
+        Policy {
+            tools: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            breakers: Breakers::default(),
+            hash: String::new(),
+            source: String::new(),
+        }
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name)
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.get(name)
+    }
+
+    /// What the gate does with `tool` on `route`. The rules, in order:
+    /// `deny_tools` wins; then deny by default (not allowed or not declared);
+    /// a destructive tool always needs its (≥ 2) approvals; a write tool needs
+    /// one unless the route auto-approves it; a read tool needs approval only
+    /// when the route says so.
+    pub fn decide(&self, route: &Route, tool: &str) -> Decision {
+        if route.deny_tools.contains(tool) {
+            return Decision::Deny(Denial::Denied);
+        }
+        let Some(t) = self.tools.get(tool) else {
+            return Decision::Deny(Denial::NotAllowed);
+        };
+        if !route.allow_tools.contains(tool) {
+            return Decision::Deny(Denial::NotAllowed);
+        }
+        if t.destructive {
+            return Decision::RequireApproval {
+                approvals: t.approvals.max(2),
+            };
+        }
+        match t.kind {
+            ToolKind::Write if route.auto_approve.contains(tool) => Decision::Allow,
+            ToolKind::Write => Decision::RequireApproval {
+                approvals: t.approvals.max(1),
+            },
+            ToolKind::Read if route.require_approval.contains(tool) => Decision::RequireApproval {
+                approvals: t.approvals.max(1),
+            },
+            ToolKind::Read => Decision::Allow,
+        }
+    }
+}
+
+/// Fill a blast-radius template: `{field}` takes the arg's value, `{tenant}`,
+/// `{env}` and `{route}` the proposal's. Unknown names stay as written.
+pub fn render_template(template: &str, args: &Value, tenant: &str, env: &str, route: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = &after[..close];
+        let value = match name {
+            "tenant" => Some(tenant.to_owned()),
+            "env" => Some(env.to_owned()),
+            "route" => Some(route.to_owned()),
+            _ => args.get(name).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        };
+        match value {
+            Some(v) => out.push_str(&v),
+            None => {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+use crate::core::error::Result;
+use crate::core::store::Conn;
+use crate::on;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub state: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub lease_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub leased_at: Option<i64>,
+    pub available_at: i64,
+    pub execute_by: i64,
+    pub result: Option<String>,
+    pub completion: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+const JOB_COLUMNS: &str = "id, proposal_id, tenant, env, route, tool, state, attempt, max_attempts, lease_id, \
+     lease_expires_at, leased_at, available_at, execute_by, result, completion, created_at, finished_at";
+
+pub async fn insert(conn: &mut Conn<'_>, j: &JobRow) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    );
+    on!(conn, c => {
+        sqlx::query(&sql)
+            .bind(&j.id).bind(&j.proposal_id).bind(&j.tenant).bind(&j.env).bind(&j.route).bind(&j.tool)
+            .bind(&j.state).bind(j.attempt).bind(j.max_attempts).bind(&j.lease_id).bind(j.lease_expires_at).bind(j.leased_at)
+            .bind(j.available_at).bind(j.execute_by).bind(&j.result).bind(&j.completion).bind(j.created_at)
+            .bind(j.finished_at)
+            .execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn<'_>, id: &str) -> Result<Option<JobRow>> {
+    let lock = if conn.is_postgres() { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{lock}");
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
+}
+
+pub async fn by_proposal(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Option<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE proposal_id = $1");
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(proposal_id).fetch_optional(&mut **c).await?))
+}
+
+pub async fn by_proposals(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<JobRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE proposal_id IN ("));
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(")");
+        qb.build_query_as::<JobRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// A claimable job: what deciding on holds and leasing it needs.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClaimableRow {
+    pub id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub attempt: i64,
+}
+
+/// Queued jobs of `env` and `tools` that may run now, oldest first, from the
+/// queue's index alone. PostgreSQL locks them and skips rows other claimers
+/// hold.
+pub async fn claimable_rows(
+    conn: &mut Conn<'_>,
+    env: &str,
+    tools: &[String],
+    now: i64,
+    limit: i64,
+) -> Result<Vec<ClaimableRow>> {
+    if tools.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pg = conn.is_postgres();
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT id, proposal_id, tenant, env, route, tool, attempt FROM jobs WHERE state = 'queued' AND env = ");
+        qb.push_bind(env.to_owned());
+        qb.push(" AND available_at <= ").push_bind(now);
+        qb.push(" AND tool IN (");
+        let mut sep = qb.separated(", ");
+        for t in tools {
+            sep.push_bind(t.clone());
+        }
+        sep.push_unseparated(") ORDER BY available_at, id LIMIT ");
+        qb.push_bind(limit);
+        if pg {
+            qb.push(" FOR UPDATE SKIP LOCKED");
+        }
+        qb.build_query_as::<ClaimableRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// Lease many queued jobs in one statement. Each gets the lease id
+/// `lse_<claim>_<job id>`: new at every claim. Returns (job id, lease id) of
+/// those leased.
+pub async fn lease_many(
+    conn: &mut Conn<'_>,
+    ids: &[String],
+    claim: &str,
+    now: i64,
+    until: i64,
+) -> Result<Vec<(String, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
+        qb.push_bind(claim.to_owned());
+        qb.push(" || '_' || id, lease_expires_at = ").push_bind(until);
+        qb.push(", leased_at = ").push_bind(now);
+        qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id IN (");
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(") RETURNING id, lease_id");
+        qb.build_query_as::<(String, String)>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// Extend a live lease; false if the lease is no longer held.
+pub async fn extend_lease(conn: &mut Conn<'_>, id: &str, lease_id: &str, now: i64, until: i64) -> Result<bool> {
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_id = $3 AND state = 'leased' AND lease_expires_at > $4")
+        .bind(until).bind(id).bind(lease_id).bind(now).execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// Record an outcome for a job whose lease `lease_id` is live.
+pub async fn finish(
+    conn: &mut Conn<'_>,
+    id: &str,
+    lease_id: &str,
+    state: &str,
+    result: &str,
+    completion: &str,
+    now: i64,
+) -> Result<bool> {
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET state = $1, result = $2, completion = $3, finished_at = $4, lease_expires_at = NULL \
+         WHERE id = $5 AND lease_id = $6 AND state = 'leased'")
+        .bind(state).bind(result).bind(completion).bind(now).bind(id).bind(lease_id)
+        .execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// What finishing a job answers about it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Finished {
+    pub id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub attempt: i64,
+    pub leased_at: Option<i64>,
+}
+
+/// Finish a job whose live lease is `lease_id`, if it is one of `env` and
+/// `tools`: one statement for the common case.
+#[allow(clippy::too_many_arguments)]
+pub async fn finish_returning(
+    conn: &mut Conn<'_>,
+    id: &str,
+    lease_id: &str,
+    env: &str,
+    tools: &[String],
+    state: &str,
+    result: &str,
+    completion: &str,
+    now: i64,
+) -> Result<Option<Finished>> {
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = ");
+        qb.push_bind(state.to_owned());
+        qb.push(", result = ").push_bind(result.to_owned());
+        qb.push(", completion = ").push_bind(completion.to_owned());
+        qb.push(", finished_at = ").push_bind(now);
+        qb.push(", lease_expires_at = NULL WHERE state = 'leased' AND id = ").push_bind(id.to_owned());
+        qb.push(" AND lease_id = ").push_bind(lease_id.to_owned());
+        qb.push(" AND env = ").push_bind(env.to_owned());
+        qb.push(" AND tool IN (");
+        let mut sep = qb.separated(", ");
+        for t in tools {
+            sep.push_bind(t.clone());
+        }
+        sep.push_unseparated(") RETURNING id, proposal_id, tenant, env, route, tool, attempt, leased_at");
+        qb.build_query_as::<Finished>().fetch_optional(&mut **c).await?
+    }))
+}
+
+/// Offer a job again after `available_at` (retry with backoff, or a lost lease).
+pub async fn requeue(
+    conn: &mut Conn<'_>,
+    id: &str,
+    available_at: i64,
+    result: Option<&str>,
+    completion: Option<&str>,
+) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', lease_id = NULL, lease_expires_at = NULL, available_at = $1, \
+             result = COALESCE($2, result), completion = COALESCE($3, completion) WHERE id = $4")
+            .bind(available_at).bind(result).bind(completion).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+/// Held jobs (approved while a switch or breaker covered them).
+pub async fn held(conn: &mut Conn<'_>, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'held' ORDER BY created_at LIMIT $1");
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(limit).fetch_all(&mut **c).await?))
+}
+
+pub async fn set_state(conn: &mut Conn<'_>, id: &str, from: &str, to: &str, now: i64) -> Result<bool> {
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET state = $1, finished_at = CASE WHEN $1 IN ('succeeded', 'failed', 'expired') THEN $2 ELSE finished_at END \
+         WHERE id = $3 AND state = $4")
+        .bind(to).bind(now).bind(id).bind(from).execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+pub async fn leases_lost(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'leased' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
+}
+
+/// Released but not run in time (queued or held past `execute_by`).
+pub async fn overdue(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'held') AND execute_by <= $1 ORDER BY execute_by LIMIT $2"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
+}
+
+/// How many jobs wait for an executor (the partial index answers it).
+pub async fn count_queued(conn: &mut Conn<'_>) -> Result<i64> {
+    Ok(
+        on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")
+        .fetch_one(&mut **c).await?),
+    )
+}

@@ -1,0 +1,307 @@
+use crate::core::error::Result;
+use crate::core::store::Conn;
+use crate::on;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ProposalRow {
+    pub id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub run_id: String,
+    pub tool: String,
+    pub args: String,
+    pub args_hash: String,
+    pub content_hash: String,
+    pub idempotency_key: Option<String>,
+    pub reason: String,
+    pub preview_before: Option<String>,
+    pub preview_after: Option<String>,
+    pub diff: Option<String>,
+    pub on_behalf_of: Option<String>,
+    pub status: String,
+    pub approvals_required: i64,
+    pub approvals: i64,
+    pub destructive: bool,
+    pub irreversible: bool,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+    pub execute_by: Option<i64>,
+}
+
+pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, args_hash, content_hash, \
+     idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
+     approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by";
+
+/// Insert unless this run already used the idempotency key; true if inserted.
+pub async fn insert_if_new(conn: &mut Conn<'_>, p: &ProposalRow) -> Result<bool> {
+    let sql = format!(
+        "INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT (run_id, idempotency_key) DO NOTHING"
+    );
+    let n = on!(conn, c => {
+        sqlx::query(&sql)
+            .bind(&p.id).bind(&p.tenant).bind(&p.env).bind(&p.route).bind(&p.run_id).bind(&p.tool)
+            .bind(&p.args).bind(&p.args_hash).bind(&p.content_hash).bind(&p.idempotency_key)
+            .bind(&p.reason).bind(&p.preview_before).bind(&p.preview_after).bind(&p.diff)
+            .bind(&p.on_behalf_of).bind(&p.status).bind(p.approvals_required).bind(p.approvals)
+            .bind(p.destructive).bind(p.irreversible).bind(p.created_at).bind(p.expires_at)
+            .bind(p.decided_at).bind(p.execute_by)
+            .execute(&mut **c).await?.rows_affected()
+    });
+    Ok(n == 1)
+}
+
+pub async fn delete(conn: &mut Conn<'_>, id: &str) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("DELETE FROM proposals WHERE id = $1").bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn<'_>, id: &str) -> Result<Option<ProposalRow>> {
+    let sql = format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE id = $1");
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
+}
+
+/// The proposal row, locked for this transaction on PostgreSQL.
+pub async fn get_for_update(conn: &mut Conn<'_>, id: &str) -> Result<Option<ProposalRow>> {
+    let lock = if conn.is_postgres() { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE id = $1{lock}");
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
+}
+
+pub async fn by_idempotency_key(conn: &mut Conn<'_>, run_id: &str, key: &str) -> Result<Option<ProposalRow>> {
+    let sql = format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE run_id = $1 AND idempotency_key = $2");
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(run_id).bind(key).fetch_optional(&mut **c).await?))
+}
+
+/// Move `id` from `from` to `to`; false if it was no longer in `from`.
+pub async fn transition(conn: &mut Conn<'_>, id: &str, from: &str, to: &str, now: i64) -> Result<bool> {
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE proposals SET status = $1, decided_at = COALESCE(decided_at, $2) WHERE id = $3 AND status = $4")
+        .bind(to).bind(now).bind(id).bind(from).execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+pub async fn set_status(conn: &mut Conn<'_>, id: &str, to: &str) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE proposals SET status = $1 WHERE id = $2").bind(to).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+/// What an executor gets of a proposal it runs.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RunFacts {
+    pub id: String,
+    pub args: String,
+    pub args_hash: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Many proposals to one status, answering what their executors need.
+pub async fn set_status_many_returning(conn: &mut Conn<'_>, ids: &[String], to: &str) -> Result<Vec<RunFacts>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
+        qb.push_bind(to.to_owned());
+        qb.push(" WHERE id IN (");
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(") RETURNING id, args, args_hash, idempotency_key");
+        qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// What an execution's audit event and answer need of its proposal.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StatusFacts {
+    pub id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub status: String,
+    pub args_hash: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Set the status and answer the facts, in one statement.
+pub async fn set_status_returning(conn: &mut Conn<'_>, id: &str, to: &str) -> Result<Option<StatusFacts>> {
+    Ok(on!(conn, c => sqlx::query_as::<_, StatusFacts>(
+        "UPDATE proposals SET status = $1 WHERE id = $2 \
+         RETURNING id, tenant, env, route, tool, status, args_hash, idempotency_key")
+        .bind(to).bind(id).fetch_optional(&mut **c).await?))
+}
+
+pub async fn set_approved(
+    conn: &mut Conn<'_>,
+    id: &str,
+    approvals: i64,
+    status: &str,
+    now: i64,
+    execute_by: Option<i64>,
+) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE proposals SET approvals = $1, status = $2, decided_at = $3, execute_by = $4 WHERE id = $5")
+            .bind(approvals).bind(status).bind(now).bind(execute_by).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+pub async fn set_approvals(conn: &mut Conn<'_>, id: &str, approvals: i64) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE proposals SET approvals = $1 WHERE id = $2").bind(approvals).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+/// Pending proposals of `tenants`, oldest first.
+pub async fn pending(conn: &mut Conn<'_>, tenants: &[String], limit: i64) -> Result<Vec<ProposalRow>> {
+    if tenants.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!(
+            "SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE status = 'pending' AND tenant IN ("));
+        let mut sep = qb.separated(", ");
+        for t in tenants {
+            sep.push_bind(t.clone());
+        }
+        sep.push_unseparated(") ORDER BY created_at, id LIMIT ");
+        qb.push_bind(limit);
+        qb.build_query_as::<ProposalRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// Pending proposals whose time is up.
+pub async fn pending_expired(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<ProposalRow>> {
+    let sql = format!(
+        "SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// None: every tenant (admins); Some(empty): nothing.
+    pub tenants: Option<Vec<String>>,
+    pub tenant: Option<String>,
+    pub tool: Option<String>,
+    pub status: Option<String>,
+    /// Someone who decided it, or whom it was for.
+    pub person: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Keyset pagination: rows created before this (created_at, id).
+    pub before: Option<(i64, String)>,
+}
+
+/// Newest first.
+pub async fn history(conn: &mut Conn<'_>, f: &HistoryFilter, limit: i64) -> Result<Vec<ProposalRow>> {
+    if f.tenants.as_ref().is_some_and(|t| t.is_empty()) {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE 1 = 1"));
+        if let Some(ts) = &f.tenants {
+            qb.push(" AND tenant IN (");
+            let mut sep = qb.separated(", ");
+            for t in ts {
+                sep.push_bind(t.clone());
+            }
+            sep.push_unseparated(")");
+        }
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant = ").push_bind(t.clone());
+        }
+        if let Some(t) = &f.tool {
+            qb.push(" AND tool = ").push_bind(t.clone());
+        }
+        if let Some(s) = &f.status {
+            qb.push(" AND status = ").push_bind(s.clone());
+        }
+        if let Some(p) = &f.person {
+            qb.push(" AND (on_behalf_of = ").push_bind(p.clone());
+            qb.push(" OR id IN (SELECT proposal_id FROM decisions WHERE username = ").push_bind(p.clone());
+            qb.push("))");
+        }
+        if let Some(from) = f.from_ms {
+            qb.push(" AND created_at >= ").push_bind(from);
+        }
+        if let Some(to) = f.to_ms {
+            qb.push(" AND created_at < ").push_bind(to);
+        }
+        if let Some((at, id)) = &f.before {
+            qb.push(" AND (created_at < ").push_bind(*at);
+            qb.push(" OR (created_at = ").push_bind(*at);
+            qb.push(" AND id < ").push_bind(id.clone());
+            qb.push("))");
+        }
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(limit);
+        qb.build_query_as::<ProposalRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DecisionRow {
+    pub id: String,
+    pub proposal_id: String,
+    pub user_id: String,
+    pub username: String,
+    pub verdict: String,
+    pub comment: String,
+    pub content_hash: String,
+    pub view_ms: Option<i64>,
+    pub break_glass: bool,
+    pub decided_at: i64,
+}
+
+const DECISION_COLUMNS: &str =
+    "id, proposal_id, user_id, username, verdict, comment, content_hash, view_ms, break_glass, decided_at";
+
+pub async fn insert_decision(conn: &mut Conn<'_>, d: &DecisionRow) -> Result<()> {
+    let sql = format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
+    on!(conn, c => {
+        sqlx::query(&sql)
+            .bind(&d.id).bind(&d.proposal_id).bind(&d.user_id).bind(&d.username).bind(&d.verdict)
+            .bind(&d.comment).bind(&d.content_hash).bind(d.view_ms).bind(d.break_glass).bind(d.decided_at)
+            .execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+pub async fn decisions_of(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Vec<DecisionRow>> {
+    let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE proposal_id = $1 ORDER BY decided_at, id");
+    Ok(on!(conn, c => sqlx::query_as::<_, DecisionRow>(&sql).bind(proposal_id).fetch_all(&mut **c).await?))
+}
+
+/// Decisions of many proposals at once (history pages).
+pub async fn decisions_of_many(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<DecisionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE proposal_id IN ("));
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(") ORDER BY decided_at, id");
+        qb.build_query_as::<DecisionRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// How many proposals are pending (the partial index answers it).
+pub async fn count_pending(conn: &mut Conn<'_>) -> Result<i64> {
+    Ok(
+        on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM proposals WHERE status = 'pending'")
+        .fetch_one(&mut **c).await?),
+    )
+}

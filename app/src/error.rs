@@ -1,0 +1,99 @@
+//! The error type of the browser door: what a server function can answer with,
+//! carried across the wire as JSON. Internals are never in it.
+
+use leptos::server_fn::codec::JsonEncoding;
+use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppError {
+    /// Not signed in, or the session ended.
+    SignedOut,
+    /// Wrong username or password (the same for both).
+    BadLogin(String),
+    Forbidden(String),
+    NotFound,
+    BadRequest(String),
+    Conflict(String),
+    RateLimited(u64),
+    /// Something went wrong on the server; details are in its log.
+    Internal,
+    /// The request did not reach the function (network, encoding).
+    Transport(String),
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppError::SignedOut => f.write_str("You are signed out. Sign in again."),
+            AppError::BadLogin(m) | AppError::Forbidden(m) | AppError::BadRequest(m) | AppError::Conflict(m) => {
+                f.write_str(m)
+            }
+            AppError::NotFound => f.write_str("Not found."),
+            AppError::RateLimited(s) => write!(f, "Too many attempts. Try again in {s} s."),
+            AppError::Internal => f.write_str("Something went wrong on the server. Try again."),
+            AppError::Transport(m) => write!(f, "Could not reach the server: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl FromServerFnError for AppError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        AppError::Transport(value.to_string())
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl AppError {
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode as S;
+        match self {
+            AppError::SignedOut | AppError::BadLogin(_) => S::UNAUTHORIZED,
+            AppError::Forbidden(_) => S::FORBIDDEN,
+            AppError::NotFound => S::NOT_FOUND,
+            AppError::BadRequest(_) => S::BAD_REQUEST,
+            AppError::Conflict(_) => S::CONFLICT,
+            AppError::RateLimited(_) => S::TOO_MANY_REQUESTS,
+            AppError::Internal | AppError::Transport(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<crate::core::error::Error> for AppError {
+    fn from(e: crate::core::error::Error) -> Self {
+        let app = Self::from_core(e);
+        // A server function's answer carries the status its error deserves.
+        if let Some(res) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
+            res.set_status(app.status());
+        }
+        app
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl AppError {
+    fn from_core(e: crate::core::error::Error) -> Self {
+        use crate::core::error::Error as E;
+        match e {
+            E::Unauthenticated(m) if m == crate::core::service::people_bad_login() => AppError::BadLogin(m),
+            E::Unauthenticated(_) => AppError::SignedOut,
+            E::Forbidden(m) => AppError::Forbidden(m),
+            E::NotFound => AppError::NotFound,
+            E::BadRequest(m) => AppError::BadRequest(m),
+            E::InvalidTransition(m) => AppError::Conflict(m),
+            E::Disabled { switch } => AppError::Forbidden(format!("A kill switch is on ({switch})")),
+            E::RateLimited { retry_after_secs } => AppError::RateLimited(retry_after_secs),
+            E::Internal(m) => {
+                tracing::error!(error = %m, request_id = ?crate::core::service::current_request_id(), "internal error in a page request");
+                AppError::Internal
+            }
+            other => AppError::BadRequest(other.to_string()),
+        }
+    }
+}

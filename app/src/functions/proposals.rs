@@ -1,0 +1,52 @@
+//! The queue, the review screen and decisions.
+
+use crate::error::AppError;
+use crate::model::{Queue, Review};
+use leptos::prelude::*;
+use leptos::server_fn::codec::GetUrl;
+
+#[server(input = GetUrl, endpoint = "queue")]
+pub async fn get_queue() -> Result<Queue, AppError> {
+    use super::ssr::*;
+    let p = person().await?;
+    Ok(core()?.queue_for(&p).await?)
+}
+
+#[server(input = GetUrl, endpoint = "review")]
+pub async fn get_review(id: String) -> Result<Review, AppError> {
+    use super::ssr::*;
+    let p = person().await?;
+    Ok(core()?.review_for(&p, &id).await?)
+}
+
+/// Approve or reject. `content_hash` is what the page showed; `view_ms` how
+/// long it was open.
+#[server(endpoint = "decide")]
+pub async fn decide(
+    id: String,
+    verdict: String,
+    comment: String,
+    content_hash: String,
+    view_ms: Option<i64>,
+    csrf: String,
+) -> Result<String, AppError> {
+    use super::ssr::*;
+    use crate::core::lifecycle::Verdict;
+    use crate::core::service::DecideRequest;
+    let _ = csrf;
+    let p = person().await?;
+    let verdict =
+        Verdict::parse(&verdict).ok_or_else(|| AppError::BadRequest("verdict must be approve or reject".into()))?;
+    Ok(core()?
+        .decide(
+            &p,
+            DecideRequest {
+                proposal_id: id,
+                verdict,
+                comment,
+                content_hash,
+                view_ms,
+            },
+        )
+        .await?)
+}

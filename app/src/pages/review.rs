@@ -1,0 +1,269 @@
+//! `/proposals/{id}`: the ten-second review. The diff first, then blast
+//! radius and undo; who asked and why; decisions so far; Approve / Reject.
+//! Keys: a approves, r rejects.
+
+use crate::components::badges::{EnvBadge, RiskMarkers, StatusBadge};
+use crate::components::diff::DiffView;
+use crate::components::layout::use_session;
+use crate::components::live::on_server_change;
+use crate::components::problem::{FormError, Problem};
+use crate::functions::proposals::{get_review, Decide};
+use crate::model::{age, ArgRow, DecisionView, Review};
+use crate::pages::{format_time, now_ms};
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+
+#[component]
+pub fn ReviewPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.read().get("id").unwrap_or_default();
+    let data = Resource::new(id, get_review);
+    let session = use_session();
+    on_server_change(move || data.refetch());
+    view! {
+        <Transition fallback=|| view! { <p>"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                let csrf = session.await.map(|s| s.csrf).unwrap_or_default();
+                match data.await {
+                    Err(e) => view! { <Problem error=e/> }.into_any(),
+                    Ok(r) => view! { <ReviewView review=r csrf on_decided=move || data.refetch()/> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn ReviewView(review: Review, csrf: String, on_decided: impl Fn() + Send + Sync + Copy + 'static) -> impl IntoView {
+    let opened_at = StoredValue::new(0i64);
+    Effect::new(move |_| opened_at.set_value(now_ms()));
+    let decide = ServerAction::<Decide>::new();
+    let comment = RwSignal::new(String::new());
+    let local_error = RwSignal::new(None::<String>);
+    Effect::new(move |_| {
+        if let Some(Ok(_)) = decide.value().get() {
+            comment.set(String::new());
+            on_decided();
+        }
+    });
+    let error = Signal::derive(move || {
+        local_error
+            .get()
+            .or_else(|| decide.value().get().and_then(|r| r.err()).map(|e| e.to_string()))
+    });
+    let why_not = review.why_not.clone();
+    let can_decide = why_not.is_none();
+    let submit = {
+        let (id, hash, csrf) = (review.id.clone(), review.content_hash.clone(), csrf.clone());
+        move |verdict: &'static str| {
+            if !can_decide || decide.pending().get_untracked() {
+                return;
+            }
+            let text = comment.get_untracked();
+            if verdict == "reject" && text.trim().is_empty() {
+                local_error.set(Some("A rejection needs a comment saying why.".into()));
+                if let Some(el) = document().get_element_by_id("comment") {
+                    let _ =
+                        leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el).map(|e| e.focus());
+                }
+                return;
+            }
+            local_error.set(None);
+            let opened = opened_at.get_value();
+            decide.dispatch(Decide {
+                id: id.clone(),
+                verdict: verdict.into(),
+                comment: text,
+                content_hash: hash.clone(),
+                view_ms: (opened > 0).then(|| now_ms() - opened),
+                csrf: csrf.clone(),
+            });
+        }
+    };
+    let on_key = submit.clone();
+    let handle = window_event_listener(leptos::ev::keydown, move |ev| {
+        if ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
+            return;
+        }
+        let typing = ev
+            .target()
+            .and_then(|t| leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::Element>(t).ok())
+            .is_some_and(|e| matches!(e.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT"));
+        if typing {
+            return;
+        }
+        match ev.key().as_str() {
+            "a" => on_key("approve"),
+            "r" => on_key("reject"),
+            _ => {}
+        }
+    });
+    on_cleanup(move || handle.remove());
+    let approve = submit.clone();
+    let reject = submit;
+
+    let left_ms = review.expires_at_ms - review.now_ms;
+    let pending = review.status == "pending";
+    let title = format!("{} in {}/{}", review.tool, review.tenant, review.env);
+    view! {
+        <article class="review" class:destructive=review.destructive>
+            <header class="review-head">
+                <h1>{title}</h1>
+                <p class="markers">
+                    <StatusBadge status=review.status.clone()/>
+                    <EnvBadge tenant=review.tenant.clone() env=review.env.clone()/>
+                    <RiskMarkers destructive=review.destructive irreversible=review.irreversible/>
+                    <span class="approvals">{format!("{} of {} approvals", review.approvals, review.approvals_required)}</span>
+                    {review.break_glass.then(|| view! { <span class="badge danger">"break-glass: you may approve alone"</span> })}
+                </p>
+                <p class="reason"><strong>"Reason: "</strong>{if review.reason.is_empty() { "(none given)".to_owned() } else { review.reason.clone() }}</p>
+            </header>
+
+            <section aria-labelledby="what">
+                <h2 id="what">"What will change"</h2>
+                {match review.diff.clone() {
+                    Some(lines) => view! { <DiffView lines/> }.into_any(),
+                    None => view! { <ArgsTable args=review.args.clone()/> }.into_any(),
+                }}
+            </section>
+
+            <div class="pair">
+                <section aria-labelledby="blast">
+                    <h2 id="blast">"Blast radius"</h2>
+                    <p>{review.blast_radius.clone()}</p>
+                </section>
+                <section aria-labelledby="undo">
+                    <h2 id="undo">"Can we undo it?"</h2>
+                    {if review.irreversible {
+                        view! { <p class="irreversible"><strong>"No: irreversible."</strong></p> }.into_any()
+                    } else {
+                        view! { <p>{review.undo.clone()}</p> }.into_any()
+                    }}
+                </section>
+            </div>
+
+            <section aria-labelledby="details">
+                <h2 id="details">"Details"</h2>
+                <dl class="facts">
+                    <dt>"Tool"</dt><dd>{review.tool.clone()}</dd>
+                    <dt>"Tenant"</dt><dd>{review.tenant.clone()}</dd>
+                    <dt>"Env"</dt><dd>{review.env.clone()}</dd>
+                    <dt>"Route"</dt><dd>{review.route.clone()}</dd>
+                    <dt>"Run"</dt><dd><code>{review.run_id.clone()}</code></dd>
+                    <dt>"For"</dt><dd>{review.on_behalf_of.clone().unwrap_or_else(|| "nobody named".into())}</dd>
+                    <dt>"Idempotency key"</dt><dd><code>{review.idempotency_key.clone().unwrap_or_else(|| "none".into())}</code></dd>
+                    <dt>"Proposed"</dt><dd>{format_time(review.created_at_ms)}" ("{age(review.now_ms - review.created_at_ms)}" ago)"</dd>
+                    <dt>"Time left"</dt><dd>{if pending { if left_ms > 0 { age(left_ms) } else { "expired".into() } } else { "decided".into() }}</dd>
+                </dl>
+                {review.diff.is_some().then(|| view! { <h3>"Args"</h3> <ArgsTable args=review.args.clone()/> })}
+                {review.execution.clone().map(|x| view! {
+                    <p class="execution">"Execution: " <StatusBadge status=x.status/> {format!(" after {} attempt(s)", x.attempts)}</p>
+                })}
+            </section>
+
+            <section aria-labelledby="decisions">
+                <h2 id="decisions">"Decisions"</h2>
+                <Decisions decisions=review.decisions.clone()/>
+                {(pending && !review.eligible.is_empty()).then(|| view! {
+                    <p class="eligible">"Can also decide: " {review.eligible.join(", ")}</p>
+                })}
+            </section>
+
+            <section class="decide" aria-labelledby="decide">
+                <h2 id="decide">"Your decision"</h2>
+                <label for="comment">"Comment"</label>
+                <textarea
+                    id="comment"
+                    rows="2"
+                    prop:value=move || comment.get()
+                    on:input=move |ev| comment.set(event_target_value(&ev))
+                    disabled=!can_decide
+                    placeholder="Required to reject"
+                ></textarea>
+                <div class="buttons">
+                    <button
+                        type="button"
+                        class="approve"
+                        disabled=move || !can_decide || decide.pending().get()
+                        aria-describedby="why-not"
+                        aria-keyshortcuts="a"
+                        on:click=move |_| approve("approve")
+                    >
+                        "Approve"
+                    </button>
+                    <button
+                        type="button"
+                        class="reject"
+                        disabled=move || !can_decide || decide.pending().get()
+                        aria-describedby="why-not"
+                        aria-keyshortcuts="r"
+                        on:click=move |_| reject("reject")
+                    >
+                        "Reject"
+                    </button>
+                    <span id="why-not" class="why-not">{why_not}</span>
+                </div>
+                <FormError message=error/>
+            </section>
+        </article>
+    }
+}
+
+#[component]
+fn ArgsTable(args: Vec<ArgRow>) -> impl IntoView {
+    view! {
+        <table class="args">
+            <tbody>
+                {args
+                    .into_iter()
+                    .map(|a| {
+                        view! {
+                            <tr>
+                                <th scope="row">{a.name}</th>
+                                <td>
+                                    {match a.full {
+                                        None => view! { <span>{a.short}</span> }.into_any(),
+                                        Some(full) => view! {
+                                            <details>
+                                                <summary>{a.short}</summary>
+                                                <pre class="whole">{full}</pre>
+                                            </details>
+                                        }
+                                        .into_any(),
+                                    }}
+                                </td>
+                            </tr>
+                        }
+                    })
+                    .collect_view()}
+            </tbody>
+        </table>
+    }
+}
+
+#[component]
+pub fn Decisions(decisions: Vec<DecisionView>) -> impl IntoView {
+    if decisions.is_empty() {
+        return view! { <p>"No decisions yet."</p> }.into_any();
+    }
+    view! {
+        <ul class="decisions">
+            {decisions
+                .into_iter()
+                .map(|d| {
+                    view! {
+                        <li class=format!("verdict-{}", d.verdict)>
+                            <strong>{d.username}</strong>
+                            {format!(" {}d ", if d.verdict == "approve" { "approve" } else { "reject" })}
+                            <span class="when">{format_time(d.at_ms)}</span>
+                            {d.break_glass.then(|| view! { <span class="badge danger">"break-glass"</span> })}
+                            {d.quick.then(|| view! { <span class="badge warn" title="Decided within 2 seconds of opening">"quick"</span> })}
+                            {(!d.comment.is_empty()).then(|| view! { <q>{d.comment}</q> })}
+                        </li>
+                    }
+                })
+                .collect_view()}
+        </ul>
+    }
+    .into_any()
+}

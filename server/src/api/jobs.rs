@@ -1,0 +1,106 @@
+//! Executors claim approved actions under leases, heartbeat and complete them.
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ExecutorAuth};
+use super::types::{ClaimBody, ClaimResponse, CompleteBody, CompleteResponse, HeartbeatBody, HeartbeatResponse};
+use app::core::clock::rfc3339;
+use app::core::service::{ClaimRequest, CompleteRequest, Core};
+use axum::extract::{Path, State};
+use axum::Json;
+use std::sync::Arc;
+
+/// Claim jobs of the key's env and tools, long-polling up to `wait_seconds`.
+#[utoipa::path(
+    post, path = "/api/v1/jobs/claim", tag = "executor",
+    request_body = ClaimBody,
+    responses(
+        (status = 200, description = "Zero or more jobs, each under a new lease", body = ClaimResponse),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 401, description = "unauthenticated", body = ErrorBody),
+        (status = 403, description = "forbidden: not an executor key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn claim(
+    State(core): State<Arc<Core>>,
+    ExecutorAuth(exec): ExecutorAuth,
+    ApiJson(body): ApiJson<ClaimBody>,
+) -> ApiResult<Json<ClaimResponse>> {
+    let jobs = core
+        .claim(
+            &exec,
+            ClaimRequest {
+                tools: body.tools,
+                max: body.max,
+                lease_seconds: body.lease_seconds,
+                wait_seconds: body.wait_seconds,
+            },
+        )
+        .await?;
+    Ok(Json(ClaimResponse {
+        jobs: jobs.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Extend a live lease.
+#[utoipa::path(
+    post, path = "/api/v1/jobs/{id}/heartbeat", tag = "executor",
+    params(("id" = String, Path, description = "Job id")),
+    request_body = HeartbeatBody,
+    responses(
+        (status = 200, body = HeartbeatResponse),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 401, description = "unauthenticated", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "invalid_transition: the lease was lost", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn heartbeat(
+    State(core): State<Arc<Core>>,
+    ExecutorAuth(exec): ExecutorAuth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<HeartbeatBody>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    let until = core.heartbeat(&exec, &id, &body.lease_id, body.lease_seconds).await?;
+    Ok(Json(HeartbeatResponse {
+        job_id: id,
+        lease_id: body.lease_id,
+        lease_expires_at: rfc3339(until),
+    }))
+}
+
+/// Report the outcome; idempotent for the same body.
+#[utoipa::path(
+    post, path = "/api/v1/jobs/{id}/complete", tag = "executor",
+    params(("id" = String, Path, description = "Job id")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, body = CompleteResponse),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 401, description = "unauthenticated", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "invalid_transition: stale lease or a different outcome", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn complete(
+    State(core): State<Arc<Core>>,
+    ExecutorAuth(exec): ExecutorAuth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CompleteBody>,
+) -> ApiResult<Json<CompleteResponse>> {
+    let done = core
+        .complete(
+            &exec,
+            &id,
+            CompleteRequest {
+                lease_id: body.lease_id,
+                status: body.status,
+                result: body.result,
+                retryable: body.retryable,
+            },
+        )
+        .await?;
+    Ok(Json(done.into()))
+}

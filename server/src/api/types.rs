@@ -1,0 +1,300 @@
+//! Request and response bodies of the API, with their OpenAPI schemas.
+//! Requests refuse unknown fields: tenant and env come from credentials only.
+
+use app::core::clock::rfc3339;
+use app::core::service::{ClaimedJob, Completion, MintedRun, ProposalOut};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MintRunBody {
+    /// A route of the loaded policy, such as `support/send`.
+    pub route: String,
+    /// Capped by the server (default cap 900).
+    pub ttl_seconds: Option<i64>,
+    /// The person the agent acts for: they can never approve this run's proposals.
+    pub on_behalf_of: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Budgets {
+    pub steps: i64,
+    pub seconds: i64,
+    pub usd: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintRunResponse {
+    pub run_id: String,
+    /// The run token: send it as `Authorization: Bearer …`. Shown once.
+    pub token: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub expires_at: String,
+    pub allow_tools: Vec<String>,
+    pub require_approval: Vec<String>,
+    pub budgets: Budgets,
+}
+
+impl From<MintedRun> for MintRunResponse {
+    fn from(m: MintedRun) -> Self {
+        Self {
+            run_id: m.run_id,
+            token: m.token,
+            tenant: m.tenant,
+            env: m.env,
+            route: m.route,
+            expires_at: rfc3339(m.expires_at_ms),
+            allow_tools: m.allow_tools,
+            require_approval: m.require_approval,
+            budgets: Budgets {
+                steps: m.budgets.steps,
+                seconds: m.budgets.seconds,
+                usd: m.budgets.usd,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    pub tool: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckResponse {
+    pub tool: String,
+    /// `allow` or `require_approval`.
+    pub decision: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewBody {
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeBody {
+    pub tool: String,
+    /// Checked against the tool's schema.
+    #[schema(value_type = Object)]
+    pub args: Value,
+    /// Required for write tools: 1–200 printable characters.
+    pub idempotency_key: Option<String>,
+    pub reason: Option<String>,
+    /// What changes: the server computes and shows the diff.
+    pub preview: Option<PreviewBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Approval {
+    pub by: String,
+    pub at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionBody {
+    pub by: String,
+    /// `approve` or `reject`.
+    pub verdict: String,
+    pub comment: String,
+    pub at: String,
+    pub break_glass: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionBody {
+    /// `queued`, `held`, `running`, `succeeded`, `failed` or `expired`.
+    pub status: String,
+    pub attempts: i64,
+    #[schema(value_type = Object)]
+    pub result: Value,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProposalResponse {
+    pub id: String,
+    /// `pending`, `approved`, `queued`, `running`, `succeeded`, `failed`,
+    /// `rejected`, `expired` or `cancelled`.
+    pub status: String,
+    pub tool: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub run_id: String,
+    pub approvals_required: i64,
+    pub approvals: Vec<Approval>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub review_url: String,
+    pub args_hash: String,
+    pub idempotency_key: Option<String>,
+    pub decisions: Vec<DecisionBody>,
+    pub execution: Option<ExecutionBody>,
+}
+
+impl From<ProposalOut> for ProposalResponse {
+    fn from(o: ProposalOut) -> Self {
+        let p = o.row;
+        Self {
+            approvals: o
+                .decisions
+                .iter()
+                .filter(|d| d.verdict == "approve")
+                .map(|d| Approval {
+                    by: d.username.clone(),
+                    at: rfc3339(d.decided_at),
+                })
+                .collect(),
+            decisions: o
+                .decisions
+                .into_iter()
+                .map(|d| DecisionBody {
+                    by: d.username,
+                    verdict: d.verdict,
+                    comment: d.comment,
+                    at: rfc3339(d.decided_at),
+                    break_glass: d.break_glass,
+                })
+                .collect(),
+            execution: o.job.map(|j| ExecutionBody {
+                status: if j.state == "leased" { "running".into() } else { j.state },
+                attempts: j.attempt,
+                result: j
+                    .result
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str(r).ok())
+                    .unwrap_or(Value::Null),
+                finished_at: j.finished_at.map(rfc3339),
+            }),
+            id: p.id,
+            status: p.status,
+            tool: p.tool,
+            tenant: p.tenant,
+            env: p.env,
+            route: p.route,
+            run_id: p.run_id,
+            approvals_required: p.approvals_required,
+            created_at: rfc3339(p.created_at),
+            expires_at: rfc3339(p.expires_at),
+            review_url: o.review_url,
+            args_hash: p.args_hash,
+            idempotency_key: p.idempotency_key,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait for the status to leave `pending` (0–60, default 30).
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    /// Narrow the key's tools to these.
+    pub tools: Option<Vec<String>>,
+    /// 1–100, default 1.
+    pub max: Option<i64>,
+    /// 1–3600, default 60.
+    pub lease_seconds: Option<i64>,
+    /// Long-poll for up to this many seconds (0–60, default 0).
+    pub wait_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobBody {
+    pub job_id: String,
+    /// The fencing token: heartbeat and complete must present it.
+    pub lease_id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub tool: String,
+    #[schema(value_type = Object)]
+    pub args: Value,
+    pub idempotency_key: Option<String>,
+    pub attempt: i64,
+    pub lease_expires_at: String,
+}
+
+impl From<ClaimedJob> for JobBody {
+    fn from(j: ClaimedJob) -> Self {
+        Self {
+            job_id: j.job_id,
+            lease_id: j.lease_id,
+            proposal_id: j.proposal_id,
+            tenant: j.tenant,
+            env: j.env,
+            tool: j.tool,
+            args: j.args,
+            idempotency_key: j.idempotency_key,
+            attempt: j.attempt,
+            lease_expires_at: rfc3339(j.lease_expires_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimResponse {
+    pub jobs: Vec<JobBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    pub lease_id: String,
+    pub lease_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub job_id: String,
+    pub lease_id: String,
+    pub lease_expires_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    pub lease_id: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub result: Value,
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompleteResponse {
+    pub job_id: String,
+    /// `succeeded`, `failed`, or `queued` when a retry is scheduled.
+    pub state: String,
+    pub proposal_status: String,
+    pub attempt: i64,
+    pub next_attempt_at: Option<String>,
+}
+
+impl From<Completion> for CompleteResponse {
+    fn from(c: Completion) -> Self {
+        Self {
+            job_id: c.job_id,
+            state: c.state,
+            proposal_status: c.proposal_status,
+            attempt: c.attempt,
+            next_attempt_at: c.next_attempt_at_ms.map(rfc3339),
+        }
+    }
+}

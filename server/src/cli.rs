@@ -1,0 +1,494 @@
+//! The command line: `serve` and the subcommands of POLICY.md. Each prints
+//! what it did, or a clear message and a non-zero exit.
+
+use crate::config::*;
+use crate::startup::{self, AppConfig};
+use app::core::clock::{parse_rfc3339, rfc3339};
+use app::core::policy::{load_policy, run_expectations, Policy};
+use app::core::service::{Admin, Core, NewKey, NewUser, Settings};
+use app::core::store::{Store, StoreOptions};
+use clap::Parser;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+type CliResult = Result<ExitCode, String>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let db = cli.database_url.clone();
+    match cli.command {
+        Command::Serve(args) => serve(db, args).await,
+        Command::Migrate => {
+            let store = open_store(&db).await?;
+            println!("migrations applied ({})", store.backend().name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(c) => user(db, c).await,
+        Command::Key(c) => key(db, c).await,
+        Command::Policy(c) => policy(c),
+        Command::Audit(c) => audit(db, c).await,
+        Command::Secret(SecretCommand::Rotate) => {
+            let core = open_core(&db, Policy::empty()).await?;
+            let id = core
+                .rotate_signing_key(&Admin::cli())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "signing key {id} is now current; tokens signed with the previous key stay valid until they expire"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Switch(a) => switch(db, a).await,
+        Command::Breaker(c) => {
+            let core = open_core(&db, Policy::empty()).await?;
+            match c {
+                BreakerCommand::Reset { route } => {
+                    core.reset_breaker(&Admin::cli(), &route)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("route {route} releases again");
+                }
+                BreakerCommand::List => {
+                    for b in core.breakers().await.map_err(|e| e.to_string())? {
+                        println!("{}\t{}\t{}", b.route, rfc3339(b.tripped_at), b.reason);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhook(c) => {
+            let core = open_core(&db, Policy::empty()).await?;
+            match c {
+                WebhookCommand::Add { url, events, format } => {
+                    let (id, secret) = core
+                        .add_webhook(&Admin::cli(), &url, &[events], &format)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    eprintln!("webhook {id} added. Its signing secret is shown once, now:");
+                    println!("{secret}");
+                }
+                WebhookCommand::List => {
+                    for w in core.webhooks().await.map_err(|e| e.to_string())? {
+                        println!("{}\t{}\t{}\t{}", w.id, w.url, w.format, w.events);
+                    }
+                }
+                WebhookCommand::Remove { id } => {
+                    core.remove_webhook(&Admin::cli(), &id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("webhook {id} removed");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(RunCommand::Revoke { id, reason }) => {
+            let core = open_core(&db, Policy::empty()).await?;
+            core.revoke_run(&Admin::cli(), &id, &reason)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("run {id} revoked: its token stops working now");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Read and check a policy file; problems come back as `FILE:LINE: message`.
+pub fn read_policy(path: &Path) -> Result<Policy, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the policy {}: {e}", path.display()))?;
+    load_policy(&text).map_err(|errs| {
+        let mut msg = format!("the policy {} is invalid:", path.display());
+        for e in errs {
+            match e.line {
+                Some(l) => msg.push_str(&format!("\n  {}:{l}: {}", path.display(), e.message)),
+                None => msg.push_str(&format!("\n  {}: {}", path.display(), e.message)),
+            }
+        }
+        msg
+    })
+}
+
+async fn open_store(db: &str) -> Result<Store, String> {
+    Store::open(StoreOptions::new(db)).await.map_err(|e| e.to_string())
+}
+
+async fn open_core(db: &str, policy: Policy) -> Result<Arc<Core>, String> {
+    let store = open_store(db).await?;
+    Core::start(store, policy, Settings::default())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn serve(db: String, args: ServeArgs) -> CliResult {
+    let policy = read_policy(&args.policy)?;
+    let cfg = AppConfig {
+        addr: args.addr,
+        public_url: Some(args.public_url()),
+        site_root: args.site_root.clone(),
+        max_run_ttl: args.max_run_ttl,
+        session_idle: args.session_idle,
+        session_absolute: args.session_absolute,
+        secure_cookies: args.secure_cookies(),
+        read_connections: args.read_connections,
+        ..AppConfig::new(db.clone(), policy)
+    };
+    let app = startup::start(cfg).await?;
+    let shown_db = db.rsplit('@').next().unwrap_or(&db);
+    println!(
+        "countersign is running at {} (database {}, policy {})",
+        args.public_url(),
+        shown_db,
+        args.policy.display()
+    );
+    if app.core.count_users().await.map_err(|e| e.to_string())? == 0 {
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| {
+                p.strip_prefix(std::env::current_dir().ok()?)
+                    .ok()
+                    .map(|p| p.to_path_buf())
+            })
+            .unwrap_or_else(|| PathBuf::from("countersign"));
+        println!("No one can sign in yet. Create the first admin (the password is read from standard input):");
+        println!("  {} user add admin --role admin", exe.display());
+        println!("and a reviewer who sees tenant acme:");
+        println!("  {} user add alice --role reviewer --tenant acme", exe.display());
+    }
+    let _ = std::io::stdout().flush();
+    app.wait_for_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A password from standard input: prompted twice without echo on a
+/// terminal, one line otherwise.
+fn read_password() -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let b = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if a != b {
+            return Err("the passwords differ".into());
+        }
+        Ok(a)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+        if pw.is_empty() {
+            return Err("no password on standard input (pipe it in: the command line never takes one)".into());
+        }
+        Ok(pw)
+    }
+}
+
+async fn user(db: String, c: UserCommand) -> CliResult {
+    match c {
+        UserCommand::Add {
+            name,
+            roles,
+            tenants,
+            password,
+        } => {
+            if password.is_some() {
+                return Err("passwords are never taken on the command line (they end up in shell history and process lists); pipe the password to standard input".into());
+            }
+            let pw = read_password()?;
+            let core = open_core(&db, Policy::empty()).await?;
+            let p = core
+                .add_user(
+                    &Admin::cli(),
+                    NewUser {
+                        username: name,
+                        password: pw,
+                        roles,
+                        tenants,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "added {} ({}){}",
+                p.username,
+                p.roles.names().join(", "),
+                if p.tenants.is_empty() {
+                    String::new()
+                } else {
+                    format!(", tenants {}", p.tenants.join(", "))
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::List => {
+            let core = open_core(&db, Policy::empty()).await?;
+            let mut r = core.store.reader().await.map_err(|e| e.to_string())?;
+            let users = app::core::store::queries::users::all(&mut r.conn())
+                .await
+                .map_err(|e| e.to_string())?;
+            for u in users {
+                let tenants = app::core::store::queries::users::tenants_of(&mut r.conn(), &u.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "{}\t{}\t{}\t{}{}",
+                    u.id,
+                    u.username,
+                    u.roles,
+                    tenants.join(","),
+                    if u.disabled { "\tdisabled" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn key(db: String, c: KeyCommand) -> CliResult {
+    match c {
+        KeyCommand::Create(kind) => {
+            let (policy, k) = match kind {
+                KeyKind::Service { tenant, env, name } => (
+                    Policy::empty(),
+                    NewKey {
+                        kind: "service".into(),
+                        name,
+                        tenant: Some(tenant),
+                        env,
+                        tools: vec![],
+                    },
+                ),
+                KeyKind::Executor {
+                    env,
+                    tools,
+                    name,
+                    policy,
+                } => (
+                    read_policy(&policy)?,
+                    NewKey {
+                        kind: "executor".into(),
+                        name,
+                        tenant: None,
+                        env,
+                        tools,
+                    },
+                ),
+            };
+            let core = open_core(&db, policy).await?;
+            let kind = k.kind.clone();
+            let (id, plaintext) = core.create_key(&Admin::cli(), k).await.map_err(|e| e.to_string())?;
+            eprintln!("{kind} key {id} created. It is shown once, now; store it in your secret manager:");
+            println!("{plaintext}");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Revoke { id } => {
+            let core = open_core(&db, Policy::empty()).await?;
+            core.revoke_key(&Admin::cli(), &id).await.map_err(|e| e.to_string())?;
+            println!("key {id} revoked");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::List => {
+            let core = open_core(&db, Policy::empty()).await?;
+            for k in core.list_keys().await.map_err(|e| e.to_string())? {
+                println!(
+                    "{}\t{}\t{}\t{}/{}\t{}…\t{}{}",
+                    k.id,
+                    k.kind,
+                    k.name,
+                    k.tenant.unwrap_or_else(|| "*".into()),
+                    k.env,
+                    k.hint,
+                    k.tools,
+                    if k.revoked_at.is_some() { "\trevoked" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy(c: PolicyCommand) -> CliResult {
+    match c {
+        PolicyCommand::Check { file } => {
+            let p = read_policy(&file)?;
+            println!(
+                "{}: ok ({} tools, {} routes, sha256 {})",
+                file.display(),
+                p.tools.len(),
+                p.routes.len(),
+                &p.hash[..16]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test { file, policy } => {
+            let policy_path = policy.unwrap_or_else(|| default_policy_for(&file));
+            let p = read_policy(&policy_path)?;
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let report = run_expectations(&p, &text).map_err(|e| format!("{}: {e}", file.display()))?;
+            for f in &report.failures {
+                println!("FAIL {f}");
+            }
+            println!(
+                "{}: {} expectations checked against {}, {} failed",
+                file.display(),
+                report.checked,
+                policy_path.display(),
+                report.failures.len()
+            );
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// `x.test.toml` tests `x.toml`; anything else tests `./policy.toml`.
+fn default_policy_for(test_file: &Path) -> PathBuf {
+    let name = test_file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match name.strip_suffix(".test.toml") {
+        Some(stem) => test_file.with_file_name(format!("{stem}.toml")),
+        None => PathBuf::from("policy.toml"),
+    }
+}
+
+async fn audit(db: String, c: AuditCommand) -> CliResult {
+    let core = open_core(&db, Policy::empty()).await?;
+    match c {
+        AuditCommand::Verify => {
+            let report = core.verify_audit_chain().await.map_err(|e| e.to_string())?;
+            println!("{}", report.message());
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Export { since, format } => {
+            let since_ms = match since {
+                None => 0,
+                Some(s) => parse_rfc3339(&s)
+                    .or_else(|| parse_rfc3339(&format!("{s}T00:00:00Z")))
+                    .ok_or_else(|| format!("--since {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))?,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = match format {
+                ExportFormat::Jsonl => core
+                    .export_audit(since_ms, |e| {
+                        let mut v = serde_json::to_value(e)?;
+                        v["at"] = serde_json::Value::String(rfc3339(e.at_ms));
+                        writeln!(out, "{v}").map_err(app::core::error::Error::internal)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?,
+                ExportFormat::Csv => {
+                    let mut w = csv::Writer::from_writer(&mut out);
+                    w.write_record([
+                        "seq",
+                        "id",
+                        "at",
+                        "request_id",
+                        "tenant",
+                        "actor",
+                        "action",
+                        "subject",
+                        "tool",
+                        "args_hash",
+                        "idempotency_key",
+                        "credential_scope",
+                        "approval_ids",
+                        "result_status",
+                        "duration_ms",
+                        "details",
+                        "prev_hash",
+                        "hash",
+                    ])
+                    .map_err(|e| e.to_string())?;
+                    let n = core
+                        .export_audit(since_ms, |e| {
+                            w.write_record([
+                                e.seq.to_string(),
+                                e.id.clone(),
+                                rfc3339(e.at_ms),
+                                e.request_id.clone().unwrap_or_default(),
+                                e.tenant.clone().unwrap_or_default(),
+                                e.actor.clone(),
+                                e.action.clone(),
+                                e.subject.clone().unwrap_or_default(),
+                                e.tool.clone().unwrap_or_default(),
+                                e.args_hash.clone().unwrap_or_default(),
+                                e.idempotency_key.clone().unwrap_or_default(),
+                                e.credential_scope.clone().unwrap_or_default(),
+                                e.approval_ids.clone(),
+                                e.result_status.clone(),
+                                e.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
+                                e.details.clone(),
+                                e.prev_hash.clone(),
+                                e.hash.clone(),
+                            ])
+                            .map_err(app::core::error::Error::internal)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    w.flush().map_err(|e| e.to_string())?;
+                    n
+                }
+            };
+            out.flush().map_err(|e| e.to_string())?;
+            eprintln!("{n} events exported");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn switch(db: String, a: SwitchArgs) -> CliResult {
+    let (scope, target) = match (&a.tool, &a.tenant, &a.route, a.global) {
+        (Some(t), None, None, false) => ("tool", t.clone()),
+        (None, Some(t), None, false) => ("tenant", t.clone()),
+        (None, None, Some(r), false) => ("route", r.clone()),
+        (None, None, None, true) => ("global", String::new()),
+        _ => return Err("name exactly one of --tool, --tenant, --route or --global".into()),
+    };
+    let policy = if scope == "tool" || scope == "route" {
+        read_policy(&a.policy)?
+    } else {
+        Policy::empty()
+    };
+    let core = open_core(&db, policy).await?;
+    let on = a.state == "on";
+    core.set_switch(&Admin::cli(), scope, &target, on, &a.reason)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "kill switch {} {}{}",
+        if on { "ON for" } else { "off for" },
+        scope,
+        if target.is_empty() {
+            String::new()
+        } else {
+            format!(" {target}")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

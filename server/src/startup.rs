@@ -1,0 +1,272 @@
+//! Building the process: store, core, sessions, router, background tasks.
+//! `start` binds (port 0 in tests) and serves in the background.
+
+use crate::sessions::DbSessions;
+use crate::{api, ops, web};
+use app::core::clock::{SharedClock, SystemClock};
+use app::core::policy::Policy;
+use app::core::service::{Core, Settings, SYSTEM_ACTOR};
+use app::core::store::{Store, StoreOptions};
+use app::{shell, App};
+use axum::http::{header, HeaderValue};
+use axum::routing::get;
+use axum::{middleware, Router};
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+#[derive(Clone)]
+pub struct AppConfig {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    pub policy: Policy,
+    pub public_url: Option<String>,
+    pub site_root: PathBuf,
+    pub max_run_ttl: i64,
+    pub session_idle: i64,
+    pub session_absolute: i64,
+    pub secure_cookies: bool,
+    pub read_connections: u32,
+    pub clock: SharedClock,
+    /// How often the sweeper expires and re-offers.
+    pub sweep_every: Duration,
+}
+
+impl AppConfig {
+    pub fn new(database_url: impl Into<String>, policy: Policy) -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.into(),
+            policy,
+            public_url: None,
+            site_root: PathBuf::from("target/site"),
+            max_run_ttl: 900,
+            session_idle: 1800,
+            session_absolute: 43_200,
+            secure_cookies: false,
+            read_connections: 8,
+            clock: Arc::new(SystemClock),
+            sweep_every: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    pub core: Arc<Core>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningApp {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop serving and wait for in-flight requests to finish.
+    pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    async fn halt(&mut self) {
+        for t in self.background.drain(..) {
+            t.abort();
+        }
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.server.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Serve until the process is told to stop (Ctrl-C or SIGTERM).
+    pub async fn wait_for_signal(mut self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.halt().await;
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
+        }
+        if let Some(t) = &self.server {
+            t.abort();
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Open the store and build the core, recording the loaded policy.
+pub async fn open_core(cfg: &AppConfig, public_url: String) -> Result<Arc<Core>, String> {
+    let store = Store::open(
+        StoreOptions {
+            read_connections: cfg.read_connections,
+            ..StoreOptions::new(cfg.database_url.clone())
+        }
+        .clock(cfg.clock.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let settings = Settings {
+        public_url,
+        max_run_ttl_secs: cfg.max_run_ttl,
+        session_idle_secs: cfg.session_idle,
+        session_absolute_secs: cfg.session_absolute,
+        ..Settings::default()
+    };
+    let core = Core::start(store, cfg.policy.clone(), settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    core.record_policy_load(SYSTEM_ACTOR).await.map_err(|e| e.to_string())?;
+    Ok(core)
+}
+
+/// The whole HTTP surface over `core`.
+pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Result<Router, String> {
+    let leptos_options = LeptosOptions::builder()
+        .output_name("countersign")
+        .site_root(cfg.site_root.to_string_lossy().to_string())
+        .site_pkg_dir("pkg")
+        .site_addr(cfg.addr)
+        .build();
+    let routes = generate_route_list(App);
+    let ctx_core = core.clone();
+    let context = move || provide_context(ctx_core.clone());
+    let pages = Router::new()
+        .leptos_routes_with_context(&leptos_options, routes, context.clone(), {
+            let o = leptos_options.clone();
+            move || shell(o.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler_with_context(context, shell))
+        .with_state(leptos_options);
+
+    let edges = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics_text))
+        .route("/events", get(web::events))
+        .route("/export/history.csv", get(web::export_history))
+        .route("/export/history.jsonl", get(web::export_history))
+        .with_state(core.clone());
+
+    let assets = ServeDir::new(cfg.site_root.join("pkg"))
+        .precompressed_br()
+        .precompressed_gzip();
+
+    let sessions = DbSessions::open(&core.store).await?;
+    let deleter = sessions.clone();
+    tokio::spawn(async move {
+        use tower_sessions::session_store::ExpiredDeletion;
+        let _ = deleter.continuously_delete_expired(Duration::from_secs(300)).await;
+    });
+    let session_layer = SessionManagerLayer::new(sessions)
+        .with_name("cs_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Strict)
+        .with_secure(cfg.secure_cookies)
+        .with_expiry(Expiry::OnInactivity(time::Duration::seconds(cfg.session_idle)));
+
+    let origin = public_url.split('/').take(3).collect::<Vec<_>>().join("/");
+    let guard = web::GuardState {
+        core: core.clone(),
+        public_origin: origin,
+    };
+
+    Ok(Router::new()
+        .nest("/api/v1", api::router(core.clone()))
+        .merge(edges)
+        .nest_service("/pkg", assets)
+        .merge(pages)
+        .layer(middleware::from_fn_with_state(guard, web::browser_guard))
+        .layer(session_layer)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(middleware::from_fn(ops::request_context))
+        .layer(CatchPanicLayer::custom(ops::panic_response)))
+}
+
+/// Build everything and serve on `cfg.addr` in the background.
+pub async fn start(cfg: AppConfig) -> Result<RunningApp, String> {
+    ops::metrics_handle();
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let cfg = AppConfig { addr, ..cfg };
+    let core = open_core(&cfg, public_url.clone()).await?;
+    let app = router(&cfg, core.clone(), &public_url).await?;
+
+    let sweeper = {
+        let core = core.clone();
+        let every = cfg.sweep_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match core.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(moved = n, "sweeper expired or re-offered work"),
+                    Err(e) => tracing::error!(error = %e, "sweeper failed"),
+                }
+            }
+        })
+    };
+
+    let webhooks = crate::notify::spawn_worker(core.clone());
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the server stopped");
+        }
+    });
+    Ok(RunningApp {
+        addr,
+        core,
+        shutdown: Some(tx),
+        server: Some(server),
+        background: vec![sweeper, webhooks],
+    })
+}

@@ -1,0 +1,340 @@
+//! The browser door's edges: sign-in required for pages, CSRF protection on
+//! every state-changing request, the live-update stream and history exports.
+
+use app::core::service::{Core, Person};
+use app::core::store::Notice;
+use app::core::tokens::ct_eq;
+use app::functions::ssr::{csrf_token, person_of, SESSION_CSRF};
+use app::model::{HistoryQuery, HistoryRow};
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use futures::Stream;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_sessions::Session;
+
+/// Pages that need a signed-in person; anyone else is sent to sign in.
+fn is_protected_page(path: &str) -> bool {
+    matches!(path, "/" | "/history" | "/audit" | "/admin") || path.starts_with("/proposals/")
+}
+
+/// Paths that are not the browser's: the JSON API (bearer credentials),
+/// health, metrics and static assets.
+fn is_machine_path(path: &str) -> bool {
+    path.starts_with("/api/v1/")
+        || path == "/api/v1"
+        || matches!(path, "/healthz" | "/readyz" | "/metrics" | "/favicon.ico")
+        || path.starts_with("/pkg/")
+}
+
+fn refuse(status: StatusCode, msg: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg.to_owned(),
+    )
+        .into_response()
+}
+
+/// Is this request from our own pages? `Origin` when the browser sends one,
+/// else `Sec-Fetch-Site`, else `Referer`. Requests with none of these are not
+/// from a browser page (CSRF needs a browser); the token still applies.
+fn same_origin(headers: &HeaderMap, public_origin: &str) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let matches = |origin: &str| {
+        let origin = origin.trim_end_matches('/');
+        origin == public_origin
+            || origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+    };
+    if let Some(o) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        return o != "null" && matches(o);
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    if let Some(r) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+        let origin: String = r.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        return matches(&origin);
+    }
+    true
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[derive(Clone)]
+pub struct GuardState {
+    pub core: Arc<Core>,
+    pub public_origin: String,
+}
+
+/// Sign-in for pages; same-origin and a session-bound CSRF token for every
+/// state-changing browser request.
+pub async fn browser_guard(State(g): State<GuardState>, session: Session, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if is_machine_path(&path) {
+        return next.run(req).await;
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if safe {
+        if is_protected_page(&path) {
+            match person_of(&g.core, &session).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let next_url = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    let target = format!(
+                        "/login?next={}",
+                        url::form_urlencoded::byte_serialize(next_url.as_bytes()).collect::<String>()
+                    );
+                    return Redirect::to(&target).into_response();
+                }
+                Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "session store unavailable"),
+            }
+        }
+        // Every page carries a CSRF token: make sure the session has one
+        // before the page renders, so its cookie goes out with this response.
+        if !path.starts_with("/api/") && csrf_token(&session).await.is_err() {
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "session store unavailable");
+        }
+        return next.run(req).await;
+    }
+
+    if !same_origin(req.headers(), &g.public_origin) {
+        tracing::warn!(path = %path, "cross-origin state-changing request refused");
+        return refuse(StatusCode::FORBIDDEN, "cross-origin request refused");
+    }
+    let expected: Option<String> = session.get(SESSION_CSRF).await.ok().flatten();
+    let Some(expected) = expected else {
+        return refuse(StatusCode::FORBIDDEN, "missing CSRF token: reload the page");
+    };
+    let (parts, body) = req.into_parts();
+    let header_token = parts
+        .headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    let bytes: Bytes = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 64 KiB"),
+    };
+    let provided = header_token.or_else(|| if is_form { form_field(&bytes, "csrf") } else { None });
+    if !provided.is_some_and(|p| ct_eq(&p, &expected)) {
+        tracing::warn!(path = %path, "state-changing request without the right CSRF token refused");
+        return refuse(StatusCode::FORBIDDEN, "CSRF token missing or wrong: reload the page");
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+async fn signed_in(core: &Core, session: &Session) -> Result<Person, Response> {
+    match person_of(core, session).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(refuse(StatusCode::UNAUTHORIZED, "sign in first")),
+        Err(_) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, "session store unavailable")),
+    }
+}
+
+/// Server-sent events: "changed" whenever a proposal of one of the person's
+/// tenants (or a control) changes. Pages refetch on each.
+pub async fn events(State(core): State<Arc<Core>>, session: Session) -> Response {
+    let person = match signed_in(&core, &session).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    Sse::new(change_stream(core, person))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn change_stream(core: Arc<Core>, person: Person) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut rx = core.store.subscribe();
+    let everything = person.roles.admin;
+    async_stream::stream! {
+        loop {
+            match rx.recv().await {
+                Ok(Notice::Proposal { tenant, id, status }) if everything || person.sees_tenant(&tenant) => {
+                    yield Ok(Event::default().event("message").data(format!("{{\"proposal\":\"{id}\",\"status\":\"{status}\"}}")));
+                }
+                Ok(Notice::Controls) => yield Ok(Event::default().event("message").data("{\"controls\":true}")),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    yield Ok(Event::default().event("message").data("{\"lagged\":true}"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+}
+
+fn csv_row(r: &HistoryRow) -> Vec<String> {
+    let decisions = r
+        .decisions
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}{}{}",
+                d.username,
+                d.verdict,
+                if d.break_glass { " (break-glass)" } else { "" },
+                if d.quick { " (quick)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    vec![
+        r.id.clone(),
+        app::core::clock::rfc3339(r.created_at_ms),
+        r.tenant.clone(),
+        r.env.clone(),
+        r.route.clone(),
+        r.tool.clone(),
+        r.status.clone(),
+        r.on_behalf_of.clone().unwrap_or_default(),
+        decisions,
+        r.execution.as_ref().map(|x| x.status.clone()).unwrap_or_default(),
+        r.execution.as_ref().map(|x| x.attempts.to_string()).unwrap_or_default(),
+    ]
+}
+
+/// `/export/history.csv` and `/export/history.jsonl`: the filtered history.
+pub async fn export_history(
+    State(core): State<Arc<Core>>,
+    session: Session,
+    uri: Uri,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let person = match signed_in(&core, &session).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csv = uri.path().ends_with(".csv");
+    let mut out: Vec<u8> = Vec::new();
+    let result = if csv {
+        let mut w = csv::Writer::from_writer(&mut out);
+        let _ = w.write_record([
+            "id",
+            "created_at",
+            "tenant",
+            "env",
+            "route",
+            "tool",
+            "status",
+            "on_behalf_of",
+            "decisions",
+            "execution",
+            "attempts",
+        ]);
+        let r = core
+            .history_export(&person, &q, |row| {
+                w.write_record(csv_row(row)).map_err(app::core::error::Error::internal)
+            })
+            .await;
+        let _ = w.flush();
+        drop(w);
+        r
+    } else {
+        core.history_export(&person, &q, |row| {
+            serde_json::to_writer(&mut out, row)?;
+            out.push(b'\n');
+            Ok(())
+        })
+        .await
+    };
+    match result {
+        Ok(n) => {
+            tracing::info!(rows = n, user = %person.username, "history exported");
+            let (ct, name) = if csv {
+                ("text/csv; charset=utf-8", "history.csv")
+            } else {
+                ("application/x-ndjson", "history.jsonl")
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, ct.to_owned()),
+                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+                ],
+                out,
+            )
+                .into_response()
+        }
+        Err(app::core::error::Error::Forbidden(m)) => refuse(StatusCode::FORBIDDEN, &m),
+        Err(app::core::error::Error::BadRequest(m)) => refuse(StatusCode::BAD_REQUEST, &m),
+        Err(e) => {
+            tracing::error!(error = %e, "export failed");
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, "export failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn origin_must_be_ours() {
+        let ours = "http://127.0.0.1:3000";
+        assert!(same_origin(
+            &h(&[("host", "127.0.0.1:3000"), ("origin", "http://127.0.0.1:3000")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &h(&[("host", "127.0.0.1:3000"), ("origin", "http://evil.example")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &h(&[("host", "127.0.0.1:3000"), ("origin", "null")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &h(&[("host", "127.0.0.1:3000"), ("sec-fetch-site", "cross-site")]),
+            ours
+        ));
+        assert!(same_origin(
+            &h(&[("host", "127.0.0.1:3000"), ("sec-fetch-site", "same-origin")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &h(&[("host", "127.0.0.1:3000"), ("referer", "https://evil.example/page")]),
+            ours
+        ));
+        assert!(same_origin(
+            &h(&[
+                ("host", "127.0.0.1:3000"),
+                ("referer", "http://127.0.0.1:3000/proposals/x")
+            ]),
+            ours
+        ));
+    }
+
+    #[test]
+    fn csrf_field_is_read_from_forms() {
+        assert_eq!(form_field(b"a=1&csrf=abc%2Bd&b=2", "csrf").as_deref(), Some("abc+d"));
+        assert_eq!(form_field(b"a=1", "csrf"), None);
+    }
+}

@@ -1,0 +1,376 @@
+//! The agent and orchestrator endpoints end to end, on SQLite and PostgreSQL.
+
+mod common;
+use app::core::lifecycle::Verdict;
+use app::core::service::Admin;
+use app::core::service::DecideRequest;
+use app::core::store::testing::TestDb;
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+async fn minting_a_run_returns_its_capabilities_with_scope_from_the_key(db: &TestDb) {
+    let t = spawn(db).await;
+    let key = t.service_key("acme", "staging").await;
+    let r = t
+        .post(
+            "/api/v1/runs",
+            &key,
+            json!({ "route": "support/send", "ttl_seconds": 100_000, "on_behalf_of": "alice" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let b = &r.body;
+    assert!(b["run_id"].as_str().unwrap().starts_with("run_"));
+    assert!(b["token"].as_str().unwrap().starts_with("crt_"));
+    assert_eq!(
+        (b["tenant"].as_str(), b["env"].as_str()),
+        (Some("acme"), Some("staging"))
+    );
+    assert_eq!(b["route"], "support/send");
+    assert_eq!(b["budgets"], json!({ "steps": 25, "seconds": 300, "usd": 1.0 }));
+    assert!(b["allow_tools"].as_array().unwrap().contains(&json!("email.send")));
+    assert!(!b["allow_tools"].as_array().unwrap().contains(&json!("db.write")));
+    assert_eq!(
+        b["require_approval"],
+        json!(["email.send", "refund.create", "ticket.close"])
+    );
+    // The TTL is capped at 900 seconds.
+    let expires = app::core::clock::parse_rfc3339(b["expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires - t.now_ms() <= 900_000 && expires - t.now_ms() > 890_000);
+}
+
+async fn check_allows_reads_and_gates_writes(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let r = t.post("/api/v1/check", &token, json!({ "tool": "kb.search" })).await;
+    assert_eq!(r.body, json!({ "tool": "kb.search", "decision": "allow" }));
+    let r = t.post("/api/v1/check", &token, json!({ "tool": "email.send" })).await;
+    assert_eq!(r.body["decision"], "require_approval");
+}
+
+async fn a_proposal_is_created_with_its_diff_and_can_be_read_back(db: &TestDb) {
+    let t = spawn(db).await;
+    let (run_id, token) = t.run("acme", "prod", "support/send", None).await;
+    let r = t
+        .post(
+            "/api/v1/proposals",
+            &token,
+            close_ticket("req_9f2c:ticket.close:T-18421"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("prp_"));
+    assert_eq!(r.body["status"], "pending");
+    assert_eq!(r.body["approvals_required"], 1);
+    assert_eq!(r.body["approvals"], json!([]));
+    assert_eq!(r.body["run_id"], run_id.as_str());
+    assert!(r.body["review_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/proposals/{id}")));
+    let g = t.get(&format!("/api/v1/proposals/{id}"), &token).await;
+    assert_eq!(g.body["id"], id.as_str());
+    assert_eq!(g.body["decisions"], json!([]));
+    assert_eq!(g.body["execution"], json!(null));
+    // The server computed the diff.
+    let stored = app::core::store::queries::proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.diff.unwrap().contains("closed"));
+}
+
+async fn a_replay_returns_the_first_proposal_with_the_header(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let first = t.post("/api/v1/proposals", &token, close_ticket("k")).await;
+    let again = t.post("/api/v1/proposals", &token, close_ticket("k")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    // Same args in another key order are the same args.
+    let mut reordered = close_ticket("k");
+    reordered["args"] =
+        json!({ "reason": "Issue resolved: reset auth token and verified login", "ticket_id": "T-18421" });
+    assert_eq!(
+        t.post("/api/v1/proposals", &token, reordered).await.status,
+        StatusCode::OK
+    );
+}
+
+async fn a_hundred_identical_concurrent_posts_make_one_proposal(db: &TestDb) {
+    let t = spawn(db).await;
+    let (run_id, token) = t.run("acme", "prod", "support/send", None).await;
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (http, url, token) = (t.http.clone(), t.url("/api/v1/proposals"), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&close_ticket("once"))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (status, body["id"].as_str().unwrap_or("").to_owned())
+        }));
+    }
+    let mut created = 0;
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        let (status, id) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::OK => {}
+            other => panic!("unexpected {other}"),
+        }
+        ids.insert(id);
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    // The same key from another run or tenant is its own proposal.
+    let (_, other_run) = t.run("acme", "prod", "support/send", None).await;
+    let (_, other_tenant) = t.run("globex", "prod", "support/send", None).await;
+    assert_eq!(
+        t.post("/api/v1/proposals", &other_run, close_ticket("once"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        t.post("/api/v1/proposals", &other_tenant, close_ticket("once"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let n = app::core::store::queries::proposals::count_pending(&mut t.core().store.reader().await.unwrap().conn())
+        .await
+        .unwrap();
+    assert_eq!(n, 3, "run {run_id}");
+}
+
+async fn a_read_tool_proposal_is_approved_at_once_and_released(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, token) = t.run("acme", "prod", "support/draft", None).await;
+    let r = t
+        .post(
+            "/api/v1/proposals",
+            &token,
+            json!({ "tool": "email.draft", "args": { "to": "c@example.com", "subject": "Hi", "body": "Draft" }, "idempotency_key": "d1" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "queued");
+    assert_eq!(r.body["execution"]["status"], "queued");
+}
+
+async fn wait_returns_when_a_reviewer_decides(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let p = t.post("/api/v1/proposals", &token, close_ticket("k")).await;
+    let id = p.body["id"].as_str().unwrap().to_owned();
+    let hash = app::core::store::queries::proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .content_hash;
+    let waiter = {
+        let (http, url, token) = (
+            t.http.clone(),
+            t.url(&format!("/api/v1/proposals/{id}/wait?timeout_seconds=30")),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = http.get(url).bearer_auth(token).send().await.unwrap();
+            (r.json::<serde_json::Value>().await.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let decided_at = Instant::now();
+    t.core()
+        .decide(
+            &alice,
+            DecideRequest {
+                proposal_id: id.clone(),
+                verdict: Verdict::Approve,
+                comment: "ok".into(),
+                content_hash: hash,
+                view_ms: Some(5000),
+            },
+        )
+        .await
+        .unwrap();
+    let (body, waited) = waiter.await.unwrap();
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["approvals"][0]["by"], "alice");
+    assert!(
+        decided_at.elapsed() < Duration::from_secs(2),
+        "woken by the decision, not the timeout"
+    );
+    assert!(waited < Duration::from_secs(10));
+}
+
+async fn wait_times_out_with_the_current_status(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let p = t.post("/api/v1/proposals", &token, close_ticket("k")).await;
+    let id = p.body["id"].as_str().unwrap();
+    let started = Instant::now();
+    let r = t
+        .get(&format!("/api/v1/proposals/{id}/wait?timeout_seconds=1"), &token)
+        .await;
+    assert_eq!(r.body["status"], "pending");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let r = t
+        .get(&format!("/api/v1/proposals/{id}/wait?timeout_seconds=61"), &token)
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let r = t
+        .get(&format!("/api/v1/proposals/{id}/wait?timeout_seconds=soon"), &token)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+async fn the_run_breaker_revokes_after_five_denials_in_a_row(db: &TestDb) {
+    let t = spawn(db).await;
+    let (run_id, token) = t.run("acme", "prod", "support/send", None).await;
+    for tool in ["admin.grant", "db.write", "admin.grant", "db.write"] {
+        assert_eq!(
+            t.post("/api/v1/check", &token, json!({ "tool": tool })).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    // A success in between resets the streak.
+    assert_eq!(
+        t.post("/api/v1/check", &token, json!({ "tool": "kb.search" }))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            t.post("/api/v1/check", &token, json!({ "tool": "admin.grant" }))
+                .await
+                .status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    let r = t
+        .post(
+            "/api/v1/proposals",
+            &token,
+            json!({ "tool": "ticket.close", "args": {}, "idempotency_key": "x" }),
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_args", "the fifth denial in a row");
+    let r = t.post("/api/v1/check", &token, json!({ "tool": "kb.search" })).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        "{}",
+        r.body
+    );
+    let row = app::core::store::queries::runs::get(&mut t.core().store.reader().await.unwrap().conn(), &run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.revoked_reason.unwrap().contains("circuit breaker"));
+}
+
+async fn an_admin_revoked_run_stops_at_once(db: &TestDb) {
+    let t = spawn(db).await;
+    let (run_id, token) = t.run("acme", "prod", "support/send", None).await;
+    t.core().revoke_run(&Admin::cli(), &run_id, "looping").await.unwrap();
+    let r = t.post("/api/v1/check", &token, json!({ "tool": "kb.search" })).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn every_write_is_audited_and_the_chain_verifies(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    t.post("/api/v1/proposals", &token, close_ticket("k")).await;
+    t.post("/api/v1/check", &token, json!({ "tool": "db.write" })).await;
+    let mut actions = Vec::new();
+    t.core()
+        .export_audit(0, |e| {
+            actions.push((e.action.clone(), e.request_id.is_some()));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
+    for want in ["policy.loaded", "run.minted", "proposal.created", "check"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    assert!(
+        actions
+            .iter()
+            .filter(|(a, _)| a == "proposal.created")
+            .all(|(_, rid)| *rid),
+        "request ids recorded"
+    );
+    let report = t.core().verify_audit_chain().await.unwrap();
+    assert!(report.ok(), "{}", report.message());
+}
+
+async fn the_openapi_document_lists_every_path(db: &TestDb) {
+    let t = spawn(db).await;
+    let r = t.send(Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = r.body["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/runs",
+        "/api/v1/check",
+        "/api/v1/proposals",
+        "/api/v1/proposals/{id}",
+        "/api/v1/proposals/{id}/wait",
+        "/api/v1/proposals/{id}/cancel",
+        "/api/v1/jobs/claim",
+        "/api/v1/jobs/{id}/heartbeat",
+        "/api/v1/jobs/{id}/complete",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    let post = &paths["/api/v1/proposals"]["post"];
+    assert!(post["requestBody"].is_object());
+    assert!(post["responses"]["422"].is_object());
+    assert!(r.body["components"]["schemas"]["ProposeBody"].is_object());
+}
+
+async fn health_readiness_and_metrics_answer(db: &TestDb) {
+    let t = spawn(db).await;
+    let r = t.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = t.send(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get("x-request-id").is_some());
+    let r = t.send(Method::GET, "/metrics", None, None).await;
+    let text = r.body.as_str().unwrap().to_owned();
+    assert!(text.contains("countersign_http_requests_total"), "{text}");
+    assert!(text.contains("countersign_proposals_pending"), "{text}");
+}
+
+app::store_tests!(
+    minting_a_run_returns_its_capabilities_with_scope_from_the_key,
+    check_allows_reads_and_gates_writes,
+    a_proposal_is_created_with_its_diff_and_can_be_read_back,
+    a_replay_returns_the_first_proposal_with_the_header,
+    a_hundred_identical_concurrent_posts_make_one_proposal,
+    a_read_tool_proposal_is_approved_at_once_and_released,
+    wait_returns_when_a_reviewer_decides,
+    wait_times_out_with_the_current_status,
+    the_run_breaker_revokes_after_five_denials_in_a_row,
+    an_admin_revoked_run_stops_at_once,
+    every_write_is_audited_and_the_chain_verifies,
+    the_openapi_document_lists_every_path,
+    health_readiness_and_metrics_answer,
+);

@@ -1,0 +1,246 @@
+//! The browser door over HTTP: sign-in, session cookies and timeouts, login
+//! throttling, CSRF. (Playwright covers the same in a real browser.)
+
+mod common;
+use app::core::store::testing::TestDb;
+use common::*;
+use leptos::server_fn::ServerFn;
+use reqwest::StatusCode;
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    fn new(t: &TestApp) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(15))
+                .build()
+                .unwrap(),
+            base: t.app.url(),
+        }
+    }
+
+    async fn csrf(&self) -> String {
+        let html = self
+            .http
+            .get(format!("{}/login", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = html
+            .find("name=\"csrf\" value=\"")
+            .expect("the login form carries a CSRF token")
+            + 19;
+        html[at..].split('"').next().unwrap().to_owned()
+    }
+
+    async fn form(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> (StatusCode, String) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(fields);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn login(&self, user: &str, pw: &str) -> (StatusCode, String) {
+        let csrf = self.csrf().await;
+        self.form(
+            app::functions::session::Login::PATH,
+            &[("username", user), ("password", pw), ("csrf", &csrf), ("next", "/")],
+            Some(&self.base),
+        )
+        .await
+    }
+
+    async fn page(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+}
+
+async fn sign_in_sets_a_strict_httponly_cookie_and_rotates_the_session(db: &TestDb) {
+    let t = spawn(db).await;
+    t.person("alice", &["reviewer"], &["acme"]).await;
+    let b = Browser::new(&t);
+    let r = b.page("/login").await;
+    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let before = cookie.split(';').next().unwrap().to_owned();
+    let csrf = b.csrf().await;
+    let r = b
+        .http
+        .post(format!("{}{}", b.base, app::functions::session::Login::PATH))
+        .header("origin", &b.base)
+        .form(&[
+            ("username", "alice"),
+            ("password", PASSWORD),
+            ("csrf", &csrf),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success() || r.status().is_redirection(), "{}", r.status());
+    let after = r
+        .headers()
+        .get("set-cookie")
+        .expect("a new cookie at sign-in")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(
+        after.split(';').next().unwrap(),
+        before,
+        "the session id changes at sign-in"
+    );
+    assert_eq!(b.page("/").await.status(), StatusCode::OK);
+}
+
+async fn wrong_password_and_unknown_user_answer_alike(db: &TestDb) {
+    let t = spawn(db).await;
+    t.person("alice", &["reviewer"], &["acme"]).await;
+    let b = Browser::new(&t);
+    let (s1, body1) = b.login("alice", "wrong password here").await;
+    let (s2, body2) = b.login("mallory", "wrong password here").await;
+    assert_eq!(s1, s2);
+    assert_eq!(body1, body2);
+    assert!(body1.contains("Wrong username or password."), "{body1}");
+    assert_eq!(b.page("/").await.status(), StatusCode::SEE_OTHER);
+}
+
+async fn repeated_failures_slow_down_the_account_and_the_address(db: &TestDb) {
+    let t = spawn(db).await;
+    t.person("alice", &["reviewer"], &["acme"]).await;
+    t.person("bob", &["reviewer"], &["acme"]).await;
+    let core = t.core();
+    for _ in 0..5 {
+        assert!(matches!(
+            core.login("alice", "wrong password here", "10.0.0.1").await,
+            Err(app::core::error::Error::Unauthenticated(_))
+        ));
+    }
+    // The sixth failure starts a delay; while it lasts even the right password waits.
+    let _ = core.login("alice", "wrong password here", "10.0.0.2").await;
+    assert!(matches!(
+        core.login("alice", PASSWORD, "10.0.0.3").await,
+        Err(app::core::error::Error::RateLimited { .. })
+    ));
+    // Per address too: one address guessing many accounts.
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
+        let _ = core.login(user, "guess guess guess", "10.9.9.9").await;
+    }
+    assert!(matches!(
+        core.login("bob", PASSWORD, "10.9.9.9").await,
+        Err(app::core::error::Error::RateLimited { .. })
+    ));
+    assert!(
+        core.login("bob", PASSWORD, "10.0.0.4").await.is_ok(),
+        "bob from elsewhere is fine"
+    );
+    // The delay passes.
+    t.advance(10);
+    assert!(core.login("alice", PASSWORD, "10.0.0.3").await.is_ok());
+}
+
+async fn sessions_end_after_the_absolute_timeout(db: &TestDb) {
+    let t = spawn(db).await;
+    t.person("alice", &["reviewer"], &["acme"]).await;
+    let b = Browser::new(&t);
+    b.login("alice", PASSWORD).await;
+    assert_eq!(b.page("/").await.status(), StatusCode::OK);
+    t.advance(11 * 3600);
+    assert_eq!(b.page("/").await.status(), StatusCode::OK);
+    t.advance(3600 + 1);
+    let r = b.page("/").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with("/login"));
+}
+
+async fn state_changing_requests_need_the_sessions_csrf_token_and_our_origin(db: &TestDb) {
+    let t = spawn(db).await;
+    t.person("alice", &["reviewer"], &["acme"]).await;
+    let b = Browser::new(&t);
+    b.login("alice", PASSWORD).await;
+    let path = app::functions::session::Logout::PATH;
+    let (s, _) = b.form(path, &[], Some(&b.base)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no token");
+    let (s, _) = b.form(path, &[("csrf", "forged-token")], Some(&b.base)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a wrong token");
+    let csrf = {
+        let html = b.page("/").await.text().await.unwrap();
+        let at = html.find("name=\"csrf\" value=\"").unwrap() + 19;
+        html[at..].split('"').next().unwrap().to_owned()
+    };
+    let (s, _) = b.form(path, &[("csrf", &csrf)], Some("https://evil.example")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another origin, even with the token");
+    assert_eq!(b.page("/").await.status(), StatusCode::OK, "still signed in");
+    let (s, _) = b.form(path, &[("csrf", &csrf)], Some(&b.base)).await;
+    assert!(s.is_success() || s.is_redirection(), "{s}");
+    assert_eq!(b.page("/").await.status(), StatusCode::SEE_OTHER, "signed out");
+}
+
+async fn a_bearer_credential_cannot_use_the_browser_door(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let r = t
+        .http
+        .post(t.url(app::functions::proposals::Decide::PATH))
+        .bearer_auth(&token)
+        .form(&[
+            ("id", "prp_x"),
+            ("verdict", "approve"),
+            ("comment", ""),
+            ("content_hash", "x"),
+            ("csrf", "x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+app::store_tests!(
+    sign_in_sets_a_strict_httponly_cookie_and_rotates_the_session,
+    wrong_password_and_unknown_user_answer_alike,
+    repeated_failures_slow_down_the_account_and_the_address,
+    sessions_end_after_the_absolute_timeout,
+    state_changing_requests_need_the_sessions_csrf_token_and_our_origin,
+    a_bearer_credential_cannot_use_the_browser_door,
+);
+
+/// Many pages rendered at once by one server: none hangs or fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_under_concurrent_load() {
+    let db = TestDb::sqlite().await;
+    let t = spawn(&db).await;
+    t.person("alice", &["reviewer"], &["acme"]).await;
+    let signed_in = Browser::new(&t);
+    signed_in.login("alice", PASSWORD).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let http = if i % 2 == 0 {
+            signed_in.http.clone()
+        } else {
+            reqwest::Client::new()
+        };
+        let url = format!("{}{}", t.app.url(), if i % 2 == 0 { "/" } else { "/login" });
+        tasks.push(tokio::spawn(async move {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), http.get(url).send()).await;
+            r.expect("rendered within 30 s").unwrap().status()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,194 @@
+//! Black-box test harness: the whole app on port 0 over a fresh database,
+//! spoken to over HTTP, with a clock the test can move.
+#![allow(dead_code)]
+
+use app::core::clock::{Clock, ManualClock};
+use app::core::policy::{load_policy, Policy};
+use app::core::service::{Admin, NewKey, NewUser, Person};
+use app::core::store::testing::TestDb;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use server::startup::{start, AppConfig, RunningApp};
+use std::sync::Arc;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn example_policy() -> Policy {
+    load_policy(include_str!("../../../examples/policy.toml")).expect("the example policy loads")
+}
+
+pub struct TestApp {
+    pub app: RunningApp,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    pub db_url: String,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn spawn(db: &TestDb) -> TestApp {
+    spawn_with(db, example_policy(), |_| {}).await
+}
+
+pub async fn spawn_with(db: &TestDb, policy: Policy, tweak: impl FnOnce(&mut AppConfig)) -> TestApp {
+    // Quiet unless asked: RUST_LOG=debug cargo test … shows the server's logs.
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    let clock = Arc::new(ManualClock::new());
+    let mut cfg = AppConfig::new(db.url.clone(), policy);
+    cfg.clock = clock.clone();
+    // Tests move the clock and call sweep() themselves.
+    cfg.sweep_every = std::time::Duration::from_secs(3600);
+    tweak(&mut cfg);
+    let app = start(cfg).await.expect("the app starts");
+    TestApp {
+        app,
+        clock,
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(90))
+            .build()
+            .unwrap(),
+        db_url: db.url.clone(),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app.url())
+    }
+
+    pub fn core(&self) -> &app::core::service::Core {
+        &self.app.core
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("the request is answered");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply { status, body, headers }
+    }
+
+    pub async fn post(&self, path: &str, bearer: &str, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, Some(bearer), Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, bearer: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, Some(bearer), None).await
+    }
+
+    pub async fn service_key(&self, tenant: &str, env: &str) -> String {
+        self.core()
+            .create_key(
+                &Admin::cli(),
+                NewKey {
+                    kind: "service".into(),
+                    name: format!("{tenant}-{env}"),
+                    tenant: Some(tenant.into()),
+                    env: env.into(),
+                    tools: vec![],
+                },
+            )
+            .await
+            .unwrap()
+            .1
+    }
+
+    pub async fn executor_key(&self, env: &str, tools: &[&str]) -> String {
+        self.core()
+            .create_key(
+                &Admin::cli(),
+                NewKey {
+                    kind: "executor".into(),
+                    name: format!("exec-{env}"),
+                    tenant: None,
+                    env: env.into(),
+                    tools: tools.iter().map(|t| t.to_string()).collect(),
+                },
+            )
+            .await
+            .unwrap()
+            .1
+    }
+
+    /// Mint a run on `route` with a new service key; returns (run id, token).
+    pub async fn run(&self, tenant: &str, env: &str, route: &str, on_behalf_of: Option<&str>) -> (String, String) {
+        let key = self.service_key(tenant, env).await;
+        let mut body = json!({ "route": route, "ttl_seconds": 600 });
+        if let Some(p) = on_behalf_of {
+            body["on_behalf_of"] = json!(p);
+        }
+        let r = self.post("/api/v1/runs", &key, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        (
+            r.body["run_id"].as_str().unwrap().to_owned(),
+            r.body["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn person(&self, name: &str, roles: &[&str], tenants: &[&str]) -> Person {
+        self.core()
+            .add_user(
+                &Admin::cli(),
+                NewUser {
+                    username: name.into(),
+                    password: PASSWORD.into(),
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
+                    tenants: tenants.iter().map(|t| t.to_string()).collect(),
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance_secs(secs);
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// A proposal body for `ticket.close` with a fresh or given idempotency key.
+pub fn close_ticket(key: &str) -> Value {
+    json!({
+        "tool": "ticket.close",
+        "args": { "ticket_id": "T-18421", "reason": "Issue resolved: reset auth token and verified login" },
+        "idempotency_key": key,
+        "reason": "Customer confirmed the fix",
+        "preview": { "before": "status: open\nassignee: bob", "after": "status: closed\nassignee: bob" }
+    })
+}
+
+pub fn refund(key: &str) -> Value {
+    json!({
+        "tool": "refund.create",
+        "args": { "customer_id": "C-42", "amount_cents": 2500, "currency": "EUR" },
+        "idempotency_key": key,
+        "reason": "Double charge on invoice 7731"
+    })
+}

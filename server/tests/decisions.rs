@@ -1,0 +1,323 @@
+//! Who may decide, and deciding under contention, on SQLite and PostgreSQL.
+
+mod common;
+use app::core::error::Error;
+use app::core::lifecycle::Verdict;
+use app::core::service::{DecideRequest, Person};
+use app::core::store::queries::{jobs, proposals};
+use app::core::store::testing::TestDb;
+use app::model::HistoryQuery;
+use common::*;
+
+async fn propose(t: &TestApp, body: serde_json::Value, on_behalf_of: Option<&str>) -> (String, String) {
+    let (_, token) = t.run("acme", "prod", "support/send", on_behalf_of).await;
+    let r = t.post("/api/v1/proposals", &token, body).await;
+    assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .content_hash;
+    (id, hash)
+}
+
+fn req(id: &str, hash: &str, verdict: Verdict, comment: &str) -> DecideRequest {
+    DecideRequest {
+        proposal_id: id.into(),
+        verdict,
+        comment: comment.into(),
+        content_hash: hash.into(),
+        view_ms: Some(8000),
+    }
+}
+
+async fn status(t: &TestApp, id: &str) -> (String, i64) {
+    let p = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    (p.status, p.approvals)
+}
+
+async fn fifty_reviewers_approving_at_once_release_it_exactly_once(db: &TestDb) {
+    let t = spawn(db).await;
+    let mut people: Vec<Person> = Vec::new();
+    for i in 0..50 {
+        people.push(t.person(&format!("r{i:02}"), &["reviewer"], &["acme"]).await);
+    }
+    let (id, hash) = propose(&t, refund("refund-1"), None).await;
+    let core = t.app.core.clone();
+    let tasks: Vec<_> = people
+        .into_iter()
+        .map(|p| {
+            let (core, id, hash) = (core.clone(), id.clone(), hash.clone());
+            tokio::spawn(async move { core.decide(&p, req(&id, &hash, Verdict::Approve, "ok")).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Error::Forbidden(m)) => assert!(m.contains("Already"), "{m}"),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 2, "two approvals are counted, the rest find it decided");
+    assert_eq!(status(&t, &id).await, ("queued".into(), 2));
+    let mut r = t.core().store.reader().await.unwrap();
+    let decisions = proposals::decisions_of(&mut r.conn(), &id).await.unwrap();
+    assert_eq!(decisions.iter().filter(|d| d.verdict == "approve").count(), 2);
+    assert!(jobs::by_proposal(&mut r.conn(), &id).await.unwrap().is_some());
+    let mut released = 0;
+    t.core()
+        .export_audit(0, |e| {
+            if e.action == "job.released" && e.subject.as_deref() == Some(id.as_str()) {
+                released += 1;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    assert!(t.core().verify_audit_chain().await.unwrap().ok());
+}
+
+async fn a_reviewer_racing_themselves_counts_once(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (id, hash) = propose(&t, refund("refund-2"), None).await;
+    let core = t.app.core.clone();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (core, id, hash, alice) = (core.clone(), id.clone(), hash.clone(), alice.clone());
+            tokio::spawn(async move { core.decide(&alice, req(&id, &hash, Verdict::Approve, "")).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        if task.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(status(&t, &id).await, ("pending".into(), 1));
+}
+
+async fn second_approver_must_differ_from_first(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let bob = t.person("bob", &["reviewer"], &["acme"]).await;
+    let (id, hash) = propose(&t, refund("refund-3"), None).await;
+    t.core()
+        .decide(&alice, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+    let e = t
+        .core()
+        .decide(&alice, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::Forbidden("Needs a second reviewer: not you".into()));
+    let review = t.core().review_for(&alice, &id).await.unwrap();
+    assert_eq!(review.why_not.as_deref(), Some("Needs a second reviewer: not you"));
+    assert_eq!(
+        review.eligible,
+        vec!["bob".to_owned()],
+        "the first approver learns whom to ask"
+    );
+    assert_eq!(
+        t.core()
+            .decide(&bob, req(&id, &hash, Verdict::Approve, ""))
+            .await
+            .unwrap(),
+        "queued"
+    );
+}
+
+async fn requester_cannot_approve_own_action(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let bob = t.person("bob", &["reviewer"], &["acme"]).await;
+    let (id, hash) = propose(&t, close_ticket("k"), Some("alice")).await;
+    let e = t
+        .core()
+        .decide(&alice, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::Forbidden("You requested this".into()));
+    let review = t.core().review_for(&alice, &id).await.unwrap();
+    assert_eq!(review.why_not.as_deref(), Some("You requested this"));
+    assert!(review.eligible.contains(&"bob".to_owned()) && !review.eligible.contains(&"alice".to_owned()));
+    t.core()
+        .decide(&bob, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+}
+
+async fn only_reviewers_of_the_tenant_see_or_decide(db: &TestDb) {
+    let t = spawn(db).await;
+    let carol = t.person("carol", &["reviewer"], &["globex"]).await;
+    let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
+    let (id, hash) = propose(&t, close_ticket("k"), None).await;
+    assert_eq!(t.core().review_for(&carol, &id).await.unwrap_err(), Error::NotFound);
+    assert_eq!(
+        t.core()
+            .decide(&carol, req(&id, &hash, Verdict::Approve, ""))
+            .await
+            .unwrap_err(),
+        Error::NotFound
+    );
+    assert!(t.core().queue_for(&carol).await.unwrap().rows.is_empty());
+    // An auditor sees it but cannot decide.
+    let review = t.core().review_for(&audrey, &id).await.unwrap();
+    assert!(review.why_not.is_some());
+    assert!(matches!(
+        t.core().decide(&audrey, req(&id, &hash, Verdict::Approve, "")).await,
+        Err(Error::Forbidden(_))
+    ));
+}
+
+async fn a_decision_is_bound_to_what_the_reviewer_saw(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (id, _) = propose(&t, close_ticket("k"), None).await;
+    let e = t
+        .core()
+        .decide(&alice, req(&id, "not-the-hash", Verdict::Approve, ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Forbidden(m) if m.contains("not what would run")));
+    assert_eq!(status(&t, &id).await.0, "pending");
+}
+
+async fn a_rejection_needs_a_comment_and_ends_it(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let bob = t.person("bob", &["reviewer"], &["acme"]).await;
+    let (id, hash) = propose(&t, refund("refund-4"), None).await;
+    let e = t
+        .core()
+        .decide(&alice, req(&id, &hash, Verdict::Reject, "  "))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::BadRequest(_)));
+    t.core()
+        .decide(&alice, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.core()
+            .decide(&bob, req(&id, &hash, Verdict::Reject, "wrong customer"))
+            .await
+            .unwrap(),
+        "rejected"
+    );
+    let carl = t.person("carl", &["reviewer"], &["acme"]).await;
+    assert!(t
+        .core()
+        .decide(&carl, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .is_err());
+}
+
+async fn an_expired_proposal_cannot_be_approved(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (id, hash) = propose(&t, refund("refund-5"), None).await;
+    t.advance(3601);
+    let e = t
+        .core()
+        .decide(&alice, req(&id, &hash, Verdict::Approve, ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Forbidden(m) if m.contains("expired")));
+}
+
+async fn quick_decisions_are_flagged_in_history(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
+    let (id, hash) = propose(&t, close_ticket("k"), None).await;
+    let mut r = req(&id, &hash, Verdict::Approve, "lgtm");
+    r.view_ms = Some(800);
+    t.core().decide(&alice, r).await.unwrap();
+    let page = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
+    let row = page.rows.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(row.decisions[0].username, "alice");
+    assert!(row.decisions[0].quick, "decided in 0.8 s: flagged");
+    // Filters: by person and status; other tenants are invisible to the auditor.
+    let q = HistoryQuery {
+        person: Some("alice".into()),
+        status: Some("queued".into()),
+        ..Default::default()
+    };
+    assert_eq!(t.core().history(&audrey, &q).await.unwrap().rows.len(), 1);
+    let q = HistoryQuery {
+        tenant: Some("globex".into()),
+        ..Default::default()
+    };
+    assert!(t.core().history(&audrey, &q).await.unwrap().rows.is_empty());
+    assert!(matches!(
+        t.core().history(&alice, &HistoryQuery::default()).await,
+        Err(Error::Forbidden(_))
+    ));
+}
+
+async fn history_pages_through_everything(db: &TestDb) {
+    let t = spawn(db).await;
+    let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    for i in 0..24 {
+        // keep the run inside its 25-step budget
+        let r = t
+            .post("/api/v1/proposals", &token, close_ticket(&format!("k{i}")))
+            .await;
+        assert_eq!(r.status, reqwest::StatusCode::CREATED);
+        t.clock.advance_ms(5);
+    }
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    for i in 0..36 {
+        if i == 24 {
+            break;
+        }
+        t.post("/api/v1/proposals", &token, close_ticket(&format!("m{i}")))
+            .await;
+        t.clock.advance_ms(5);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut q = HistoryQuery::default();
+    loop {
+        let page = t.core().history(&audrey, &q).await.unwrap();
+        for r in &page.rows {
+            assert!(seen.insert(r.id.clone()), "no row twice");
+        }
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 48);
+    let mut exported = 0;
+    t.core()
+        .history_export(&audrey, &HistoryQuery::default(), |_| {
+            exported += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(exported, 48);
+}
+
+app::store_tests!(
+    fifty_reviewers_approving_at_once_release_it_exactly_once,
+    a_reviewer_racing_themselves_counts_once,
+    second_approver_must_differ_from_first,
+    requester_cannot_approve_own_action,
+    only_reviewers_of_the_tenant_see_or_decide,
+    a_decision_is_bound_to_what_the_reviewer_saw,
+    a_rejection_needs_a_comment_and_ends_it,
+    an_expired_proposal_cannot_be_approved,
+    quick_decisions_are_flagged_in_history,
+    history_pages_through_everything,
+);

@@ -1,0 +1,448 @@
+//! The executor queue: leases, fencing, retries, expiry and release, on
+//! SQLite and PostgreSQL.
+
+mod common;
+use app::core::lifecycle::Verdict;
+use app::core::policy::load_policy;
+use app::core::service::Admin;
+use app::core::service::DecideRequest;
+use app::core::store::queries::proposals;
+use app::core::store::testing::TestDb;
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The example policy plus a bulk route whose write tool is auto-approved, so
+/// tests can release many jobs without clicking.
+fn queue_policy() -> app::core::policy::Policy {
+    let src = format!(
+        "{}\n{}",
+        include_str!("../../examples/policy.toml"),
+        r#"
+[tools."note.write"]
+kind = "write"
+undo = "Delete the note"
+blast_radius = "1 note"
+max_attempts = 3
+execute_within_seconds = 600
+args.text = { type = "string", max_len = 100 }
+
+[routes."bulk"]
+allow_tools = ["note.write"]
+auto_approve = ["note.write"]
+budgets = { steps = 100000, seconds = 86400, usd = 100.0 }
+"#
+    );
+    load_policy(&src).unwrap()
+}
+
+async fn app(db: &TestDb) -> TestApp {
+    spawn_with(db, queue_policy(), |_| {}).await
+}
+
+/// Release `n` jobs through the API; returns the run token and proposal ids.
+async fn release(t: &TestApp, tenant: &str, n: usize) -> (String, Vec<String>) {
+    let (_, token) = t.run(tenant, "prod", "bulk", None).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = t
+            .post(
+                "/api/v1/proposals",
+                &token,
+                json!({ "tool": "note.write", "args": { "text": format!("note {i}") }, "idempotency_key": format!("note-{i}") }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(r.body["status"], "queued");
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    (token, ids)
+}
+
+async fn claim(t: &TestApp, key: &str, body: Value) -> Vec<Value> {
+    let r = t.post("/api/v1/jobs/claim", key, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["jobs"].as_array().unwrap().clone()
+}
+
+async fn complete(t: &TestApp, key: &str, job: &Value, status: &str, retryable: bool) -> common::Reply {
+    t.post(
+        &format!("/api/v1/jobs/{}/complete", job["job_id"].as_str().unwrap()),
+        key,
+        json!({ "lease_id": job["lease_id"], "status": status, "result": { "ok": status == "succeeded" }, "retryable": retryable }),
+    )
+    .await
+}
+
+async fn status_of(t: &TestApp, token: &str, id: &str) -> Value {
+    t.get(&format!("/api/v1/proposals/{id}"), token).await.body
+}
+
+/// The status as stored (run tokens in these tests may have expired).
+async fn stored_status(t: &TestApp, id: &str) -> String {
+    proposals::get(&mut t.core().store.reader().await.unwrap().conn(), id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+}
+
+async fn two_hundred_jobs_sixteen_executors_each_completed_exactly_once(db: &TestDb) {
+    let t = Arc::new(app(db).await);
+    let (token, ids) = release(&t, "acme", 200).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let completions: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let leases: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    let mut executors = Vec::new();
+    for _ in 0..16 {
+        let (t, key, completions, leases) = (t.clone(), key.clone(), completions.clone(), leases.clone());
+        executors.push(tokio::spawn(async move {
+            let mut idle = 0;
+            while idle < 3 {
+                let jobs = claim(&t, &key, json!({ "max": 5, "lease_seconds": 120, "wait_seconds": 0 })).await;
+                if jobs.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                idle = 0;
+                for job in jobs {
+                    let id = job["job_id"].as_str().unwrap().to_owned();
+                    leases
+                        .lock()
+                        .unwrap()
+                        .entry(id.clone())
+                        .or_default()
+                        .push(job["lease_id"].as_str().unwrap().to_owned());
+                    let r = complete(&t, &key, &job, "succeeded", false).await;
+                    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+                    *completions.lock().unwrap().entry(id).or_default() += 1;
+                }
+            }
+        }));
+    }
+    for e in executors {
+        e.await.unwrap();
+    }
+    {
+        let completions = completions.lock().unwrap();
+        assert_eq!(completions.len(), 200, "none lost");
+        assert!(completions.values().all(|n| *n == 1), "each completed once");
+        let leases = leases.lock().unwrap();
+        assert!(
+            leases.values().all(|l| l.len() == 1),
+            "no job handed to two live leases"
+        );
+    }
+    for id in ids.iter().take(5) {
+        assert_eq!(status_of(&t, &token, id).await["status"], "succeeded");
+    }
+    assert!(t.core().verify_audit_chain().await.unwrap().ok());
+}
+
+async fn a_dead_executors_lease_runs_out_and_the_job_returns_with_the_next_attempt(db: &TestDb) {
+    let t = app(db).await;
+    let (token, ids) = release(&t, "acme", 1).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let first = claim(&t, &key, json!({ "lease_seconds": 30 })).await.remove(0);
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(status_of(&t, &token, &ids[0]).await["status"], "running");
+    // The holder dies: nothing completes, nothing heartbeats.
+    assert!(
+        claim(&t, &key, json!({})).await.is_empty(),
+        "not offered while the lease lives"
+    );
+    t.advance(31);
+    assert_eq!(t.core().sweep().await.unwrap(), 1);
+    let second = claim(&t, &key, json!({ "lease_seconds": 30 })).await.remove(0);
+    assert_eq!(second["job_id"], first["job_id"]);
+    assert_eq!(second["idempotency_key"], first["idempotency_key"]);
+    assert_eq!(second["attempt"], 2);
+    assert_ne!(second["lease_id"], first["lease_id"]);
+    // The dead holder's late word is refused by its stale lease.
+    let r = complete(&t, &key, &first, "succeeded", false).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_transition"));
+    let r = t
+        .post(
+            &format!("/api/v1/jobs/{}/heartbeat", first["job_id"].as_str().unwrap()),
+            &key,
+            json!({ "lease_id": first["lease_id"] }),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_transition"));
+    assert_eq!(
+        complete(&t, &key, &second, "succeeded", false).await.status,
+        StatusCode::OK
+    );
+    let p = status_of(&t, &token, &ids[0]).await;
+    assert_eq!(p["status"], "succeeded");
+    assert_eq!(p["execution"]["attempts"], 2);
+}
+
+async fn completing_is_idempotent_for_the_same_body_only(db: &TestDb) {
+    let t = app(db).await;
+    release(&t, "acme", 1).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let job = claim(&t, &key, json!({})).await.remove(0);
+    assert_eq!(
+        complete(&t, &key, &job, "succeeded", false).await.status,
+        StatusCode::OK
+    );
+    let again = complete(&t, &key, &job, "succeeded", false).await;
+    assert_eq!(again.status, StatusCode::OK, "the same body again is answered alike");
+    assert_eq!(again.body["state"], "succeeded");
+    let r = complete(&t, &key, &job, "failed", false).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_transition"));
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("different outcome"));
+}
+
+async fn a_retryable_failure_returns_with_backoff_until_the_attempt_limit(db: &TestDb) {
+    let t = app(db).await;
+    let (token, ids) = release(&t, "acme", 1).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    for attempt in 1..=3 {
+        let job = claim(&t, &key, json!({})).await.remove(0);
+        assert_eq!(job["attempt"], attempt);
+        let r = complete(&t, &key, &job, "failed", true).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if attempt < 3 {
+            assert_eq!(r.body["state"], "queued");
+            assert_eq!(status_of(&t, &token, &ids[0]).await["status"], "queued");
+            assert!(claim(&t, &key, json!({})).await.is_empty(), "backoff: not at once");
+            t.advance(1 << attempt);
+        } else {
+            assert_eq!(r.body["state"], "failed", "max_attempts = 3");
+        }
+    }
+    let p = status_of(&t, &token, &ids[0]).await;
+    assert_eq!(p["status"], "failed");
+    assert_eq!(p["execution"]["status"], "failed");
+}
+
+async fn heartbeats_extend_a_live_lease(db: &TestDb) {
+    let t = app(db).await;
+    release(&t, "acme", 1).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let job = claim(&t, &key, json!({ "lease_seconds": 10 })).await.remove(0);
+    let hb = format!("/api/v1/jobs/{}/heartbeat", job["job_id"].as_str().unwrap());
+    for _ in 0..3 {
+        t.advance(8);
+        let r = t
+            .post(&hb, &key, json!({ "lease_id": job["lease_id"], "lease_seconds": 10 }))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        t.core().sweep().await.unwrap();
+    }
+    assert_eq!(
+        complete(&t, &key, &job, "succeeded", false).await.status,
+        StatusCode::OK,
+        "24 s later, still held"
+    );
+}
+
+async fn executors_see_only_their_env_and_tools(db: &TestDb) {
+    let t = app(db).await;
+    release(&t, "acme", 2).await;
+    let staging = t.executor_key("staging", &["note.write"]).await;
+    let other_tool = t.executor_key("prod", &["ticket.close"]).await;
+    assert!(claim(&t, &staging, json!({ "max": 10 })).await.is_empty());
+    assert!(claim(&t, &other_tool, json!({ "max": 10 })).await.is_empty());
+    assert!(
+        claim(&t, &other_tool, json!({ "tools": ["note.write"] }))
+            .await
+            .is_empty(),
+        "the body narrows, never widens"
+    );
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let jobs = claim(&t, &key, json!({ "max": 10 })).await;
+    assert_eq!(jobs.len(), 2);
+    let r = complete(&t, &other_tool, &jobs[0], "succeeded", false).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "another key's job is not visible");
+    let r = t.post("/api/v1/jobs/claim", &key, json!({ "max": 0 })).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = t
+        .post("/api/v1/jobs/claim", &key, json!({ "lease_seconds": 100000 }))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+async fn pending_and_approved_but_unrun_proposals_expire(db: &TestDb) {
+    let t = app(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let pending = t.post("/api/v1/proposals", &token, refund("r1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (bulk_token, released) = release(&t, "acme", 1).await;
+    // note.write: execute within 600 s; refund.create: expires after 3600 s.
+    let _ = bulk_token;
+    t.advance(601);
+    t.core().sweep().await.unwrap();
+    assert_eq!(stored_status(&t, &released[0]).await, "expired");
+    let key = t.executor_key("prod", &["note.write"]).await;
+    assert!(
+        claim(&t, &key, json!({})).await.is_empty(),
+        "an expired job is never claimed"
+    );
+    t.advance(3000);
+    t.core().sweep().await.unwrap();
+    assert_eq!(stored_status(&t, &pending).await, "expired");
+    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .content_hash;
+    let e = t
+        .core()
+        .decide(
+            &alice,
+            DecideRequest {
+                proposal_id: pending,
+                verdict: Verdict::Approve,
+                comment: String::new(),
+                content_hash: hash,
+                view_ms: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+}
+
+async fn a_kill_switch_holds_release_and_claims_until_it_is_off(db: &TestDb) {
+    let t = app(db).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let (token, queued) = release(&t, "acme", 1).await;
+    t.core()
+        .set_switch(&Admin::cli(), "tool", "note.write", true, "incident 7")
+        .await
+        .unwrap();
+    assert!(
+        claim(&t, &key, json!({})).await.is_empty(),
+        "queued jobs are not handed out"
+    );
+    // New work is refused while it is on.
+    let r = t
+        .post(
+            "/api/v1/proposals",
+            &token,
+            json!({ "tool": "note.write", "args": { "text": "x" }, "idempotency_key": "later" }),
+        )
+        .await;
+    assert_eq!(r.code(), "disabled");
+    t.core()
+        .set_switch(&Admin::cli(), "tool", "note.write", false, "resolved")
+        .await
+        .unwrap();
+    let jobs = claim(&t, &key, json!({})).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["proposal_id"], queued[0].as_str());
+}
+
+async fn an_approval_while_a_route_switch_is_on_is_held_then_released(db: &TestDb) {
+    let t = app(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let key = t.executor_key("prod", &["ticket.close"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, close_ticket("k")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .content_hash;
+    t.core()
+        .set_switch(&Admin::cli(), "tenant", "globex", true, "other tenant")
+        .await
+        .unwrap();
+    t.core()
+        .decide(
+            &alice,
+            DecideRequest {
+                proposal_id: id.clone(),
+                verdict: Verdict::Approve,
+                comment: String::new(),
+                content_hash: hash,
+                view_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(&t, &key, json!({})).await.len(),
+        1,
+        "a switch on another tenant holds nothing here"
+    );
+}
+
+async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
+    let t = Arc::new(app(db).await);
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let key = t.executor_key("prod", &["ticket.close"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, close_ticket("k")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .content_hash;
+    let poller = {
+        let (t, key) = (t.clone(), key.clone());
+        tokio::spawn(async move {
+            let jobs = claim(&t, &key, json!({ "wait_seconds": 30 })).await;
+            (jobs, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.core()
+        .decide(
+            &alice,
+            DecideRequest {
+                proposal_id: id.clone(),
+                verdict: Verdict::Approve,
+                comment: String::new(),
+                content_hash: hash,
+                view_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    let committed = Instant::now();
+    let (jobs, returned) = poller.await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let latency = returned.duration_since(committed);
+    println!(
+        "approve -> claim latency: {:.1} ms ({})",
+        latency.as_secs_f64() * 1000.0,
+        t.core().store.backend().name()
+    );
+    assert!(
+        latency < Duration::from_secs(2),
+        "woken by the release, not a poll: {latency:?}"
+    );
+}
+
+app::store_tests!(
+    two_hundred_jobs_sixteen_executors_each_completed_exactly_once,
+    a_dead_executors_lease_runs_out_and_the_job_returns_with_the_next_attempt,
+    completing_is_idempotent_for_the_same_body_only,
+    a_retryable_failure_returns_with_backoff_until_the_attempt_limit,
+    heartbeats_extend_a_live_lease,
+    executors_see_only_their_env_and_tools,
+    pending_and_approved_but_unrun_proposals_expire,
+    a_kill_switch_holds_release_and_claims_until_it_is_off,
+    an_approval_while_a_route_switch_is_on_is_held_then_released,
+    a_long_poll_wakes_when_a_job_is_released,
+);
