@@ -213,6 +213,25 @@ async fn a_rejection_needs_a_comment_and_ends_it(db: &TestDb) {
             .unwrap(),
         "rejected"
     );
+    // History finds it by its status (through the index of statuses gone
+    // wrong), and not under another.
+    let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
+    let by_status = |s: &str| HistoryQuery {
+        status: Some(s.into()),
+        ..Default::default()
+    };
+    let rejected = t.core().history(&audrey, &by_status("rejected")).await.unwrap();
+    assert_eq!(
+        rejected.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    assert!(t
+        .core()
+        .history(&audrey, &by_status("failed"))
+        .await
+        .unwrap()
+        .rows
+        .is_empty());
     let carl = t.person("carl", &["reviewer"], &["acme"]).await;
     assert!(t
         .core()

@@ -188,6 +188,9 @@ pub async fn pending_expired(conn: &mut Conn<'_>, now: i64, limit: i64) -> Resul
     Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
 }
 
+/// The statuses migration 0005's `proposals_gone_wrong` index covers.
+const GONE_WRONG: [&str; 4] = ["failed", "rejected", "expired", "cancelled"];
+
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
     /// None: every tenant (admins); Some(empty): nothing.
@@ -226,11 +229,18 @@ pub async fn history(conn: &mut Conn<'_>, f: &HistoryFilter, limit: i64) -> Resu
         }
         if let Some(s) = &f.status {
             qb.push(" AND status = ").push_bind(s.clone());
+            if GONE_WRONG.contains(&s.as_str()) {
+                // Spelled out as in the partial index's WHERE, so SQLite
+                // sees that the index applies (it cannot infer it from `=`).
+                qb.push(" AND status IN ('failed', 'rejected', 'expired', 'cancelled')");
+            }
         }
         if let Some(p) = &f.person {
-            qb.push(" AND (on_behalf_of = ").push_bind(p.clone());
-            qb.push(" OR id IN (SELECT proposal_id FROM decisions WHERE username = ").push_bind(p.clone());
-            qb.push("))");
+            // A set of ids from two indexed lookups: an OR across the two
+            // made both stores walk the tenant's whole history.
+            qb.push(" AND id IN (SELECT id FROM proposals WHERE on_behalf_of = ").push_bind(p.clone());
+            qb.push(" UNION SELECT proposal_id FROM decisions WHERE username = ").push_bind(p.clone());
+            qb.push(")");
         }
         if let Some(from) = f.from_ms {
             qb.push(" AND created_at >= ").push_bind(from);
