@@ -14,7 +14,8 @@ CREATE INDEX proposals_pending ON proposals (tenant, created_at, id) WHERE statu
 --
 -- Status changes on the hot path (queued, running, succeeded), so only the
 -- statuses a proposal ends in when something went wrong are indexed: an
--- index over every status cost the claim + complete path about 10%. A filter
+-- index over every status would be rewritten at each claim and completion,
+-- inside the single writer that bounds their throughput. A filter
 -- on a common status (succeeded) finds its page at once by walking the
 -- tenant's history; pending has the queue's index; in-flight statuses
 -- (approved, queued, running) are few and walk the history.
