@@ -232,7 +232,9 @@ pub async fn history(conn: &mut Conn<'_>, f: &HistoryFilter, limit: i64) -> Resu
             if GONE_WRONG.contains(&s.as_str()) {
                 // Spelled out as in the partial index's WHERE, so SQLite
                 // sees that the index applies (it cannot infer it from `=`).
-                qb.push(" AND status IN ('failed', 'rejected', 'expired', 'cancelled')");
+                qb.push(" AND status IN (");
+                qb.push(GONE_WRONG.map(|s| format!("'{s}'")).join(", "));
+                qb.push(")");
             }
         }
         if let Some(p) = &f.person {
