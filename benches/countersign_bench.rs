@@ -562,6 +562,7 @@ async fn drain(o: &Opts, base: &str, key: &str, exec: &str) -> Result<(u64, u64,
     let claimed_twice = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let before = writer_counters(base).await;
+    let finished_before = completion_counters(base).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..o.executors {
@@ -633,7 +634,15 @@ async fn drain(o: &Opts, base: &str, key: &str, exec: &str) -> Result<(u64, u64,
         ));
     }
     let after = writer_counters(base).await;
-    let writer = before.zip(after).map(|(a, b)| writer_between(a, b));
+    let finished_after = completion_counters(base).await;
+    let writer = before.zip(after).map(|(a, b)| {
+        let writes = finished_after.0 - finished_before.0;
+        let together = (finished_after.1 - finished_before.1) / writes.max(1.0);
+        format!(
+            "{} · {together:.1} completions per finishing write",
+            writer_between(a, b)
+        )
+    });
     Ok((released, done, done as f64 / elapsed, writer))
 }
 
@@ -780,13 +789,30 @@ async fn approve_to_claim(o: &Opts, r: &Reviewer, key: &str, exec: &str) -> Resu
 /// The writer's counters: (batches, requests, run seconds, commit seconds, retried batches).
 type WriterCounters = (f64, f64, f64, f64, f64);
 
+/// The server's metrics page, read once.
+async fn metrics_text(base: &str) -> Option<String> {
+    reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()
+}
+
+/// One unlabelled metric's value from a metrics page.
+fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// Completions finished together: (writes, completions) so far.
+async fn completion_counters(base: &str) -> (f64, f64) {
+    let text = metrics_text(base).await.unwrap_or_default();
+    (
+        metric_in(&text, "countersign_completions_per_write_count").unwrap_or(0.0),
+        metric_in(&text, "countersign_completions_per_write_sum").unwrap_or(0.0),
+    )
+}
+
 async fn writer_counters(base: &str) -> Option<WriterCounters> {
-    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
-    let metric = |name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    };
+    let text = metrics_text(base).await?;
+    let metric = |name: &str| metric_in(&text, name);
     Some((
         metric("countersign_write_batch_size_count")?,
         metric("countersign_write_batch_size_sum")?,
@@ -972,7 +998,7 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
     ));
     if let Some(w) = writer {
         rows.push(row(
-            "  writer while draining: batches · requests/batch · run · commit (ms)",
+            "  writer while draining: batches · requests/batch · run · commit (ms) · grouping",
             w,
             "",
         ));

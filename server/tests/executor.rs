@@ -143,6 +143,69 @@ async fn two_hundred_jobs_sixteen_executors_each_completed_exactly_once(db: &Tes
     assert!(t.core().verify_audit_chain().await.unwrap().ok());
 }
 
+/// Successes reported at the same moment are finished together (see
+/// `service::finishing`): each job still once, with its own audit event and
+/// request id; repeats, stale leases and others' jobs still answered alike.
+async fn successes_reported_at_once_each_finish_once_with_their_own_event(db: &TestDb) {
+    let t = Arc::new(app(db).await);
+    let (token, ids) = release(&t, "acme", 40).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let other_tool = t.executor_key("prod", &["ticket.close"]).await;
+    let jobs = claim(&t, &key, json!({ "max": 40 })).await;
+    assert_eq!(jobs.len(), 40);
+    let mut stale = jobs[0].clone();
+    stale["lease_id"] = json!("lse_not_the_lease");
+    // Each job once, five of them twice with the same body, one with a stale
+    // lease and one by a key that does not serve its tool, all at once.
+    let mut sent: Vec<(&str, Value, &str)> = jobs.iter().map(|j| ("mine", j.clone(), "first")).collect();
+    sent.extend(jobs.iter().take(5).map(|j| ("mine", j.clone(), "repeat")));
+    sent.push(("mine", stale, "stale"));
+    sent.push(("other", jobs[1].clone(), "foreign"));
+    let replies = futures::future::join_all(sent.iter().map(|(who, job, _)| {
+        let k = if *who == "mine" {
+            key.clone()
+        } else {
+            other_tool.clone()
+        };
+        let t = t.clone();
+        async move { complete(&t, &k, job, "succeeded", false).await }
+    }))
+    .await;
+    for ((_, _, what), r) in sent.iter().zip(&replies) {
+        match *what {
+            "first" | "repeat" => {
+                assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.body);
+                assert_eq!(r.body["state"], "succeeded");
+                assert_eq!(r.body["proposal_status"], "succeeded");
+            }
+            "stale" => assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_transition")),
+            _ => assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body),
+        }
+    }
+    let mut completed: HashMap<String, Vec<Option<String>>> = HashMap::new();
+    t.core()
+        .export_audit(0, |e| {
+            if e.action == "job.completed" {
+                completed
+                    .entry(e.subject.clone().unwrap())
+                    .or_default()
+                    .push(e.request_id.clone());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(completed.len(), 40, "every job's completion audited");
+    assert!(completed.values().all(|v| v.len() == 1), "each once");
+    let request_ids: std::collections::HashSet<_> = completed.values().map(|v| v[0].clone().unwrap()).collect();
+    assert_eq!(request_ids.len(), 40, "each event names its own request");
+    for id in &ids {
+        assert_eq!(stored_status(&t, id).await, "succeeded");
+    }
+    assert_eq!(status_of(&t, &token, &ids[0]).await["execution"]["attempts"], 1);
+    assert!(t.core().verify_audit_chain().await.unwrap().ok());
+}
+
 async fn a_dead_executors_lease_runs_out_and_the_job_returns_with_the_next_attempt(db: &TestDb) {
     let t = app(db).await;
     let (token, ids) = release(&t, "acme", 1).await;
@@ -436,6 +499,7 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
 
 app::store_tests!(
     two_hundred_jobs_sixteen_executors_each_completed_exactly_once,
+    successes_reported_at_once_each_finish_once_with_their_own_event,
     a_dead_executors_lease_runs_out_and_the_job_returns_with_the_next_attempt,
     completing_is_idempotent_for_the_same_body_only,
     a_retryable_failure_returns_with_backoff_until_the_attempt_limit,

@@ -62,7 +62,7 @@ impl ExecutorPrincipal {
     pub fn actor(&self) -> String {
         format!("key:{}", self.key_id)
     }
-    fn scope(&self) -> String {
+    pub(super) fn scope(&self) -> String {
         format!("executor:{}", self.env)
     }
     fn serves(&self, job: &JobRow) -> bool {
@@ -337,6 +337,22 @@ impl Core {
         if result.len() > 16 * 1024 {
             return Err(Error::BadRequest("result must be at most 16 KiB of JSON".into()));
         }
+        if succeeded {
+            // The common case, finished together with others waiting (see
+            // `finishing`); anything it does not take is answered below.
+            let s = super::finishing::Success {
+                exec: exec.clone(),
+                job_id: job_id.to_owned(),
+                lease_id: req.lease_id.clone(),
+                retryable: req.retryable,
+                result: result.clone(),
+                body: body.clone(),
+                request_id: crate::core::audit::current_request_id(),
+            };
+            if let Some(done) = self.finisher.finish(s).await? {
+                return Ok(done);
+            }
+        }
         let (exec, job_id) = (exec.clone(), job_id.to_owned());
         let policy = self.policy();
         let base = self.settings.public_url.clone();
@@ -344,38 +360,6 @@ impl Core {
             .write(move |tx| {
                 Box::pin(async move {
                     let now = tx.now_ms();
-                    if succeeded {
-                        // The common case, in two statements; anything else
-                        // (a stale lease, a repeat) takes the path below.
-                        let tools: Vec<String> = exec.tools.iter().cloned().collect();
-                        if let Some(f) =
-                            jobs::finish_returning(&mut tx.conn, &job_id, &req.lease_id, &exec.env, &tools, "succeeded", &result, &body, now)
-                                .await?
-                        {
-                            let p = proposals::set_status_returning(&mut tx.conn, &f.proposal_id, Status::Succeeded.as_str())
-                                .await?
-                                .ok_or(Error::NotFound)?;
-                            let mut ev = AuditDraft::new(exec.actor(), "job.completed")
-                                .tenant(f.tenant.clone())
-                                .tool(f.tool.clone())
-                                .subject(f.proposal_id.clone())
-                                .scope(exec.scope())
-                                .status("succeeded")
-                                .details(serde_json::json!({ "job": f.id, "lease": req.lease_id, "attempt": f.attempt, "retryable": req.retryable }));
-                            ev.duration_ms = f.leased_at.map(|t| now - t);
-                            ev.args_hash = Some(p.args_hash.clone());
-                            ev.idempotency_key = p.idempotency_key.clone();
-                            tx.audit(ev).await?;
-                            tx.notify(Notice::Proposal { id: p.id.clone(), tenant: p.tenant.clone(), status: p.status.clone() });
-                            return Ok(Completion {
-                                job_id: f.id,
-                                state: "succeeded".into(),
-                                proposal_status: p.status,
-                                attempt: f.attempt,
-                                next_attempt_at_ms: None,
-                            });
-                        }
-                    }
                     let j = jobs::get(&mut tx.conn, &job_id).await?.filter(|j| exec.serves(j)).ok_or(Error::NotFound)?;
                     let live = j.state == "leased" && j.lease_id.as_deref() == Some(req.lease_id.as_str());
                     if !live {

@@ -6,6 +6,7 @@ mod audit_log;
 mod controls;
 mod credentials;
 mod decisions;
+mod finishing;
 mod history;
 mod jobs;
 mod notify;
@@ -135,6 +136,8 @@ pub struct Core {
     pub settings: Settings,
     policy: RwLock<Arc<Policy>>,
     keyring: RwLock<Keyring>,
+    /// Gathers executors' successes into shared writes.
+    finisher: finishing::Finisher,
 }
 
 impl Core {
@@ -143,6 +146,7 @@ impl Core {
     pub async fn start(store: Store, policy: Policy, settings: Settings) -> Result<Arc<Core>> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let core = Arc::new(Core {
+            finisher: finishing::Finisher::start(store.clone()),
             store,
             passwords: Passwords::new(threads),
             settings,

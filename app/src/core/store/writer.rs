@@ -46,6 +46,12 @@ impl<'c> Tx<'c> {
         Ok(e)
     }
 
+    /// Name the request the next audit events belong to (work that serves
+    /// several requests at once); answers the one named before.
+    pub fn set_request_id(&mut self, id: Option<String>) -> Option<String> {
+        std::mem::replace(&mut self.request_id, id)
+    }
+
     /// Publish `n` once (and only if) this transaction commits.
     pub fn notify(&mut self, n: Notice) {
         if !self.notices.contains(&n) {

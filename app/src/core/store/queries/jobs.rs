@@ -167,52 +167,67 @@ pub async fn finish(
     Ok(n == 1)
 }
 
-/// What finishing a job answers about it.
+/// A job and what its audit event needs of its proposal, as a completion
+/// finds them.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct Finished {
+pub struct Finishable {
     pub id: String,
     pub proposal_id: String,
     pub tenant: String,
     pub env: String,
     pub route: String,
     pub tool: String,
+    pub state: String,
     pub attempt: i64,
+    pub lease_id: Option<String>,
     pub leased_at: Option<i64>,
+    pub args_hash: String,
+    pub idempotency_key: Option<String>,
 }
 
-/// Finish a job whose live lease is `lease_id`, if it is one of `env` and
-/// `tools`: one statement for the common case.
-#[allow(clippy::too_many_arguments)]
-pub async fn finish_returning(
-    conn: &mut Conn<'_>,
-    id: &str,
-    lease_id: &str,
-    env: &str,
-    tools: &[String],
-    state: &str,
-    result: &str,
-    completion: &str,
-    now: i64,
-) -> Result<Option<Finished>> {
-    if tools.is_empty() {
-        return Ok(None);
+/// The jobs `ids` with their proposals' facts, in one statement; locked on
+/// PostgreSQL until the transaction ends.
+pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finishable>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
+    let lock = if conn.is_postgres() { " FOR UPDATE OF j" } else { "" };
     Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = ");
-        qb.push_bind(state.to_owned());
-        qb.push(", result = ").push_bind(result.to_owned());
-        qb.push(", completion = ").push_bind(completion.to_owned());
-        qb.push(", finished_at = ").push_bind(now);
-        qb.push(", lease_expires_at = NULL WHERE state = 'leased' AND id = ").push_bind(id.to_owned());
-        qb.push(" AND lease_id = ").push_bind(lease_id.to_owned());
-        qb.push(" AND env = ").push_bind(env.to_owned());
-        qb.push(" AND tool IN (");
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
+             p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id WHERE j.id IN (");
         let mut sep = qb.separated(", ");
-        for t in tools {
-            sep.push_bind(t.clone());
+        for id in ids {
+            sep.push_bind(id.clone());
         }
-        sep.push_unseparated(") RETURNING id, proposal_id, tenant, env, route, tool, attempt, leased_at");
-        qb.build_query_as::<Finished>().fetch_optional(&mut **c).await?
+        sep.push_unseparated(")");
+        qb.push(lock);
+        qb.build_query_as::<Finishable>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// A leased job to mark succeeded: its id, result and accepted body.
+pub struct Success<'a> {
+    pub id: &'a str,
+    pub result: &'a str,
+    pub completion: &'a str,
+}
+
+/// Mark many leased jobs succeeded in one statement; answers how many were.
+pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -> Result<u64> {
+    if done.is_empty() {
+        return Ok(0);
+    }
+    // `VALUES` names its columns column1, column2, … on both databases.
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', result = v.column2, completion = v.column3, finished_at = ");
+        qb.push_bind(now);
+        qb.push(", lease_expires_at = NULL FROM (");
+        qb.push_values(done, |mut b, s| {
+            b.push_bind(s.id.to_owned()).push_bind(s.result.to_owned()).push_bind(s.completion.to_owned());
+        });
+        qb.push(") AS v WHERE jobs.id = v.column1 AND jobs.state = 'leased'");
+        qb.build().execute(&mut **c).await?.rows_affected()
     }))
 }
 

@@ -119,6 +119,24 @@ pub async fn set_status_many_returning(conn: &mut Conn<'_>, ids: &[String], to: 
     }))
 }
 
+/// Set the status of many proposals in one statement; answers how many.
+pub async fn set_status_many(conn: &mut Conn<'_>, ids: &[String], to: &str) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
+        qb.push_bind(to.to_owned());
+        qb.push(" WHERE id IN (");
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(")");
+        qb.build().execute(&mut **c).await?.rows_affected()
+    }))
+}
+
 /// What an execution's audit event and answer need of its proposal.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StatusFacts {
