@@ -68,12 +68,29 @@ impl AppError {
 impl From<crate::core::error::Error> for AppError {
     fn from(e: crate::core::error::Error) -> Self {
         let app = Self::from_core(e);
-        // A server function's answer carries the status its error deserves.
+        // A server function's answer carries the status its error deserves,
+        // except a plain form's: that is answered with a redirect back to the
+        // page, the error in its query, and must stay a redirect.
         if let Some(res) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
-            res.set_status(app.status());
+            if !from_plain_form() {
+                res.set_status(app.status());
+            }
         }
         app
     }
+}
+
+/// Whether this server function call is a form posted without script (it
+/// asks for HTML); server_fn answers those with a redirect to the Referer.
+#[cfg(feature = "ssr")]
+fn from_plain_form() -> bool {
+    leptos::prelude::use_context::<axum::http::request::Parts>().is_some_and(|p| {
+        p.uri.path().starts_with("/api/")
+            && p.headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"))
+    })
 }
 
 #[cfg(feature = "ssr")]
