@@ -1,4 +1,4 @@
-// Administration in the browser: kill switches and people.
+// Administration in the browser: kill switches, people, keys, break-glass.
 import { test, expect, Browser } from "@playwright/test";
 import { addUser, hydrated, mintRun, newTenant, propose, serviceKey, signIn, uniqueKey } from "./helpers";
 
@@ -94,4 +94,51 @@ test("break-glass asks for the password again and shows a red banner to everyone
   await expect(rev.page.locator(".banner-breakglass")).toHaveCount(0);
   await admin.context.close();
   await rev.context.close();
+});
+
+test("an admin creates an executor key and sees its secret once, beside the new row", async ({ browser }) => {
+  const admin = await signedIn(browser, "admin");
+  await admin.page.goto("/admin");
+  await hydrated(admin.page);
+  const name = uniqueKey("e2e-exec");
+  await admin.page.getByLabel("Kind").selectOption("executor");
+  await admin.page.getByLabel("Key name").fill(name);
+  await admin.page.getByLabel("Env").fill("prod");
+  await admin.page.getByLabel("Tools (executor)").fill("ticket.close");
+  await admin.page.getByRole("button", { name: "Create", exact: true }).click();
+  const shown = admin.page.locator(".shown-once");
+  await expect(shown).toContainText("Copy it now: it is not shown again.");
+  await expect(shown.locator("code.secret")).not.toBeEmpty();
+  // The page was rendered again with the new key in its table.
+  await expect(admin.page.getByRole("button", { name: `Revoke key ${name}` })).toBeVisible();
+
+  await admin.page.reload();
+  await hydrated(admin.page);
+  await expect(admin.page.locator(".shown-once")).toHaveCount(0);
+  await admin.context.close();
+});
+
+test("the admin forms work without script: the server answers with the page, changed or with the error", async ({ browser }) => {
+  const admin = await signedIn(browser, "admin");
+  const context = await browser.newContext({ storageState: await admin.context.storageState(), javaScriptEnabled: false });
+  const page = await context.newPage();
+  await page.goto("/admin");
+  await page.getByLabel("Scope").selectOption("tool");
+  await page.getByLabel("Target").fill("no.such.tool");
+  await page.getByLabel("Reason", { exact: true }).fill("Typo");
+  await page.getByRole("button", { name: "Turn on" }).click();
+  await expect(page).toHaveURL(/\/admin\?/);
+  await expect(page.getByRole("alert").filter({ hasText: 'tool "no.such.tool" is not in the policy' })).toBeVisible();
+
+  await page.getByLabel("Scope").selectOption("tool");
+  await page.getByLabel("Target").fill("service.restart");
+  await page.getByLabel("Reason", { exact: true }).fill("Turned on without script");
+  await page.getByRole("button", { name: "Turn on" }).click();
+  await expect(page).toHaveURL(/\/admin\??$/);
+  await expect(page.getByRole("alert")).toHaveCount(0);
+  await page.getByLabel("Why turn off tool service.restart").fill("Done");
+  await page.getByRole("button", { name: "Turn off tool service.restart" }).click();
+  await expect(page.getByRole("button", { name: "Turn off tool service.restart" })).toHaveCount(0);
+  await context.close();
+  await admin.context.close();
 });

@@ -4,6 +4,7 @@ use crate::error::AppError;
 use crate::functions::session::{get_session_info, Logout};
 use crate::model::SessionInfo;
 use leptos::prelude::*;
+use leptos::server_fn::ServerFn;
 use leptos_router::hooks::use_location;
 
 pub type SessionResource = Resource<Result<SessionInfo, AppError>>;
@@ -20,13 +21,6 @@ pub fn Layout(children: Children) -> impl IntoView {
     let session: SessionResource = Resource::new(move || location.pathname.get(), |_| get_session_info());
     provide_context(session);
 
-    // Browser tests wait for this: the page is interactive.
-    Effect::new(move |_| {
-        if let Some(body) = document().body() {
-            let _ = body.set_attribute("data-hydrated", "true");
-        }
-    });
-
     view! {
         <header class="top">
             <a class="brand" href="/">"countersign"</a>
@@ -38,12 +32,24 @@ pub fn Layout(children: Children) -> impl IntoView {
             </Transition>
         </header>
         <main id="main">{children()}</main>
+        <Hydrated/>
     }
+}
+
+/// Marks the page interactive once the islands before it are hydrated (they
+/// are hydrated in document order, and this is the last). Browser tests wait
+/// for `data-hydrated`.
+#[island]
+fn Hydrated() -> impl IntoView {
+    Effect::new(move |_| {
+        if let Some(body) = document().body() {
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
 }
 
 #[component]
 fn Nav(info: SessionInfo) -> impl IntoView {
-    let logout = ServerAction::<Logout>::new();
     match info.me {
         None => view! {
             <nav aria-label="Main">
@@ -62,10 +68,12 @@ fn Nav(info: SessionInfo) -> impl IntoView {
                     {auditor.then(|| view! { <a href="/audit">"Audit log"</a> })}
                     {admin.then(|| view! { <a href="/admin">"Admin"</a> })}
                     <span class="who" title=me.roles.join(", ")>{me.username.clone()}</span>
-                    <ActionForm action=logout>
+                    // A plain form: the server answers it with a redirect to
+                    // the sign-in page, no script needed.
+                    <form method="post" action=Logout::url()>
                         <input type="hidden" name="csrf" value=info.csrf.clone()/>
                         <button type="submit" class="quiet">"Sign out"</button>
-                    </ActionForm>
+                    </form>
                 </nav>
             }
             .into_any()

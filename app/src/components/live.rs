@@ -1,30 +1,93 @@
-//! Live updates: the server's event stream tells the page when something it
-//! shows has changed, and the page fetches it again. Browser only.
+//! Live updates. Pages are rendered on the server; the server's event stream
+//! tells an island when something the page shows has changed, and the island
+//! fetches the page again and swaps in the part that changed, so the server
+//! stays the one place that renders it. Browser only: on the server these do
+//! nothing.
 
-/// Call `refresh` whenever the server says proposals changed.
-pub fn on_server_change(refresh: impl Fn() + Send + Sync + 'static) {
+/// Call `changed` with each message's data (`{"proposal":…,"status":…}`,
+/// `{"controls":true}` or `{"lagged":true}`), and with `{"opened":true}` each
+/// time the stream (re)connects, while the caller's owner lives.
+pub fn on_server_change(changed: impl Fn(String) + Send + Sync + 'static) {
     #[cfg(feature = "hydrate")]
     {
         use leptos::prelude::*;
         use send_wrapper::SendWrapper;
         use wasm_bindgen::prelude::*;
-        let refresh = std::sync::Arc::new(refresh);
+        let changed = std::sync::Arc::new(changed);
         Effect::new(move |_| {
             let Ok(es) = web_sys::EventSource::new("/events") else {
                 return;
             };
-            let r = refresh.clone();
-            let cb = Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |_: web_sys::MessageEvent| r());
+            let c = changed.clone();
+            let cb = Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+                c(ev.data().as_string().unwrap_or_default())
+            });
             es.set_onmessage(Some(cb.as_ref().unchecked_ref()));
-            let keep = SendWrapper::new((es, cb));
+            // What changed between the render and the (re)connection was
+            // never sent: say so, for callers that refresh on any message.
+            let c = changed.clone();
+            let opened = Closure::<dyn Fn(web_sys::Event)>::new(move |_: web_sys::Event| c("{\"opened\":true}".into()));
+            es.set_onopen(Some(opened.as_ref().unchecked_ref()));
+            let keep = SendWrapper::new((es, cb, opened));
             on_cleanup(move || {
-                let (es, _cb) = keep.take();
+                let (es, _cb, _opened) = keep.take();
                 es.close();
             });
         });
     }
     #[cfg(not(feature = "hydrate"))]
     {
-        let _ = refresh;
+        let _ = changed;
     }
+}
+
+/// Fetch this page again and replace the contents of the element `id` with
+/// the server's new rendering of it. False if anything failed (the page then
+/// stays as it was).
+#[cfg(feature = "hydrate")]
+pub async fn refresh_region(id: &str) -> bool {
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_futures::JsFuture;
+    async fn fetch_page() -> Option<String> {
+        let window = web_sys::window()?;
+        let href = window.location().href().ok()?;
+        let res: web_sys::Response = JsFuture::from(window.fetch_with_str(&href))
+            .await
+            .ok()?
+            .dyn_into()
+            .ok()?;
+        if !res.ok() || res.redirected() {
+            return None;
+        }
+        JsFuture::from(res.text().ok()?).await.ok()?.as_string()
+    }
+    let Some(html) = fetch_page().await else {
+        return false;
+    };
+    let fresh = web_sys::DomParser::new()
+        .and_then(|p| p.parse_from_string(&html, web_sys::SupportedType::TextHtml))
+        .ok()
+        .and_then(|d| d.get_element_by_id(id));
+    let here = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id(id));
+    match (fresh, here) {
+        (Some(fresh), Some(here)) => {
+            here.set_inner_html(&fresh.inner_html());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The key pressed, if the press is a page shortcut: no modifier held, and
+/// not typed into a form field.
+#[cfg(feature = "hydrate")]
+pub fn shortcut_key(ev: &web_sys::KeyboardEvent) -> Option<String> {
+    use wasm_bindgen::JsCast;
+    let typing = ev
+        .target()
+        .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+        .is_some_and(|e| matches!(e.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT"));
+    (!(typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key())).then(|| ev.key())
 }

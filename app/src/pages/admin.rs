@@ -1,5 +1,12 @@
 //! `/admin`: kill switches, break-glass, breakers, people, keys, runs,
 //! webhooks and the loaded policy with its history.
+//!
+//! Rendered on the server only. Every action is a plain form posting to its
+//! server function, so the page works without script (the server answers a
+//! form post with a redirect back here). `AdminForms` is the one island: it
+//! sends the forms itself, shows what the server answered beside the form, and
+//! swaps in the server's new rendering of the page after a change. No admin
+//! type is compiled into the browser bundle.
 
 use crate::components::layout::use_session;
 use crate::components::problem::Problem;
@@ -8,99 +15,209 @@ use crate::functions::admin::*;
 use crate::model::AdminView;
 use crate::pages::format_time;
 use leptos::prelude::*;
+use leptos::server_fn::ServerFn;
 
-type Outcome = Option<Result<String, AppError>>;
-
-/// What an admin action answered: a line of text, or the error.
+/// A form that posts to a server function (`action`: its URL), with the session's CSRF token.
+/// Its answer is shown in the `Said` named `said`.
 #[component]
-fn Said(#[prop(into)] value: Signal<Outcome>) -> impl IntoView {
-    move || match value.get() {
-        None => ().into_any(),
-        Some(Ok(m)) => view! { <p class="ok" role="status">{m}</p> }.into_any(),
-        Some(Err(e)) => view! { <p class="form-error" role="alert">{e.to_string()}</p> }.into_any(),
+fn PostForm(action: &'static str, said: &'static str, csrf: StoredValue<String>, children: Children) -> impl IntoView {
+    view! {
+        <form method="post" action=action data-said=said>
+            <input type="hidden" name="csrf" value=csrf.get_value()/>
+            {children()}
+        </form>
     }
 }
 
-/// A secret shown once (a new key or webhook secret): "id\nsecret".
+/// Where the answer to the forms named `name` appears (filled in the browser).
+/// `secret`: the answer is "id\nsecret", a new key's or webhook's, shown once.
 #[component]
-fn ShownOnce(#[prop(into)] value: Signal<Outcome>, what: &'static str) -> impl IntoView {
-    move || match value.get() {
-        None => ().into_any(),
-        Some(Ok(m)) => {
-            let (id, secret) = m
-                .split_once('\n')
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .unwrap_or((m.clone(), String::new()));
-            view! {
-                <div class="shown-once" role="status">
-                    <p>{format!("{what} {id} created. Copy it now: it is not shown again.")}</p>
-                    <code class="secret">{secret}</code>
-                </div>
-            }
-            .into_any()
-        }
-        Some(Err(e)) => view! { <p class="form-error" role="alert">{e.to_string()}</p> }.into_any(),
-    }
+fn Said(name: &'static str, #[prop(optional)] secret: Option<&'static str>) -> impl IntoView {
+    view! { <div class="said" data-said-for=name data-secret=secret></div> }
 }
 
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let session = use_session();
-    let switch = ServerAction::<AdminSwitch>::new();
-    let breaker = ServerAction::<AdminResetBreaker>::new();
-    let bg_start = ServerAction::<StartBreakGlass>::new();
-    let bg_end = ServerAction::<EndBreakGlass>::new();
-    let add_user = ServerAction::<AdminAddUser>::new();
-    let disable = ServerAction::<AdminSetDisabled>::new();
-    let access = ServerAction::<AdminSetAccess>::new();
-    let password = ServerAction::<AdminResetPassword>::new();
-    let key = ServerAction::<AdminCreateKey>::new();
-    let revoke_key = ServerAction::<AdminRevokeKey>::new();
-    let revoke_run = ServerAction::<AdminRevokeRun>::new();
-    let hook = ServerAction::<AdminAddWebhook>::new();
-    let unhook = ServerAction::<AdminRemoveWebhook>::new();
-    let data = Resource::new(
-        move || {
-            (
-                switch.version().get() + breaker.version().get() + bg_start.version().get() + bg_end.version().get(),
-                add_user.version().get() + disable.version().get() + access.version().get() + password.version().get(),
-                key.version().get() + revoke_key.version().get() + revoke_run.version().get(),
-                hook.version().get() + unhook.version().get(),
-            )
-        },
-        |_| get_admin(),
-    );
+    let data = Resource::new(|| (), |_| get_admin());
     view! {
         <h1>"Administration"</h1>
-        <Transition fallback=|| view! { <p>"Loading…"</p> }>
-            {move || Suspend::new(async move {
-                let csrf = session.await.map(|s| s.csrf).unwrap_or_default();
-                match data.await {
-                    Err(e) => view! { <Problem error=e/> }.into_any(),
-                    Ok(v) => view! {
-                        <Switches v=v.clone() csrf=csrf.clone() switch breaker/>
-                        <BreakGlass v=v.clone() csrf=csrf.clone() start=bg_start end=bg_end/>
-                        <People v=v.clone() csrf=csrf.clone() add_user disable access password/>
-                        <Keys v=v.clone() csrf=csrf.clone() key revoke_key/>
-                        <Runs v=v.clone() csrf=csrf.clone() revoke_run/>
-                        <Webhooks v=v.clone() csrf=csrf.clone() hook unhook/>
-                        <PolicyHistory v/>
+        <PlainFormError/>
+        <div id="admin">
+            <Transition fallback=|| view! { <p>"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    let csrf = StoredValue::new(session.await.map(|s| s.csrf).unwrap_or_default());
+                    match data.await {
+                        Err(e) => view! { <Problem error=e/> }.into_any(),
+                        Ok(v) => view! {
+                            <Switches v=v.clone() csrf/>
+                            <BreakGlass v=v.clone() csrf/>
+                            <People v=v.clone() csrf/>
+                            <Keys v=v.clone() csrf/>
+                            <Runs v=v.clone() csrf/>
+                            <Webhooks v=v.clone() csrf/>
+                            <PolicyHistory v/>
+                        }
+                        .into_any(),
                     }
-                    .into_any(),
+                })}
+            </Transition>
+        </div>
+        <AdminForms/>
+    }
+}
+
+/// What the last form posted without script failed with: server_fn sends
+/// such a post back here with the error in the query (`__err`).
+#[component]
+fn PlainFormError() -> impl IntoView {
+    use leptos::server_fn::error::ServerFnUrlError;
+    let query = leptos_router::hooks::use_query_map();
+    let error = query
+        .read_untracked()
+        .get("__err")
+        .map(|e| ServerFnUrlError::<AppError>::decode_err(&e).to_string());
+    error.map(|e| view! { <p class="form-error" role="alert">{e}</p> })
+}
+
+/// Sends the admin forms without leaving the page: the form's buttons are
+/// disabled while it is on its way; on success the page's sections are
+/// replaced by the server's new rendering and the answer shown under the
+/// form; on failure the answer is shown and what was typed stays.
+#[island]
+fn AdminForms() -> impl IntoView {
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::JsCast;
+        let handle = window_event_listener(leptos::ev::submit, move |ev| {
+            let form = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlFormElement>().ok());
+            let Some((form, said)) = form.and_then(|f| f.get_attribute("data-said").map(|s| (f, s))) else {
+                return;
+            };
+            ev.prevent_default();
+            leptos::task::spawn_local(browser::send(form, said));
+        });
+        on_cleanup(move || handle.remove());
+    }
+}
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    use crate::components::live::refresh_region;
+    use crate::error::AppError;
+    use wasm_bindgen::{JsCast, JsValue};
+    use wasm_bindgen_futures::JsFuture;
+    use web_sys::{Document, Element, HtmlFormElement};
+
+    pub async fn send(form: HtmlFormElement, said: String) {
+        set_busy(&form, true);
+        let answer = post(&form).await;
+        if answer.is_ok() {
+            refresh_region("admin").await;
+        }
+        // After a refresh this form is gone; otherwise it is free again.
+        set_busy(&form, false);
+        show(&said, answer);
+    }
+
+    fn set_busy(form: &HtmlFormElement, busy: bool) {
+        let _ = form.set_attribute("aria-busy", if busy { "true" } else { "false" });
+        if let Ok(buttons) = form.query_selector_all("button") {
+            for i in 0..buttons.length() {
+                if let Some(b) = buttons
+                    .item(i)
+                    .and_then(|n| n.dyn_into::<web_sys::HtmlButtonElement>().ok())
+                {
+                    b.set_disabled(busy);
                 }
-            })}
-        </Transition>
+            }
+        }
+    }
+
+    /// The server function's answer: its text, or the error to show.
+    async fn post(form: &HtmlFormElement) -> Result<String, String> {
+        let unreachable = |e: JsValue| format!("Could not reach the server: {}", e.as_string().unwrap_or_default());
+        let window = web_sys::window().ok_or_else(|| "No window.".to_owned())?;
+        let data = web_sys::FormData::new_with_form(form).map_err(unreachable)?;
+        let body = web_sys::UrlSearchParams::new_with_str_sequence_sequence(&data).map_err(unreachable)?;
+        let headers = web_sys::Headers::new().map_err(unreachable)?;
+        headers
+            .set("Content-Type", "application/x-www-form-urlencoded")
+            .map_err(unreachable)?;
+        headers.set("Accept", "application/json").map_err(unreachable)?;
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        init.set_headers(&headers);
+        init.set_body(&JsValue::from(body.to_string()));
+        let action = form.get_attribute("action").unwrap_or_default();
+        let res: web_sys::Response = JsFuture::from(window.fetch_with_str_and_init(&action, &init))
+            .await
+            .map_err(unreachable)?
+            .dyn_into()
+            .map_err(unreachable)?;
+        let text = JsFuture::from(res.text().map_err(unreachable)?)
+            .await
+            .map_err(unreachable)?
+            .as_string()
+            .unwrap_or_default();
+        if res.ok() {
+            serde_json::from_str::<String>(&text).map_err(|_| AppError::Internal.to_string())
+        } else {
+            Err(serde_json::from_str::<AppError>(&text)
+                .unwrap_or(AppError::Internal)
+                .to_string())
+        }
+    }
+
+    /// Put the answer in the `Said` of the form's name.
+    fn show(said: &str, answer: Result<String, String>) {
+        let Some(doc) = web_sys::window().and_then(|w| w.document()) else {
+            return;
+        };
+        let Ok(Some(place)) = doc.query_selector(&format!("[data-said-for=\"{said}\"]")) else {
+            return;
+        };
+        place.set_text_content(None);
+        let made = match (answer, place.get_attribute("data-secret")) {
+            (Err(m), _) => element(&doc, "p", "form-error", "alert", &m),
+            (Ok(m), Some(what)) => {
+                let (id, secret) = m.split_once('\n').unwrap_or((&m, ""));
+                element(&doc, "div", "shown-once", "status", "").and_then(|div| {
+                    let said = format!("{what} {id} created. Copy it now: it is not shown again.");
+                    let (text, code) = (
+                        element(&doc, "p", "", "", &said)?,
+                        element(&doc, "code", "secret", "", secret)?,
+                    );
+                    div.append_child(&text).ok()?;
+                    div.append_child(&code).ok()?;
+                    Some(div)
+                })
+            }
+            (Ok(m), None) => element(&doc, "p", "ok", "status", &m),
+        };
+        if let Some(e) = made {
+            let _ = place.append_child(&e);
+        }
+    }
+
+    /// `<tag class role>text</tag>`; the text is text, never markup.
+    fn element(doc: &Document, tag: &str, class: &str, role: &str, text: &str) -> Option<Element> {
+        let e = doc.create_element(tag).ok()?;
+        if !class.is_empty() {
+            e.set_class_name(class);
+        }
+        if !role.is_empty() {
+            e.set_attribute("role", role).ok()?;
+        }
+        if !text.is_empty() {
+            e.set_text_content(Some(text));
+        }
+        Some(e)
     }
 }
 
 #[component]
-fn Switches(
-    v: AdminView,
-    csrf: String,
-    switch: ServerAction<AdminSwitch>,
-    breaker: ServerAction<AdminResetBreaker>,
-) -> impl IntoView {
-    let csrf = StoredValue::new(csrf);
+fn Switches(v: AdminView, csrf: StoredValue<String>) -> impl IntoView {
     let engaged: Vec<_> = v.switches.iter().filter(|s| s.engaged).cloned().collect();
     view! {
         <section class="admin-section" aria-labelledby="switches">
@@ -121,14 +238,13 @@ fn Switches(
                                         <td>{s.changed_by.clone()}</td>
                                         <td>{format_time(s.changed_at_ms)}</td>
                                         <td>
-                                            <ActionForm action=switch>
-                                                <input type="hidden" name="csrf" value=csrf.get_value()/>
+                                            <PostForm action=AdminSwitch::url() said="switch" csrf>
                                                 <input type="hidden" name="scope" value=s.scope.clone()/>
                                                 <input type="hidden" name="target" value=s.target.clone()/>
                                                 <input type="hidden" name="engaged" value="false"/>
                                                 <input name="reason" aria-label=format!("Why turn off {label}") placeholder="Why off" required/>
                                                 <button type="submit" aria-label=format!("Turn off {label}")>"Turn off"</button>
-                                            </ActionForm>
+                                            </PostForm>
                                         </td>
                                     </tr>
                                 }
@@ -138,8 +254,7 @@ fn Switches(
                 }
                 .into_any()
             }}
-            <ActionForm action=switch>
-                <input type="hidden" name="csrf" value=csrf.get_value()/>
+            <PostForm action=AdminSwitch::url() said="switch" csrf>
                 <input type="hidden" name="engaged" value="true"/>
                 <div class="row">
                     <label>"Scope"
@@ -157,35 +272,28 @@ fn Switches(
                 <datalist id="targets">
                     {v.tools.iter().chain(v.routes.iter()).map(|t| view! { <option value=t.clone()/> }).collect_view()}
                 </datalist>
-            </ActionForm>
-            <Said value=Signal::derive(move || switch.value().get())/>
+            </PostForm>
+            <Said name="switch"/>
 
             <h3>"Route breakers"</h3>
             {if v.breakers.is_empty() {
                 view! { <p>"Every route releases."</p> }.into_any()
             } else {
                 v.breakers.into_iter().map(|b| view! {
-                    <ActionForm action=breaker>
-                        <input type="hidden" name="csrf" value=csrf.get_value()/>
+                    <PostForm action=AdminResetBreaker::url() said="breaker" csrf>
                         <input type="hidden" name="route" value=b.route.clone()/>
                         <p class="banner banner-breaker">{format!("{} stopped releasing at {}: {}", b.route, format_time(b.tripped_at_ms), b.reason)}
                             " " <button type="submit">{format!("Reset {}", b.route)}</button></p>
-                    </ActionForm>
+                    </PostForm>
                 }).collect_view().into_any()
             }}
-            <Said value=Signal::derive(move || breaker.value().get())/>
+            <Said name="breaker"/>
         </section>
     }
 }
 
 #[component]
-fn BreakGlass(
-    v: AdminView,
-    csrf: String,
-    start: ServerAction<StartBreakGlass>,
-    end: ServerAction<EndBreakGlass>,
-) -> impl IntoView {
-    let csrf = StoredValue::new(csrf);
+fn BreakGlass(v: AdminView, csrf: StoredValue<String>) -> impl IntoView {
     let mine = v.break_glass.iter().find(|b| b.mine && b.active).cloned();
     view! {
         <section class="admin-section breakglass" aria-labelledby="breakglass">
@@ -194,18 +302,16 @@ fn BreakGlass(
                 Some(b) => view! {
                     <div class="banner banner-breakglass">
                         <p>{format!("You may approve alone until {} (incident {}).", format_time(b.ends_at_ms), b.incident)}</p>
-                        <ActionForm action=end>
-                            <input type="hidden" name="csrf" value=csrf.get_value()/>
+                        <PostForm action=EndBreakGlass::url() said="bg-end" csrf>
                             <input type="hidden" name="id" value=b.id.clone()/>
                             <button type="submit">"End break-glass"</button>
-                        </ActionForm>
+                        </PostForm>
                     </div>
                 }
                 .into_any(),
                 None => view! {
                     <p>"For an emergency only: for up to an hour you may approve actions alone, destructive ones too. Everyone sees a red banner, and every use is recorded and announced."</p>
-                    <ActionForm action=start>
-                        <input type="hidden" name="csrf" value=csrf.get_value()/>
+                    <PostForm action=StartBreakGlass::url() said="bg-start" csrf>
                         <div class="row">
                             <label>"Your password" <input name="password" type="password" autocomplete="current-password" required/></label>
                             <label>"Incident" <input name="incident" placeholder="INC-1234" required/></label>
@@ -213,12 +319,12 @@ fn BreakGlass(
                         </div>
                         <label>"Why you need it" <input name="reason" class="wide" required/></label>
                         <button type="submit" class="danger">"Start break-glass"</button>
-                    </ActionForm>
+                    </PostForm>
                 }
                 .into_any(),
             }}
-            <Said value=Signal::derive(move || start.value().get())/>
-            <Said value=Signal::derive(move || end.value().get())/>
+            <Said name="bg-start"/>
+            <Said name="bg-end"/>
             {(!v.break_glass.is_empty()).then(|| view! {
                 <details>
                     <summary>"Recent break-glass sessions"</summary>
@@ -235,15 +341,7 @@ fn BreakGlass(
 }
 
 #[component]
-fn People(
-    v: AdminView,
-    csrf: String,
-    add_user: ServerAction<AdminAddUser>,
-    disable: ServerAction<AdminSetDisabled>,
-    access: ServerAction<AdminSetAccess>,
-    password: ServerAction<AdminResetPassword>,
-) -> impl IntoView {
-    let csrf = StoredValue::new(csrf);
+fn People(v: AdminView, csrf: StoredValue<String>) -> impl IntoView {
     view! {
         <section class="admin-section" aria-labelledby="people">
             <h2 id="people">"People"</h2>
@@ -269,42 +367,38 @@ fn People(
                             <tr class:disabled=p.disabled>
                                 <td>{name}</td>
                                 <td>
-                                    <ActionForm action=access>
-                                        <input type="hidden" name="csrf" value=csrf.get_value()/>
+                                    <PostForm action=AdminSetAccess::url() said="access" csrf>
                                         <input type="hidden" name="user_id" value=id_access/>
                                         <input name="roles" value=roles aria-label=l_roles/>
                                         <input name="tenants" value=tenants aria-label=l_tenants/>
                                         <button type="submit" aria-label=l_save>"Save"</button>
-                                    </ActionForm>
+                                    </PostForm>
                                 </td>
                                 <td>
-                                    <ActionForm action=password>
-                                        <input type="hidden" name="csrf" value=csrf.get_value()/>
+                                    <PostForm action=AdminResetPassword::url() said="password" csrf>
                                         <input type="hidden" name="user_id" value=id_password/>
                                         <input name="password" type="password" autocomplete="new-password" aria-label=l_new required/>
                                         <button type="submit" aria-label=l_reset>"Reset"</button>
-                                    </ActionForm>
+                                    </PostForm>
                                 </td>
                                 <td>
-                                    <ActionForm action=disable>
-                                        <input type="hidden" name="csrf" value=csrf.get_value()/>
+                                    <PostForm action=AdminSetDisabled::url() said="disable" csrf>
                                         <input type="hidden" name="user_id" value=id_toggle/>
                                         <input type="hidden" name="disabled" value=next_state/>
                                         {if p.disabled { "disabled " } else { "" }}
                                         <button type="submit" aria-label=l_toggle>{toggle}</button>
-                                    </ActionForm>
+                                    </PostForm>
                                 </td>
                             </tr>
                         }
                     }).collect_view()}
                 </tbody>
             </table>
-            <Said value=Signal::derive(move || access.value().get())/>
-            <Said value=Signal::derive(move || password.value().get())/>
-            <Said value=Signal::derive(move || disable.value().get())/>
+            <Said name="access"/>
+            <Said name="password"/>
+            <Said name="disable"/>
             <h3>"Add a person"</h3>
-            <ActionForm action=add_user>
-                <input type="hidden" name="csrf" value=csrf.get_value()/>
+            <PostForm action=AdminAddUser::url() said="add-user" csrf>
                 <div class="row">
                     <label>"Name" <input name="username" required/></label>
                     <label>"Password" <input name="password" type="password" autocomplete="new-password" required/></label>
@@ -312,20 +406,14 @@ fn People(
                     <label>"Tenants" <input name="tenants" placeholder="acme,globex"/></label>
                     <button type="submit">"Add"</button>
                 </div>
-            </ActionForm>
-            <Said value=Signal::derive(move || add_user.value().get())/>
+            </PostForm>
+            <Said name="add-user"/>
         </section>
     }
 }
 
 #[component]
-fn Keys(
-    v: AdminView,
-    csrf: String,
-    key: ServerAction<AdminCreateKey>,
-    revoke_key: ServerAction<AdminRevokeKey>,
-) -> impl IntoView {
-    let csrf = StoredValue::new(csrf);
+fn Keys(v: AdminView, csrf: StoredValue<String>) -> impl IntoView {
     view! {
         <section class="admin-section" aria-labelledby="keys">
             <h2 id="keys">"Keys"</h2>
@@ -344,11 +432,10 @@ fn Keys(
                                     view! { <span>"revoked"</span> }.into_any()
                                 } else {
                                     view! {
-                                        <ActionForm action=revoke_key>
-                                            <input type="hidden" name="csrf" value=csrf.get_value()/>
+                                        <PostForm action=AdminRevokeKey::url() said="revoke-key" csrf>
                                             <input type="hidden" name="id" value=k.id.clone()/>
                                             <button type="submit" aria-label=format!("Revoke key {}", k.name)>"Revoke"</button>
-                                        </ActionForm>
+                                        </PostForm>
                                     }
                                     .into_any()
                                 }}
@@ -357,10 +444,9 @@ fn Keys(
                     }).collect_view()}
                 </tbody>
             </table>
-            <Said value=Signal::derive(move || revoke_key.value().get())/>
+            <Said name="revoke-key"/>
             <h3>"Create a key"</h3>
-            <ActionForm action=key>
-                <input type="hidden" name="csrf" value=csrf.get_value()/>
+            <PostForm action=AdminCreateKey::url() said="key" csrf>
                 <div class="row">
                     <label>"Kind" <select name="kind"><option value="service">"service"</option><option value="executor">"executor"</option></select></label>
                     <label>"Key name" <input name="name" required/></label>
@@ -369,15 +455,14 @@ fn Keys(
                     <label>"Tools (executor)" <input name="tools" placeholder="ticket.close,email.send"/></label>
                     <button type="submit">"Create"</button>
                 </div>
-            </ActionForm>
-            <ShownOnce value=Signal::derive(move || key.value().get()) what="Key"/>
+            </PostForm>
+            <Said name="key" secret="Key"/>
         </section>
     }
 }
 
 #[component]
-fn Runs(v: AdminView, csrf: String, revoke_run: ServerAction<AdminRevokeRun>) -> impl IntoView {
-    let csrf = StoredValue::new(csrf);
+fn Runs(v: AdminView, csrf: StoredValue<String>) -> impl IntoView {
     view! {
         <section class="admin-section" aria-labelledby="runs">
             <h2 id="runs">"Recent runs"</h2>
@@ -397,12 +482,11 @@ fn Runs(v: AdminView, csrf: String, revoke_run: ServerAction<AdminRevokeRun>) ->
                                     <td>{match r.revoked.clone() {
                                         Some(why) => view! { <span>{format!("revoked: {why}")}</span> }.into_any(),
                                         None => view! {
-                                            <ActionForm action=revoke_run>
-                                                <input type="hidden" name="csrf" value=csrf.get_value()/>
+                                            <PostForm action=AdminRevokeRun::url() said="revoke-run" csrf>
                                                 <input type="hidden" name="run_id" value=r.id.clone()/>
                                                 <input name="reason" aria-label=format!("Why revoke {}", r.id) placeholder="Why" required/>
                                                 <button type="submit" aria-label=format!("Revoke run {}", r.id)>"Revoke"</button>
-                                            </ActionForm>
+                                            </PostForm>
                                         }
                                         .into_any(),
                                     }}</td>
@@ -413,19 +497,13 @@ fn Runs(v: AdminView, csrf: String, revoke_run: ServerAction<AdminRevokeRun>) ->
                 }
                 .into_any()
             }}
-            <Said value=Signal::derive(move || revoke_run.value().get())/>
+            <Said name="revoke-run"/>
         </section>
     }
 }
 
 #[component]
-fn Webhooks(
-    v: AdminView,
-    csrf: String,
-    hook: ServerAction<AdminAddWebhook>,
-    unhook: ServerAction<AdminRemoveWebhook>,
-) -> impl IntoView {
-    let csrf = StoredValue::new(csrf);
+fn Webhooks(v: AdminView, csrf: StoredValue<String>) -> impl IntoView {
     view! {
         <section class="admin-section" aria-labelledby="webhooks">
             <h2 id="webhooks">"Notifications"</h2>
@@ -433,26 +511,24 @@ fn Webhooks(
             <ul>
                 {v.webhooks.into_iter().map(|w| view! {
                     <li>
-                        <ActionForm action=unhook>
-                            <input type="hidden" name="csrf" value=csrf.get_value()/>
+                        <PostForm action=AdminRemoveWebhook::url() said="unhook" csrf>
                             <input type="hidden" name="id" value=w.id.clone()/>
                             {format!("{} ({}) for {} ", w.url, w.format, w.events)}
                             <button type="submit" aria-label=format!("Remove webhook {}", w.url)>"Remove"</button>
-                        </ActionForm>
+                        </PostForm>
                     </li>
                 }).collect_view()}
             </ul>
-            <ActionForm action=hook>
-                <input type="hidden" name="csrf" value=csrf.get_value()/>
+            <PostForm action=AdminAddWebhook::url() said="hook" csrf>
                 <div class="row">
                     <label>"Webhook URL" <input name="url" type="url" required/></label>
                     <label>"Events" <input name="events" value="*"/></label>
                     <label>"Format" <select name="format"><option value="json">"json"</option><option value="slack">"slack"</option></select></label>
                     <button type="submit">"Add webhook"</button>
                 </div>
-            </ActionForm>
-            <Said value=Signal::derive(move || unhook.value().get())/>
-            <ShownOnce value=Signal::derive(move || hook.value().get()) what="Webhook"/>
+            </PostForm>
+            <Said name="unhook"/>
+            <Said name="hook" secret="Webhook"/>
         </section>
     }
 }

@@ -2,56 +2,19 @@
 //! Keys: j / k move, Enter opens.
 
 use crate::components::badges::{EnvBadge, RiskMarkers};
-use crate::components::live::on_server_change;
 use crate::components::problem::Problem;
 use crate::functions::proposals::get_queue;
 use crate::model::age;
 use leptos::prelude::*;
-use leptos_router::hooks::use_navigate;
 
+/// Rendered on the server; `QueueKeys` adds the keys and the live refresh.
 #[component]
 pub fn QueuePage() -> impl IntoView {
     let data = Resource::new(|| (), |_| get_queue());
-    on_server_change(move || data.refetch());
-    let selected = RwSignal::new(0usize);
-    let navigate = use_navigate();
-
-    let handle = window_event_listener(leptos::ev::keydown, move |ev| {
-        if ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
-            return;
-        }
-        let typing = ev
-            .target()
-            .and_then(|t| leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::Element>(t).ok())
-            .is_some_and(|e| matches!(e.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT"));
-        if typing {
-            return;
-        }
-        let n = data
-            .get_untracked()
-            .and_then(|r| r.ok())
-            .map(|q| q.rows.len())
-            .unwrap_or(0);
-        match ev.key().as_str() {
-            "j" if n > 0 => selected.update(|i| *i = (*i + 1).min(n - 1)),
-            "k" => selected.update(|i| *i = i.saturating_sub(1)),
-            "Enter" => {
-                let id = data
-                    .get_untracked()
-                    .and_then(|r| r.ok())
-                    .and_then(|q| q.rows.get(selected.get_untracked()).map(|r| r.id.clone()));
-                if let Some(id) = id {
-                    navigate(&format!("/proposals/{id}"), Default::default());
-                }
-            }
-            _ => {}
-        }
-    });
-    on_cleanup(move || handle.remove());
-
     view! {
         <h1>"Pending approvals"</h1>
         <p class="hint">"Keys: " <kbd>"j"</kbd> " / " <kbd>"k"</kbd> " to move, " <kbd>"Enter"</kbd> " to open."</p>
+        <div id="queue">
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match data.await {
@@ -83,10 +46,7 @@ pub fn QueuePage() -> impl IntoView {
                                         .map(|(i, r)| {
                                             let href = format!("/proposals/{}", r.id);
                                             view! {
-                                                <tr
-                                                    class:selected=move || selected.get() == i
-                                                    aria-selected=move || (selected.get() == i).to_string()
-                                                >
+                                                <tr aria-selected=(i == 0).to_string() class:selected=i == 0>
                                                     <td><a href=href>{r.tool.clone()}</a></td>
                                                     <td><EnvBadge tenant=r.tenant.clone() env=r.env.clone()/></td>
                                                     <td>{age(now - r.created_at_ms)}</td>
@@ -105,5 +65,72 @@ pub fn QueuePage() -> impl IntoView {
                 }
             })}
         </Transition>
+        </div>
+        <QueueKeys/>
+    }
+}
+
+/// The queue's keys (j / k move the selection, Enter opens it) and its live
+/// refresh: when the server says proposals changed, the table is fetched
+/// again and swapped in, and the selection kept where it was.
+#[island]
+fn QueueKeys() -> impl IntoView {
+    #[cfg(feature = "hydrate")]
+    {
+        use crate::components::live::{on_server_change, refresh_region, shortcut_key};
+        use leptos::wasm_bindgen::JsCast;
+        use leptos::web_sys::{Element, HtmlAnchorElement};
+        let selected = StoredValue::new(0usize);
+        let rows = || -> Vec<Element> {
+            let Ok(list) = document().query_selector_all("#queue table.queue tbody tr") else {
+                return Vec::new();
+            };
+            (0..list.length())
+                .filter_map(|i| list.item(i)?.dyn_into::<Element>().ok())
+                .collect()
+        };
+        // Mark the selected row; answers the rows.
+        let show = move || {
+            let rows = rows();
+            let at = selected.get_value().min(rows.len().saturating_sub(1));
+            selected.set_value(at);
+            for (i, row) in rows.iter().enumerate() {
+                let on = i == at;
+                let _ = row.class_list().toggle_with_force("selected", on);
+                let _ = row.set_attribute("aria-selected", if on { "true" } else { "false" });
+            }
+            rows
+        };
+        let handle = window_event_listener(leptos::ev::keydown, move |ev| {
+            let Some(key) = shortcut_key(&ev) else { return };
+            match key.as_str() {
+                "j" => {
+                    selected.update_value(|i| *i += 1);
+                    show();
+                }
+                "k" => {
+                    selected.update_value(|i| *i = i.saturating_sub(1));
+                    show();
+                }
+                "Enter" => {
+                    let link = show()
+                        .get(selected.get_value())
+                        .and_then(|row| row.query_selector("a").ok().flatten())
+                        .and_then(|a| a.dyn_into::<HtmlAnchorElement>().ok());
+                    if let Some(a) = link {
+                        let _ = window().location().set_href(&a.href());
+                    }
+                }
+                _ => {}
+            }
+        });
+        on_cleanup(move || handle.remove());
+        on_server_change(move |_| {
+            leptos::task::spawn_local(async move {
+                if refresh_region("queue").await {
+                    show();
+                }
+            })
+        });
     }
 }

@@ -5,7 +5,6 @@
 use crate::components::badges::{EnvBadge, RiskMarkers, StatusBadge};
 use crate::components::diff::DiffView;
 use crate::components::layout::use_session;
-use crate::components::live::on_server_change;
 use crate::components::problem::{FormError, Problem};
 use crate::functions::proposals::{get_review, Decide};
 use crate::model::{age, ArgRow, DecisionView, Review};
@@ -13,20 +12,20 @@ use crate::pages::{format_time, now_ms};
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
+/// Rendered on the server; `DecisionPanel` is the interactive part.
 #[component]
 pub fn ReviewPage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.read().get("id").unwrap_or_default();
     let data = Resource::new(id, get_review);
     let session = use_session();
-    on_server_change(move || data.refetch());
     view! {
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
                 let csrf = session.await.map(|s| s.csrf).unwrap_or_default();
                 match data.await {
                     Err(e) => view! { <Problem error=e/> }.into_any(),
-                    Ok(r) => view! { <ReviewView review=r csrf on_decided=move || data.refetch()/> }.into_any(),
+                    Ok(r) => view! { <ReviewView review=r csrf/> }.into_any(),
                 }
             })}
         </Transition>
@@ -34,74 +33,7 @@ pub fn ReviewPage() -> impl IntoView {
 }
 
 #[component]
-fn ReviewView(review: Review, csrf: String, on_decided: impl Fn() + Send + Sync + Copy + 'static) -> impl IntoView {
-    let opened_at = StoredValue::new(0i64);
-    Effect::new(move |_| opened_at.set_value(now_ms()));
-    let decide = ServerAction::<Decide>::new();
-    let comment = RwSignal::new(String::new());
-    let local_error = RwSignal::new(None::<String>);
-    Effect::new(move |_| {
-        if let Some(Ok(_)) = decide.value().get() {
-            comment.set(String::new());
-            on_decided();
-        }
-    });
-    let error = Signal::derive(move || {
-        local_error
-            .get()
-            .or_else(|| decide.value().get().and_then(|r| r.err()).map(|e| e.to_string()))
-    });
-    let why_not = review.why_not.clone();
-    let can_decide = why_not.is_none();
-    let submit = {
-        let (id, hash, csrf) = (review.id.clone(), review.content_hash.clone(), csrf.clone());
-        move |verdict: &'static str| {
-            if !can_decide || decide.pending().get_untracked() {
-                return;
-            }
-            let text = comment.get_untracked();
-            if verdict == "reject" && text.trim().is_empty() {
-                local_error.set(Some("A rejection needs a comment saying why.".into()));
-                if let Some(el) = document().get_element_by_id("comment") {
-                    let _ =
-                        leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el).map(|e| e.focus());
-                }
-                return;
-            }
-            local_error.set(None);
-            let opened = opened_at.get_value();
-            decide.dispatch(Decide {
-                id: id.clone(),
-                verdict: verdict.into(),
-                comment: text,
-                content_hash: hash.clone(),
-                view_ms: (opened > 0).then(|| now_ms() - opened),
-                csrf: csrf.clone(),
-            });
-        }
-    };
-    let on_key = submit.clone();
-    let handle = window_event_listener(leptos::ev::keydown, move |ev| {
-        if ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
-            return;
-        }
-        let typing = ev
-            .target()
-            .and_then(|t| leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::Element>(t).ok())
-            .is_some_and(|e| matches!(e.tag_name().as_str(), "INPUT" | "TEXTAREA" | "SELECT"));
-        if typing {
-            return;
-        }
-        match ev.key().as_str() {
-            "a" => on_key("approve"),
-            "r" => on_key("reject"),
-            _ => {}
-        }
-    });
-    on_cleanup(move || handle.remove());
-    let approve = submit.clone();
-    let reject = submit;
-
+fn ReviewView(review: Review, csrf: String) -> impl IntoView {
     let left_ms = review.expires_at_ms - review.now_ms;
     let pending = review.status == "pending";
     let title = format!("{} in {}/{}", review.tool, review.tenant, review.env);
@@ -169,43 +101,130 @@ fn ReviewView(review: Review, csrf: String, on_decided: impl Fn() + Send + Sync 
                 })}
             </section>
 
-            <section class="decide" aria-labelledby="decide">
-                <h2 id="decide">"Your decision"</h2>
-                <label for="comment">"Comment"</label>
-                <textarea
-                    id="comment"
-                    rows="2"
-                    prop:value=move || comment.get()
-                    on:input=move |ev| comment.set(event_target_value(&ev))
-                    disabled=!can_decide
-                    placeholder="Required to reject"
-                ></textarea>
-                <div class="buttons">
-                    <button
-                        type="button"
-                        class="approve"
-                        disabled=move || !can_decide || decide.pending().get()
-                        aria-describedby="why-not"
-                        aria-keyshortcuts="a"
-                        on:click=move |_| approve("approve")
-                    >
-                        "Approve"
-                    </button>
-                    <button
-                        type="button"
-                        class="reject"
-                        disabled=move || !can_decide || decide.pending().get()
-                        aria-describedby="why-not"
-                        aria-keyshortcuts="r"
-                        on:click=move |_| reject("reject")
-                    >
-                        "Reject"
-                    </button>
-                    <span id="why-not" class="why-not">{why_not}</span>
-                </div>
-                <FormError message=error/>
-            </section>
+            <DecisionPanel
+                id=review.id.clone()
+                content_hash=review.content_hash.clone()
+                csrf
+                why_not=review.why_not.clone()
+            />
         </article>
+    }
+}
+
+/// Approve / Reject with an optional comment (required to reject); keys a and
+/// r. After a decision, or when the server says this proposal changed while
+/// nothing is typed, the page is loaded again: the server renders the new
+/// state, the buttons included.
+#[island]
+fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option<String>) -> impl IntoView {
+    let opened_at = StoredValue::new(0i64);
+    Effect::new(move |_| opened_at.set_value(now_ms()));
+    let decide = ServerAction::<Decide>::new();
+    let comment = RwSignal::new(String::new());
+    let local_error = RwSignal::new(None::<String>);
+    Effect::new(move |_| {
+        if let Some(Ok(_)) = decide.value().get() {
+            reload();
+        }
+    });
+    let error = Signal::derive(move || {
+        local_error
+            .get()
+            .or_else(|| decide.value().get().and_then(|r| r.err()).map(|e| e.to_string()))
+    });
+    let can_decide = why_not.is_none();
+    let submit = {
+        let (id, hash) = (id.clone(), content_hash);
+        move |verdict: &'static str| {
+            if !can_decide || decide.pending().get_untracked() {
+                return;
+            }
+            let text = comment.get_untracked();
+            if verdict == "reject" && text.trim().is_empty() {
+                local_error.set(Some("A rejection needs a comment saying why.".into()));
+                if let Some(el) = document().get_element_by_id("comment") {
+                    let _ =
+                        leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el).map(|e| e.focus());
+                }
+                return;
+            }
+            local_error.set(None);
+            let opened = opened_at.get_value();
+            decide.dispatch(Decide {
+                id: id.clone(),
+                verdict: verdict.into(),
+                comment: text,
+                content_hash: hash.clone(),
+                view_ms: (opened > 0).then(|| now_ms() - opened),
+                csrf: csrf.clone(),
+            });
+        }
+    };
+    #[cfg(feature = "hydrate")]
+    {
+        use crate::components::live::{on_server_change, shortcut_key};
+        let on_key = submit.clone();
+        let handle = window_event_listener(leptos::ev::keydown, move |ev| match shortcut_key(&ev).as_deref() {
+            Some("a") => on_key("approve"),
+            Some("r") => on_key("reject"),
+            _ => {}
+        });
+        on_cleanup(move || handle.remove());
+        let mine = format!("\"{id}\"");
+        on_server_change(move |data| {
+            let relevant = data.contains(&mine) || data.contains("\"controls\"") || data.contains("\"lagged\"");
+            if relevant && comment.get_untracked().is_empty() && !decide.pending().get_untracked() {
+                reload();
+            }
+        });
+    }
+    let approve = submit.clone();
+    let reject = submit;
+    view! {
+        <section class="decide" aria-labelledby="decide">
+            <h2 id="decide">"Your decision"</h2>
+            <label for="comment">"Comment"</label>
+            <textarea
+                id="comment"
+                rows="2"
+                prop:value=move || comment.get()
+                on:input=move |ev| comment.set(event_target_value(&ev))
+                disabled=!can_decide
+                placeholder="Required to reject"
+            ></textarea>
+            <div class="buttons">
+                <button
+                    type="button"
+                    class="approve"
+                    disabled=move || !can_decide || decide.pending().get()
+                    aria-describedby="why-not"
+                    aria-keyshortcuts="a"
+                    on:click=move |_| approve("approve")
+                >
+                    "Approve"
+                </button>
+                <button
+                    type="button"
+                    class="reject"
+                    disabled=move || !can_decide || decide.pending().get()
+                    aria-describedby="why-not"
+                    aria-keyshortcuts="r"
+                    on:click=move |_| reject("reject")
+                >
+                    "Reject"
+                </button>
+                <span id="why-not" class="why-not">{why_not}</span>
+            </div>
+            <FormError message=error/>
+        </section>
+    }
+}
+
+/// Load the page again (browser only).
+fn reload() {
+    #[cfg(feature = "hydrate")]
+    {
+        let _ = window().location().reload();
     }
 }
 
