@@ -101,20 +101,29 @@ pub struct RunFacts {
     pub idempotency_key: Option<String>,
 }
 
+/// `UPDATE proposals SET status = <to> WHERE id IN (<ids>` and then `tail`,
+/// as a query builder for whichever store `on!` picked.
+macro_rules! status_update {
+    ($to:expr, $ids:expr, $tail:expr) => {{
+        let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
+        qb.push_bind($to.to_owned());
+        qb.push(" WHERE id IN (");
+        let mut sep = qb.separated(", ");
+        for id in $ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated($tail);
+        qb
+    }};
+}
+
 /// Many proposals to one status, answering what their executors need.
 pub async fn set_status_many_returning(conn: &mut Conn<'_>, ids: &[String], to: &str) -> Result<Vec<RunFacts>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
-        qb.push_bind(to.to_owned());
-        qb.push(" WHERE id IN (");
-        let mut sep = qb.separated(", ");
-        for id in ids {
-            sep.push_bind(id.clone());
-        }
-        sep.push_unseparated(") RETURNING id, args, args_hash, idempotency_key");
+        let mut qb = status_update!(to, ids, ") RETURNING id, args, args_hash, idempotency_key");
         qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
     }))
 }
@@ -125,14 +134,7 @@ pub async fn set_status_many(conn: &mut Conn<'_>, ids: &[String], to: &str) -> R
         return Ok(0);
     }
     Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
-        qb.push_bind(to.to_owned());
-        qb.push(" WHERE id IN (");
-        let mut sep = qb.separated(", ");
-        for id in ids {
-            sep.push_bind(id.clone());
-        }
-        sep.push_unseparated(")");
+        let mut qb = status_update!(to, ids, ")");
         qb.build().execute(&mut **c).await?.rows_affected()
     }))
 }
