@@ -57,6 +57,9 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before reuse.
+const PG_PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 pub fn sqlite_options(url: &str) -> Result<SqliteConnectOptions> {
     if let Some(dir) = sqlite_path(url).as_deref().and_then(|p| p.parent()) {
         if !dir.as_os_str().is_empty() {
@@ -96,6 +99,9 @@ impl Store {
                 let read = SqlitePoolOptions::new()
                     .max_connections(opts.read_connections.max(1))
                     .min_connections(1)
+                    // A connection to a local file does not go stale: skip the
+                    // ping round trip to its worker thread on every acquire.
+                    .test_before_acquire(false)
                     .connect_with(o.clone().read_only(true))
                     .await?;
                 drop(conn);
@@ -115,6 +121,18 @@ impl Store {
                 let read = PgPoolOptions::new()
                     .max_connections(opts.read_connections.max(2))
                     .acquire_timeout(Duration::from_secs(10))
+                    // Ping only a connection that sat idle (the server may have
+                    // closed it meanwhile), not one in steady use: a round trip
+                    // per read otherwise.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PG_PING_AFTER_IDLE {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(o.clone())
                     .await?;
                 let mut listener = PgListener::connect_with(&read).await?;
