@@ -8,8 +8,9 @@ const EVENT_COLUMNS: &str = "seq, id, at_ms, request_id, tenant, actor, action, 
 
 /// Insert many events in as few statements as the databases allow.
 pub async fn insert_events(conn: &mut Conn<'_>, events: &[AuditEvent]) -> Result<()> {
-    // 18 columns: stay under SQLite's default limit of 32766 bound variables.
-    for chunk in events.chunks(500) {
+    // 18 columns, at most 256 rows a statement: under SQLite's limit of
+    // 32766 bound variables, and few statement texts (see `padded`).
+    for chunk in super::power_of_two_chunks(events) {
         on!(conn, c => {
             let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({EVENT_COLUMNS}) "));
             qb.push_values(chunk, |mut b, e| {

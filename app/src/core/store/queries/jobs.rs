@@ -133,7 +133,7 @@ pub async fn lease_many(
         qb.push(", leased_at = ").push_bind(now);
         qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id IN (");
         let mut sep = qb.separated(", ");
-        for id in ids {
+        for id in super::padded(ids).iter() {
             sep.push_bind(id.clone());
         }
         sep.push_unseparated(") RETURNING id, lease_id");
@@ -197,7 +197,7 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
             "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
              p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id WHERE j.id IN (");
         let mut sep = qb.separated(", ");
-        for id in ids {
+        for id in super::padded(ids).iter() {
             sep.push_bind(id.clone());
         }
         sep.push_unseparated(")");
@@ -207,6 +207,7 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
 }
 
 /// A leased job to mark succeeded: its id, result and accepted body.
+#[derive(Clone, Copy)]
 pub struct Success<'a> {
     pub id: &'a str,
     pub result: &'a str,
@@ -223,7 +224,8 @@ pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', result = v.column2, completion = v.column3, finished_at = ");
         qb.push_bind(now);
         qb.push(", lease_expires_at = NULL FROM (");
-        qb.push_values(done, |mut b, s| {
+        // Padded with repeats of the last row: the same values again.
+        qb.push_values(super::padded(done).iter(), |mut b, s| {
             b.push_bind(s.id.to_owned()).push_bind(s.result.to_owned()).push_bind(s.completion.to_owned());
         });
         qb.push(") AS v WHERE jobs.id = v.column1 AND jobs.state = 'leased'");

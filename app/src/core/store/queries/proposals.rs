@@ -109,7 +109,7 @@ macro_rules! status_update {
         qb.push_bind($to.to_owned());
         qb.push(" WHERE id IN (");
         let mut sep = qb.separated(", ");
-        for id in $ids {
+        for id in super::padded($ids).iter() {
             sep.push_bind(id.clone());
         }
         sep.push_unseparated($tail);
