@@ -10,7 +10,8 @@ const EVENT_COLUMNS: &str = "seq, id, at_ms, request_id, tenant, actor, action, 
 pub async fn insert_events(conn: &mut Conn<'_>, events: &[AuditEvent]) -> Result<()> {
     // 18 columns, at most 256 rows a statement: under SQLite's limit of
     // 32766 bound variables, and few statement texts (see `padded`).
-    for chunk in super::power_of_two_chunks(events) {
+    let pad = !conn.is_postgres();
+    for chunk in super::power_of_two_chunks(events, pad) {
         on!(conn, c => {
             let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({EVENT_COLUMNS}) "));
             qb.push_values(chunk, |mut b, e| {

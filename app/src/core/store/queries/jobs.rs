@@ -126,6 +126,7 @@ pub async fn lease_many(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let pad = !conn.is_postgres();
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
         qb.push_bind(claim.to_owned());
@@ -133,7 +134,7 @@ pub async fn lease_many(
         qb.push(", leased_at = ").push_bind(now);
         qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id IN (");
         let mut sep = qb.separated(", ");
-        for id in super::padded(ids).iter() {
+        for id in super::padded(ids, pad).iter() {
             sep.push_bind(id.clone());
         }
         sep.push_unseparated(") RETURNING id, lease_id");
@@ -191,13 +192,14 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let pad = !conn.is_postgres();
     let lock = if conn.is_postgres() { " FOR UPDATE OF j" } else { "" };
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new(
             "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
              p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id WHERE j.id IN (");
         let mut sep = qb.separated(", ");
-        for id in super::padded(ids).iter() {
+        for id in super::padded(ids, pad).iter() {
             sep.push_bind(id.clone());
         }
         sep.push_unseparated(")");
@@ -220,12 +222,13 @@ pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -
         return Ok(0);
     }
     // `VALUES` names its columns column1, column2, … on both databases.
+    let pad = !conn.is_postgres();
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', result = v.column2, completion = v.column3, finished_at = ");
         qb.push_bind(now);
         qb.push(", lease_expires_at = NULL FROM (");
         // Padded with repeats of the last row: the same values again.
-        qb.push_values(super::padded(done).iter(), |mut b, s| {
+        qb.push_values(super::padded(done, pad).iter(), |mut b, s| {
             b.push_bind(s.id.to_owned()).push_bind(s.result.to_owned()).push_bind(s.completion.to_owned());
         });
         qb.push(") AS v WHERE jobs.id = v.column1 AND jobs.state = 'leased'");

@@ -104,12 +104,12 @@ pub struct RunFacts {
 /// `UPDATE proposals SET status = <to> WHERE id IN (<ids>` and then `tail`,
 /// as a query builder for whichever store `on!` picked.
 macro_rules! status_update {
-    ($to:expr, $ids:expr, $tail:expr) => {{
+    ($to:expr, $ids:expr, $pg:expr, $tail:expr) => {{
         let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
         qb.push_bind($to.to_owned());
         qb.push(" WHERE id IN (");
         let mut sep = qb.separated(", ");
-        for id in super::padded($ids).iter() {
+        for id in super::padded($ids, !$pg).iter() {
             sep.push_bind(id.clone());
         }
         sep.push_unseparated($tail);
@@ -122,8 +122,9 @@ pub async fn set_status_many_returning(conn: &mut Conn<'_>, ids: &[String], to: 
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let pg = conn.is_postgres();
     Ok(on!(conn, c => {
-        let mut qb = status_update!(to, ids, ") RETURNING id, args, args_hash, idempotency_key");
+        let mut qb = status_update!(to, ids, pg, ") RETURNING id, args, args_hash, idempotency_key");
         qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
     }))
 }
@@ -133,8 +134,9 @@ pub async fn set_status_many(conn: &mut Conn<'_>, ids: &[String], to: &str) -> R
     if ids.is_empty() {
         return Ok(0);
     }
+    let pg = conn.is_postgres();
     Ok(on!(conn, c => {
-        let mut qb = status_update!(to, ids, ")");
+        let mut qb = status_update!(to, ids, pg, ")");
         qb.build().execute(&mut **c).await?.rows_affected()
     }))
 }
