@@ -12,6 +12,7 @@ use crate::core::policy::{Decision, Policy, ToolKind};
 use crate::core::secrets::{find_secret, secret_kind};
 use crate::core::store::queries::jobs::{self, JobRow};
 use crate::core::store::queries::proposals::{self, DecisionRow, ProposalRow};
+use crate::core::store::queries::runs;
 use crate::core::store::{Notice, Tx};
 use serde_json::Value;
 use std::time::Duration;
@@ -205,9 +206,17 @@ impl Core {
                     p.row.created_at = now;
                     p.row.expires_at = now + tool.expires_after_seconds * 1000;
                     p.row.on_behalf_of = run.on_behalf_of.clone();
-                    // The common path is two statements: insert (unless the key
-                    // was used) and spend (unless over budget).
-                    if !proposals::insert_if_new(&mut tx.conn, &p.row).await? {
+                    // The common path is one call: insert (unless the key was
+                    // used) and, if inserted, spend (unless over budget).
+                    let spend = runs::Spend {
+                        run_id: &run.run_id,
+                        steps: 1,
+                        usd: p.cost_usd,
+                        now,
+                        budgets: &route.budgets,
+                    };
+                    let inserted = proposals::insert_and_spend(&mut tx.conn, &p.row, &spend).await?;
+                    if inserted == proposals::Inserted::Repeat {
                         let key = p.row.idempotency_key.clone().unwrap_or_default();
                         let existing = proposals::by_idempotency_key(&mut tx.conn, &run.run_id, &key)
                             .await?
@@ -226,16 +235,7 @@ impl Core {
                         .await?;
                         return Ok(Err(Error::IdempotencyConflict { existing: existing.id }));
                     }
-                    if !crate::core::store::queries::runs::try_spend(
-                        &mut tx.conn,
-                        &run.run_id,
-                        1,
-                        p.cost_usd,
-                        now,
-                        &route.budgets,
-                    )
-                    .await?
-                    {
+                    if inserted == proposals::Inserted::Unpaid {
                         // Not spent: take the proposal back and say why
                         // (revoked or expired is 401, else a budget).
                         proposals::delete(&mut tx.conn, &p.row.id).await?;

@@ -251,7 +251,14 @@ impl Core {
                     }
                     let cost = policy.tool(&tool).map_or(0.0, |t| t.cost_usd);
                     let now = tx.now_ms();
-                    if !runs::try_spend(&mut tx.conn, &run.run_id, 1, cost, now, &route.budgets).await? {
+                    let spend = runs::Spend {
+                        run_id: &run.run_id,
+                        steps: 1,
+                        usd: cost,
+                        now,
+                        budgets: &route.budgets,
+                    };
+                    if !runs::try_spend(&mut tx.conn, &spend).await? {
                         let row = live_run(tx, &run).await?;
                         let e = within_budget(&row, &route.budgets, now, 1, cost)
                             .err()

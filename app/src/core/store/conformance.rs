@@ -200,6 +200,136 @@ async fn notices_are_published_only_after_commit(db: &TestDb) {
     );
 }
 
+/// A run with a key behind it, and a proposal of it with idempotency key `key`.
+async fn run_and_proposal(s: &Store) -> super::queries::proposals::ProposalRow {
+    use super::queries::{keys, proposals::ProposalRow, runs};
+    s.write(|tx| {
+        Box::pin(async move {
+            let key = keys::KeyRow {
+                id: "key_1".into(),
+                kind: "service".into(),
+                name: "svc".into(),
+                tenant: Some("acme".into()),
+                env: "prod".into(),
+                tools: "[]".into(),
+                key_hash: "h".into(),
+                hint: "h".into(),
+                created_at: 0,
+                created_by: "test".into(),
+                revoked_at: None,
+            };
+            keys::insert(&mut tx.conn, &key).await?;
+            let run = runs::RunRow {
+                id: "run_1".into(),
+                tenant: "acme".into(),
+                env: "prod".into(),
+                route: "r".into(),
+                on_behalf_of: None,
+                service_key_id: "key_1".into(),
+                created_at: 0,
+                expires_at: 1_000_000,
+                steps_used: 0,
+                usd_used: 0.0,
+                denials_in_row: 2,
+                revoked_at: None,
+                revoked_reason: None,
+            };
+            runs::insert(&mut tx.conn, &run).await
+        })
+    })
+    .await
+    .unwrap();
+    ProposalRow {
+        id: "prp_1".into(),
+        tenant: "acme".into(),
+        env: "prod".into(),
+        route: "r".into(),
+        run_id: "run_1".into(),
+        tool: "t".into(),
+        args: "{}".into(),
+        args_hash: "a".into(),
+        content_hash: "c".into(),
+        idempotency_key: Some("k1".into()),
+        reason: String::new(),
+        preview_before: None,
+        preview_after: None,
+        diff: None,
+        on_behalf_of: None,
+        status: "pending".into(),
+        approvals_required: 1,
+        approvals: 0,
+        destructive: false,
+        irreversible: false,
+        created_at: 10,
+        expires_at: 100,
+        decided_at: None,
+        execute_by: None,
+    }
+}
+
+async fn a_proposal_is_charged_to_its_run_once_and_only_if_inserted(db: &TestDb) {
+    use super::queries::proposals::{self, Inserted};
+    use super::queries::runs;
+    let s = open(db).await;
+    let p = run_and_proposal(&s).await;
+    let budgets = crate::core::policy::Budgets {
+        steps: 2,
+        seconds: 3600,
+        usd: 1.0,
+    };
+    let attempt = |p: super::queries::proposals::ProposalRow| {
+        s.write(move |tx| {
+            Box::pin(async move {
+                let spend = runs::Spend {
+                    run_id: "run_1",
+                    steps: 1,
+                    usd: 0.25,
+                    now: 20,
+                    budgets: &budgets,
+                };
+                proposals::insert_and_spend(&mut tx.conn, &p, &spend).await
+            })
+        })
+    };
+    let used = || async {
+        let r = runs::get(&mut s.reader().await.unwrap().conn(), "run_1")
+            .await
+            .unwrap()
+            .unwrap();
+        (r.steps_used, r.usd_used, r.denials_in_row)
+    };
+    assert_eq!(attempt(p.clone()).await, Ok(Inserted::Paid));
+    assert_eq!(
+        used().await,
+        (1, 0.25, 0),
+        "a new proposal is charged, and the denial streak ends"
+    );
+    // The same idempotency key again (a retry): neither inserted nor charged.
+    let retry = proposals::ProposalRow {
+        id: "prp_2".into(),
+        ..p.clone()
+    };
+    assert_eq!(attempt(retry).await, Ok(Inserted::Repeat));
+    assert_eq!(used().await, (1, 0.25, 0));
+    let second = proposals::ProposalRow {
+        id: "prp_3".into(),
+        idempotency_key: Some("k2".into()),
+        ..p.clone()
+    };
+    assert_eq!(attempt(second).await, Ok(Inserted::Paid));
+    // Over the steps budget: inserted (the caller takes it back) but not charged.
+    let third = proposals::ProposalRow {
+        id: "prp_4".into(),
+        idempotency_key: Some("k3".into()),
+        ..p
+    };
+    assert_eq!(attempt(third).await, Ok(Inserted::Unpaid));
+    assert_eq!(used().await, (2, 0.5, 0), "a run over its budget is not charged");
+    let mut r = s.reader().await.unwrap();
+    assert!(proposals::get(&mut r.conn(), "prp_4").await.unwrap().is_some());
+    assert!(proposals::get(&mut r.conn(), "prp_2").await.unwrap().is_none());
+}
+
 crate::store_tests!(
     migrations_apply_and_reopen_cleanly,
     a_failed_write_leaves_nothing_behind,
@@ -210,4 +340,5 @@ crate::store_tests!(
     verify_names_reordered_events,
     verify_catches_truncation,
     notices_are_published_only_after_commit,
+    a_proposal_is_charged_to_its_run_once_and_only_if_inserted,
 );

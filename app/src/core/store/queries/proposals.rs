@@ -34,23 +34,96 @@ pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, 
      idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
      approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by";
 
-/// Insert unless this run already used the idempotency key; true if inserted.
-pub async fn insert_if_new(conn: &mut Conn<'_>, p: &ProposalRow) -> Result<bool> {
-    let sql = format!(
+fn insert_sql() -> String {
+    format!(
         "INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
          $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT (run_id, idempotency_key) DO NOTHING"
-    );
-    let n = on!(conn, c => {
-        sqlx::query(&sql)
-            .bind(&p.id).bind(&p.tenant).bind(&p.env).bind(&p.route).bind(&p.run_id).bind(&p.tool)
-            .bind(&p.args).bind(&p.args_hash).bind(&p.content_hash).bind(&p.idempotency_key)
-            .bind(&p.reason).bind(&p.preview_before).bind(&p.preview_after).bind(&p.diff)
-            .bind(&p.on_behalf_of).bind(&p.status).bind(p.approvals_required).bind(p.approvals)
-            .bind(p.destructive).bind(p.irreversible).bind(p.created_at).bind(p.expires_at)
-            .bind(p.decided_at).bind(p.execute_by)
-            .execute(&mut **c).await?.rows_affected()
-    });
+    )
+}
+
+/// Bind a proposal's 24 values onto a query, in `PROPOSAL_COLUMNS` order.
+macro_rules! bind_proposal {
+    ($query:expr, $p:expr) => {
+        $query
+            .bind(&$p.id)
+            .bind(&$p.tenant)
+            .bind(&$p.env)
+            .bind(&$p.route)
+            .bind(&$p.run_id)
+            .bind(&$p.tool)
+            .bind(&$p.args)
+            .bind(&$p.args_hash)
+            .bind(&$p.content_hash)
+            .bind(&$p.idempotency_key)
+            .bind(&$p.reason)
+            .bind(&$p.preview_before)
+            .bind(&$p.preview_after)
+            .bind(&$p.diff)
+            .bind(&$p.on_behalf_of)
+            .bind(&$p.status)
+            .bind($p.approvals_required)
+            .bind($p.approvals)
+            .bind($p.destructive)
+            .bind($p.irreversible)
+            .bind($p.created_at)
+            .bind($p.expires_at)
+            .bind($p.decided_at)
+            .bind($p.execute_by)
+    };
+}
+
+/// Insert unless this run already used the idempotency key; true if inserted.
+pub async fn insert_if_new(conn: &mut Conn<'_>, p: &ProposalRow) -> Result<bool> {
+    let sql = insert_sql();
+    let n = on!(conn, c => bind_proposal!(sqlx::query(&sql), p).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
+}
+
+/// What `insert_and_spend` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The run already used the idempotency key: nothing inserted or spent.
+    Repeat,
+    /// Inserted, but the run could not pay for it (revoked, expired or over
+    /// a budget): nothing spent. The caller takes the row back.
+    Unpaid,
+    /// Inserted and paid for.
+    Paid,
+}
+
+/// Insert `p` unless its run already used the idempotency key and, only if
+/// it was inserted, charge the run `spend`. On SQLite the two statements go
+/// to the connection's thread as one call: every call is a hand-off to that
+/// thread and back, which costs the single writer more than either statement
+/// (intake measured +10% to +30% without the second hand-off). The charge
+/// runs only when `changes()`, the insert's count, is 1, and the call
+/// reports the sum of both counts.
+pub async fn insert_and_spend(
+    conn: &mut Conn<'_>,
+    p: &ProposalRow,
+    spend: &super::runs::Spend<'_>,
+) -> Result<Inserted> {
+    let changed = match conn {
+        Conn::Sqlite(c) => {
+            let sql = format!("{}; {} AND changes() = 1", insert_sql(), super::runs::spend_sql(25));
+            super::runs::bind_spend!(bind_proposal!(sqlx::query(&sql), p), spend)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+        }
+        Conn::Postgres(_) => {
+            if insert_if_new(conn, p).await? {
+                1 + u64::from(super::runs::try_spend(conn, spend).await?)
+            } else {
+                0
+            }
+        }
+    };
+    Ok(match changed {
+        0 => Inserted::Repeat,
+        1 => Inserted::Unpaid,
+        _ => Inserted::Paid,
+    })
 }
 
 pub async fn delete(conn: &mut Conn<'_>, id: &str) -> Result<()> {

@@ -40,22 +40,48 @@ pub async fn get(conn: &mut Conn<'_>, id: &str) -> Result<Option<RunRow>> {
     Ok(on!(conn, c => sqlx::query_as::<_, RunRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
 }
 
-/// Spend `steps` and `usd` if the run is live and within its budgets, in one
-/// statement; false if not (the caller reads the run to say why).
-pub async fn try_spend(
-    conn: &mut Conn<'_>,
-    id: &str,
-    steps: i64,
-    usd: f64,
-    now: i64,
-    budgets: &crate::core::policy::Budgets,
-) -> Result<bool> {
-    let n = on!(conn, c => sqlx::query(
-        "UPDATE runs SET steps_used = steps_used + $1, usd_used = usd_used + $2, denials_in_row = 0 \
-         WHERE id = $3 AND revoked_at IS NULL AND expires_at > $4 AND steps_used + $1 <= $5 \
-         AND usd_used + $2 <= $6 AND $4 - created_at <= $7")
-        .bind(steps).bind(usd).bind(id).bind(now).bind(budgets.steps).bind(budgets.usd + 1e-9).bind(budgets.seconds * 1000)
-        .execute(&mut **c).await?.rows_affected());
+/// A charge to a run: `steps` and `usd` more, taken only if the run is live
+/// and stays within `budgets`.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    pub run_id: &'a str,
+    pub steps: i64,
+    pub usd: f64,
+    pub now: i64,
+    pub budgets: &'a crate::core::policy::Budgets,
+}
+
+/// The charge's UPDATE, its values bound from `$first` on, in the order
+/// `bind_spend!` binds them.
+pub(super) fn spend_sql(first: usize) -> String {
+    let [steps, usd, id, now, max_steps, max_usd, max_ms] = std::array::from_fn(|i| format!("${}", first + i));
+    format!(
+        "UPDATE runs SET steps_used = steps_used + {steps}, usd_used = usd_used + {usd}, denials_in_row = 0 \
+         WHERE id = {id} AND revoked_at IS NULL AND expires_at > {now} AND steps_used + {steps} <= {max_steps} \
+         AND usd_used + {usd} <= {max_usd} AND {now} - created_at <= {max_ms}"
+    )
+}
+
+/// Bind a `Spend`'s values onto a query, in `spend_sql`'s order.
+macro_rules! bind_spend {
+    ($query:expr, $s:expr) => {
+        $query
+            .bind($s.steps)
+            .bind($s.usd)
+            .bind($s.run_id)
+            .bind($s.now)
+            .bind($s.budgets.steps)
+            .bind($s.budgets.usd + 1e-9)
+            .bind($s.budgets.seconds * 1000)
+    };
+}
+pub(super) use bind_spend;
+
+/// Charge the run in one statement; false if it could not pay (the caller
+/// reads the run to say why).
+pub async fn try_spend(conn: &mut Conn<'_>, s: &Spend<'_>) -> Result<bool> {
+    let sql = spend_sql(1);
+    let n = on!(conn, c => bind_spend!(sqlx::query(&sql), s).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
 
