@@ -1,6 +1,7 @@
 use crate::core::error::Result;
 use crate::core::store::Conn;
 use crate::on;
+use std::sync::LazyLock;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProposalRow {
@@ -34,12 +35,27 @@ pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, 
      idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
      approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by";
 
-fn insert_sql() -> String {
+/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$24`.
+const PROPOSAL_VALUES: usize = 24;
+
+/// The insert of a proposal unless its run used the idempotency key; written
+/// once, not at every request.
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
          $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT (run_id, idempotency_key) DO NOTHING"
     )
-}
+});
+
+/// The insert, then the charge of its run (values from `$25` on) only if the
+/// insert added the row.
+static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{}; {} AND changes() = 1",
+        *INSERT_SQL,
+        super::runs::spend_sql(PROPOSAL_VALUES + 1)
+    )
+});
 
 /// Bind a proposal's 24 values onto a query, in `PROPOSAL_COLUMNS` order.
 macro_rules! bind_proposal {
@@ -74,8 +90,8 @@ macro_rules! bind_proposal {
 
 /// Insert unless this run already used the idempotency key; true if inserted.
 pub async fn insert_if_new(conn: &mut Conn<'_>, p: &ProposalRow) -> Result<bool> {
-    let sql = insert_sql();
-    let n = on!(conn, c => bind_proposal!(sqlx::query(&sql), p).execute(&mut **c).await?.rows_affected());
+    let n =
+        on!(conn, c => bind_proposal!(sqlx::query(INSERT_SQL.as_str()), p).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
 
@@ -105,8 +121,7 @@ pub async fn insert_and_spend(
 ) -> Result<Inserted> {
     let changed = match conn {
         Conn::Sqlite(c) => {
-            let sql = format!("{}; {} AND changes() = 1", insert_sql(), super::runs::spend_sql(25));
-            super::runs::bind_spend!(bind_proposal!(sqlx::query(&sql), p), spend)
+            super::runs::bind_spend!(bind_proposal!(sqlx::query(INSERT_AND_SPEND_SQL.as_str()), p), spend)
                 .execute(&mut **c)
                 .await?
                 .rows_affected()

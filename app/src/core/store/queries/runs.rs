@@ -1,6 +1,7 @@
 use crate::core::error::Result;
 use crate::core::store::Conn;
 use crate::on;
+use std::sync::LazyLock;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
@@ -80,8 +81,8 @@ pub(super) use bind_spend;
 /// Charge the run in one statement; false if it could not pay (the caller
 /// reads the run to say why).
 pub async fn try_spend(conn: &mut Conn<'_>, s: &Spend<'_>) -> Result<bool> {
-    let sql = spend_sql(1);
-    let n = on!(conn, c => bind_spend!(sqlx::query(&sql), s).execute(&mut **c).await?.rows_affected());
+    static SQL: LazyLock<String> = LazyLock::new(|| spend_sql(1));
+    let n = on!(conn, c => bind_spend!(sqlx::query(SQL.as_str()), s).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
 
