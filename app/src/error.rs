@@ -65,8 +65,8 @@ impl AppError {
 }
 
 #[cfg(feature = "ssr")]
-impl From<crate::core::error::Error> for AppError {
-    fn from(e: crate::core::error::Error) -> Self {
+impl From<countersign_core::Error> for AppError {
+    fn from(e: countersign_core::Error) -> Self {
         let app = Self::from_core(e);
         // A server function's answer carries the status its error deserves,
         // except a plain form's: that is answered with a redirect back to the
@@ -95,10 +95,10 @@ fn from_plain_form() -> bool {
 
 #[cfg(feature = "ssr")]
 impl AppError {
-    fn from_core(e: crate::core::error::Error) -> Self {
-        use crate::core::error::Error as E;
+    fn from_core(e: countersign_core::Error) -> Self {
+        use countersign_core::Error as E;
         match e {
-            E::Unauthenticated(m) if m == crate::core::service::people_bad_login() => AppError::BadLogin(m),
+            E::Unauthenticated(m) if m == countersign_core::service::BAD_LOGIN => AppError::BadLogin(m),
             E::Unauthenticated(_) => AppError::SignedOut,
             E::Forbidden(m) => AppError::Forbidden(m),
             E::NotFound => AppError::NotFound,
@@ -107,7 +107,7 @@ impl AppError {
             E::Disabled { switch } => AppError::Forbidden(format!("A kill switch is on ({switch})")),
             E::RateLimited { retry_after_secs } => AppError::RateLimited(retry_after_secs),
             E::Internal(m) => {
-                tracing::error!(error = %m, request_id = ?crate::core::service::current_request_id(), "internal error in a page request");
+                tracing::error!(error = %m, request_id = ?countersign_core::service::current_request_id(), "internal error in a page request");
                 AppError::Internal
             }
             other => AppError::BadRequest(other.to_string()),

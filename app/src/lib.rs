@@ -1,7 +1,8 @@
 //! countersign: a human-approval gate for AI agents' tool calls.
 //!
-//! This crate is the application: pages and server functions (both sides) and,
-//! behind the `ssr` feature, the core that enforces every rule.
+//! This crate is the web application: pages, components and server functions
+//! (both sides), and the view types they share. Behind `ssr`, server
+//! functions call `countersign_core`, which enforces every rule.
 
 #![recursion_limit = "512"]
 
@@ -10,9 +11,6 @@ pub mod error;
 pub mod functions;
 pub mod model;
 pub mod pages;
-
-#[cfg(feature = "ssr")]
-pub mod core;
 
 use components::layout::Layout;
 use leptos::prelude::*;

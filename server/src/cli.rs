@@ -1,19 +1,50 @@
-//! The command line: `serve` and the subcommands of POLICY.md. Each prints
-//! what it did, or a clear message and a non-zero exit.
+//! The command line: `serve` and the subcommands of the docs' CLI table.
+//! Each prints what it did, or a clear message and a non-zero exit.
 
 use crate::config::*;
-use crate::startup::{self, AppConfig};
-use app::core::clock::{parse_rfc3339, rfc3339};
-use app::core::policy::{load_policy, run_expectations, Policy};
-use app::core::service::{Admin, Core, NewKey, NewUser, Settings};
-use app::core::store::{Store, StoreOptions};
+use crate::startup::{self, AppConfig, StartError};
 use clap::Parser;
+use countersign_core::clock::{parse_rfc3339, rfc3339};
+use countersign_core::controls::Scope;
+use countersign_core::policy::{load_policy, run_expectations, Policy};
+use countersign_core::service::{Admin, Core, NewKey, NewUser, Settings, StoreOptions};
+use countersign_core::tokens::KeyKind as CoreKeyKind;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-type CliResult = Result<ExitCode, String>;
+/// Why a command failed, said to the person who ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Core(#[from] countersign_core::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A policy file that does not load, with each problem on its line.
+    #[error("{0}")]
+    Policy(String),
+    /// The command was given something it cannot use.
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing CSV: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+impl CliError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+        let what = what.into();
+        move |source| CliError::Io { what, source }
+    }
+}
+
+type CliResult = Result<ExitCode, CliError>;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,8 +70,8 @@ async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve(args) => serve(db, args).await,
         Command::Migrate => {
-            let store = open_store(&db).await?;
-            println!("migrations applied ({})", store.backend().name());
+            let core = open_core(&db, Policy::empty()).await?;
+            println!("migrations applied ({})", core.backend().name());
             Ok(ExitCode::SUCCESS)
         }
         Command::User(c) => user(db, c).await,
@@ -49,10 +80,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Audit(c) => audit(db, c).await,
         Command::Secret(SecretCommand::Rotate) => {
             let core = open_core(&db, Policy::empty()).await?;
-            let id = core
-                .rotate_signing_key(&Admin::cli())
-                .await
-                .map_err(|e| e.to_string())?;
+            let id = core.rotate_signing_key(&Admin::cli()).await?;
             println!(
                 "signing key {id} is now current; tokens signed with the previous key stay valid until they expire"
             );
@@ -63,13 +91,11 @@ async fn run(cli: Cli) -> CliResult {
             let core = open_core(&db, Policy::empty()).await?;
             match c {
                 BreakerCommand::Reset { route } => {
-                    core.reset_breaker(&Admin::cli(), &route)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    core.reset_breaker(&Admin::cli(), &route).await?;
                     println!("route {route} releases again");
                 }
                 BreakerCommand::List => {
-                    for b in core.breakers().await.map_err(|e| e.to_string())? {
+                    for b in core.breakers().await? {
                         println!("{}\t{}\t{}", b.route, rfc3339(b.tripped_at), b.reason);
                     }
                 }
@@ -80,22 +106,17 @@ async fn run(cli: Cli) -> CliResult {
             let core = open_core(&db, Policy::empty()).await?;
             match c {
                 WebhookCommand::Add { url, events, format } => {
-                    let (id, secret) = core
-                        .add_webhook(&Admin::cli(), &url, &[events], &format)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let (id, secret) = core.add_webhook(&Admin::cli(), &url, &[events], &format).await?;
                     eprintln!("webhook {id} added. Its signing secret is shown once, now:");
                     println!("{secret}");
                 }
                 WebhookCommand::List => {
-                    for w in core.webhooks().await.map_err(|e| e.to_string())? {
+                    for w in core.webhooks().await? {
                         println!("{}\t{}\t{}\t{}", w.id, w.url, w.format, w.events);
                     }
                 }
                 WebhookCommand::Remove { id } => {
-                    core.remove_webhook(&Admin::cli(), &id)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    core.remove_webhook(&Admin::cli(), &id).await?;
                     println!("webhook {id} removed");
                 }
             }
@@ -103,9 +124,7 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Run(RunCommand::Revoke { id, reason }) => {
             let core = open_core(&db, Policy::empty()).await?;
-            core.revoke_run(&Admin::cli(), &id, &reason)
-                .await
-                .map_err(|e| e.to_string())?;
+            core.revoke_run(&Admin::cli(), &id, &reason).await?;
             println!("run {id} revoked: its token stops working now");
             Ok(ExitCode::SUCCESS)
         }
@@ -113,8 +132,9 @@ async fn run(cli: Cli) -> CliResult {
 }
 
 /// Read and check a policy file; problems come back as `FILE:LINE: message`.
-pub fn read_policy(path: &Path) -> Result<Policy, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the policy {}: {e}", path.display()))?;
+pub fn read_policy(path: &Path) -> Result<Policy, CliError> {
+    let text =
+        std::fs::read_to_string(path).map_err(CliError::io(format!("cannot read the policy {}", path.display())))?;
     load_policy(&text).map_err(|errs| {
         let mut msg = format!("the policy {} is invalid:", path.display());
         for e in errs {
@@ -123,19 +143,12 @@ pub fn read_policy(path: &Path) -> Result<Policy, String> {
                 None => msg.push_str(&format!("\n  {}: {}", path.display(), e.message)),
             }
         }
-        msg
+        CliError::Policy(msg)
     })
 }
 
-async fn open_store(db: &str) -> Result<Store, String> {
-    Store::open(StoreOptions::new(db)).await.map_err(|e| e.to_string())
-}
-
-async fn open_core(db: &str, policy: Policy) -> Result<Arc<Core>, String> {
-    let store = open_store(db).await?;
-    Core::start(store, policy, Settings::default())
-        .await
-        .map_err(|e| e.to_string())
+async fn open_core(db: &str, policy: Policy) -> Result<Arc<Core>, CliError> {
+    Ok(Core::open(StoreOptions::new(db), policy, Settings::default()).await?)
 }
 
 async fn serve(db: String, args: ServeArgs) -> CliResult {
@@ -159,7 +172,7 @@ async fn serve(db: String, args: ServeArgs) -> CliResult {
         shown_db,
         args.policy.display()
     );
-    if app.core.count_users().await.map_err(|e| e.to_string())? == 0 {
+    if app.core.count_users().await? == 0 {
         let exe = std::env::current_exe()
             .ok()
             .and_then(|p| {
@@ -180,12 +193,12 @@ async fn serve(db: String, args: ServeArgs) -> CliResult {
 
 /// A password from standard input: prompted twice without echo on a
 /// terminal, one line otherwise.
-fn read_password() -> Result<String, String> {
+fn read_password() -> Result<String, CliError> {
     if std::io::stdin().is_terminal() {
-        let a = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
-        let b = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        let a = rpassword::prompt_password("Password: ").map_err(CliError::io("reading the password"))?;
+        let b = rpassword::prompt_password("Again: ").map_err(CliError::io("reading the password"))?;
         if a != b {
-            return Err("the passwords differ".into());
+            return Err(CliError::Usage("the passwords differ".into()));
         }
         Ok(a)
     } else {
@@ -193,10 +206,12 @@ fn read_password() -> Result<String, String> {
         std::io::stdin()
             .lock()
             .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+            .map_err(CliError::io("reading the password from standard input"))?;
         let pw = line.trim_end_matches(['\n', '\r']).to_owned();
         if pw.is_empty() {
-            return Err("no password on standard input (pipe it in: the command line never takes one)".into());
+            return Err(CliError::Usage(
+                "no password on standard input (pipe it in: the command line never takes one)".into(),
+            ));
         }
         Ok(pw)
     }
@@ -211,7 +226,7 @@ async fn user(db: String, c: UserCommand) -> CliResult {
             password,
         } => {
             if password.is_some() {
-                return Err("passwords are never taken on the command line (they end up in shell history and process lists); pipe the password to standard input".into());
+                return Err(CliError::Usage("passwords are never taken on the command line (they end up in shell history and process lists); pipe the password to standard input".into()));
             }
             let pw = read_password()?;
             let core = open_core(&db, Policy::empty()).await?;
@@ -225,8 +240,7 @@ async fn user(db: String, c: UserCommand) -> CliResult {
                         tenants,
                     },
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             println!(
                 "added {} ({}){}",
                 p.username,
@@ -241,21 +255,14 @@ async fn user(db: String, c: UserCommand) -> CliResult {
         }
         UserCommand::List => {
             let core = open_core(&db, Policy::empty()).await?;
-            let mut r = core.store.reader().await.map_err(|e| e.to_string())?;
-            let users = app::core::store::queries::users::all(&mut r.conn())
-                .await
-                .map_err(|e| e.to_string())?;
-            for u in users {
-                let tenants = app::core::store::queries::users::tenants_of(&mut r.conn(), &u.id)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            for p in core.people().await? {
                 println!(
                     "{}\t{}\t{}\t{}{}",
-                    u.id,
-                    u.username,
-                    u.roles,
-                    tenants.join(","),
-                    if u.disabled { "\tdisabled" } else { "" }
+                    p.id,
+                    p.username,
+                    p.roles.names().join(","),
+                    p.tenants.join(","),
+                    if p.disabled { "\tdisabled" } else { "" }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -270,7 +277,7 @@ async fn key(db: String, c: KeyCommand) -> CliResult {
                 KeyKind::Service { tenant, env, name } => (
                     Policy::empty(),
                     NewKey {
-                        kind: "service".into(),
+                        kind: CoreKeyKind::Service,
                         name,
                         tenant: Some(tenant),
                         env,
@@ -285,7 +292,7 @@ async fn key(db: String, c: KeyCommand) -> CliResult {
                 } => (
                     read_policy(&policy)?,
                     NewKey {
-                        kind: "executor".into(),
+                        kind: CoreKeyKind::Executor,
                         name,
                         tenant: None,
                         env,
@@ -294,21 +301,21 @@ async fn key(db: String, c: KeyCommand) -> CliResult {
                 ),
             };
             let core = open_core(&db, policy).await?;
-            let kind = k.kind.clone();
-            let (id, plaintext) = core.create_key(&Admin::cli(), k).await.map_err(|e| e.to_string())?;
+            let kind = k.kind;
+            let (id, plaintext) = core.create_key(&Admin::cli(), k).await?;
             eprintln!("{kind} key {id} created. It is shown once, now; store it in your secret manager:");
             println!("{plaintext}");
             Ok(ExitCode::SUCCESS)
         }
         KeyCommand::Revoke { id } => {
             let core = open_core(&db, Policy::empty()).await?;
-            core.revoke_key(&Admin::cli(), &id).await.map_err(|e| e.to_string())?;
+            core.revoke_key(&Admin::cli(), &id).await?;
             println!("key {id} revoked");
             Ok(ExitCode::SUCCESS)
         }
         KeyCommand::List => {
             let core = open_core(&db, Policy::empty()).await?;
-            for k in core.list_keys().await.map_err(|e| e.to_string())? {
+            for k in core.list_keys().await? {
                 println!(
                     "{}\t{}\t{}\t{}/{}\t{}…\t{}{}",
                     k.id,
@@ -342,8 +349,10 @@ fn policy(c: PolicyCommand) -> CliResult {
         PolicyCommand::Test { file, policy } => {
             let policy_path = policy.unwrap_or_else(|| default_policy_for(&file));
             let p = read_policy(&policy_path)?;
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let report = run_expectations(&p, &text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(CliError::io(format!("cannot read {}", file.display())))?;
+            let report =
+                run_expectations(&p, &text).map_err(|e| CliError::Policy(format!("{}: {e}", file.display())))?;
             for f in &report.failures {
                 println!("FAIL {f}");
             }
@@ -376,7 +385,7 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
     let core = open_core(&db, Policy::empty()).await?;
     match c {
         AuditCommand::Verify => {
-            let report = core.verify_audit_chain().await.map_err(|e| e.to_string())?;
+            let report = core.verify_audit_chain().await?;
             println!("{}", report.message());
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -389,19 +398,21 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
                 None => 0,
                 Some(s) => parse_rfc3339(&s)
                     .or_else(|| parse_rfc3339(&format!("{s}T00:00:00Z")))
-                    .ok_or_else(|| format!("--since {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))?,
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("--since {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+                    })?,
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let n = match format {
-                ExportFormat::Jsonl => core
-                    .export_audit(since_ms, |e| {
+                ExportFormat::Jsonl => {
+                    core.export_audit(since_ms, |e| {
                         let mut v = serde_json::to_value(e)?;
                         v["at"] = serde_json::Value::String(rfc3339(e.at_ms));
-                        writeln!(out, "{v}").map_err(app::core::error::Error::internal)
+                        writeln!(out, "{v}").map_err(countersign_core::Error::internal)
                     })
-                    .await
-                    .map_err(|e| e.to_string())?,
+                    .await?
+                }
                 ExportFormat::Csv => {
                     let mut w = csv::Writer::from_writer(&mut out);
                     w.write_record([
@@ -423,8 +434,7 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
                         "details",
                         "prev_hash",
                         "hash",
-                    ])
-                    .map_err(|e| e.to_string())?;
+                    ])?;
                     let n = core
                         .export_audit(since_ms, |e| {
                             w.write_record([
@@ -447,15 +457,14 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
                                 e.prev_hash.clone(),
                                 e.hash.clone(),
                             ])
-                            .map_err(app::core::error::Error::internal)
+                            .map_err(countersign_core::Error::internal)
                         })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    w.flush().map_err(|e| e.to_string())?;
+                        .await?;
+                    w.flush().map_err(CliError::io("writing the export"))?;
                     n
                 }
             };
-            out.flush().map_err(|e| e.to_string())?;
+            out.flush().map_err(CliError::io("writing the export"))?;
             eprintln!("{n} events exported");
             Ok(ExitCode::SUCCESS)
         }
@@ -463,23 +472,20 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
 }
 
 async fn switch(db: String, a: SwitchArgs) -> CliResult {
-    let (scope, target) = match (&a.tool, &a.tenant, &a.route, a.global) {
-        (Some(t), None, None, false) => ("tool", t.clone()),
-        (None, Some(t), None, false) => ("tenant", t.clone()),
-        (None, None, Some(r), false) => ("route", r.clone()),
-        (None, None, None, true) => ("global", String::new()),
-        _ => return Err("name exactly one of --tool, --tenant, --route or --global".into()),
+    // clap's `target` group makes exactly one of these present.
+    let (scope, target) = match (a.tool, a.tenant, a.route) {
+        (Some(t), _, _) => (Scope::Tool, t),
+        (_, Some(t), _) => (Scope::Tenant, t),
+        (_, _, Some(r)) => (Scope::Route, r),
+        _ => (Scope::Global, String::new()),
     };
-    let policy = if scope == "tool" || scope == "route" {
-        read_policy(&a.policy)?
-    } else {
-        Policy::empty()
+    let policy = match scope {
+        Scope::Tool | Scope::Route => read_policy(&a.policy)?,
+        _ => Policy::empty(),
     };
     let core = open_core(&db, policy).await?;
-    let on = a.state == "on";
-    core.set_switch(&Admin::cli(), scope, &target, on, &a.reason)
-        .await
-        .map_err(|e| e.to_string())?;
+    let on = a.state == SwitchState::On;
+    core.set_switch(&Admin::cli(), scope, &target, on, &a.reason).await?;
     println!(
         "kill switch {} {}{}",
         if on { "ON for" } else { "off for" },

@@ -1,11 +1,11 @@
 //! Settings from flags and environment. Every flag has an environment variable
 //! (named in `--help`); secrets are never printed.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/countersign.db";
+pub use countersign_core::DEFAULT_DATABASE_URL;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -233,18 +233,23 @@ pub enum SecretCommand {
     Rotate,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SwitchState {
+    On,
+    Off,
+}
+
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["tool", "tenant", "route", "global"])))]
 pub struct SwitchArgs {
-    /// on or off.
-    #[arg(value_parser = ["on", "off"])]
-    pub state: String,
-    #[arg(long, group = "target")]
+    pub state: SwitchState,
+    #[arg(long)]
     pub tool: Option<String>,
-    #[arg(long, group = "target")]
+    #[arg(long)]
     pub tenant: Option<String>,
-    #[arg(long, group = "target")]
+    #[arg(long)]
     pub route: Option<String>,
-    #[arg(long, group = "target")]
+    #[arg(long)]
     pub global: bool,
     /// Why (required).
     #[arg(long)]

@@ -1,9 +1,9 @@
 //! Webhook delivery: take due deliveries from the outbox, POST them signed,
 //! record the outcome. Woken by new events; a slow tick retries failures.
 
-use app::core::service::{Core, Delivery};
-use app::core::store::Notice;
-use app::core::tokens::sign_webhook;
+use countersign_core::service::{Core, Delivery};
+use countersign_core::tokens::sign_webhook;
+use countersign_core::Notice;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ pub fn spawn_worker(core: Arc<Core>) -> tokio::task::JoinHandle<()> {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        let mut notices = core.store.subscribe();
+        let mut notices = core.subscribe();
         loop {
             deliver_due(&core, &http).await;
             let tick = tokio::time::sleep(Duration::from_secs(1));

@@ -1,12 +1,12 @@
 //! Operations: health, readiness, Prometheus metrics, and the per-request
 //! plumbing every route shares (request id, log span, metrics, panics).
 
-use app::core::service::{Core, REQUEST_ID};
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use countersign_core::service::{Core, REQUEST_ID};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -36,7 +36,7 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(core): State<Arc<Core>>) -> Response {
-    if core.store.ping().await {
+    if core.ping().await {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
@@ -45,14 +45,10 @@ pub async fn readyz(State(core): State<Arc<Core>>) -> Response {
 
 pub async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
     // Gauges read at scrape time.
-    if let Ok(mut r) = core.store.reader().await {
-        use app::core::store::queries::{jobs, proposals};
-        if let Ok(n) = proposals::count_pending(&mut r.conn()).await {
-            metrics::gauge!("countersign_proposals_pending").set(n as f64);
-        }
-        if let Ok(n) = jobs::count_queued(&mut r.conn()).await {
-            metrics::gauge!("countersign_jobs_queued").set(n as f64);
-        }
+    if let Ok(g) = core.gauges().await {
+        metrics::gauge!("countersign_proposals_pending").set(g.proposals_pending as f64);
+        metrics::gauge!("countersign_jobs_queued").set(g.jobs_queued as f64);
+        metrics::counter!("countersign_write_batches_total").absolute(g.write_batches);
     }
     let mut res = metrics_handle().render().into_response();
     res.headers_mut().insert(
@@ -74,7 +70,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
             !v.is_empty() && v.len() <= 100 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| app::core::ids::new_id("req"));
+        .unwrap_or_else(|| countersign_core::ids::new_id("req"));
     let method = req.method().clone();
     let route = req
         .extensions()

@@ -1,8 +1,8 @@
 //! Browser sessions in the database (tower-sessions' sqlx stores), one type
 //! over both backends so the rest of the server does not care which.
 
-use app::core::store::{sqlite_options, Backend, Store};
 use async_trait::async_trait;
+use countersign_core::service::{Core, SessionDatabase};
 use sqlx::sqlite::SqlitePoolOptions;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, ExpiredDeletion, SessionStore};
@@ -15,28 +15,26 @@ pub enum DbSessions {
 }
 
 impl DbSessions {
-    /// The session store beside `store`'s data, its table created if missing.
-    pub async fn open(store: &Store) -> Result<DbSessions, String> {
-        let s = match store.backend() {
-            Backend::Sqlite => {
-                let opts = sqlite_options(store.url()).map_err(|e| e.to_string())?;
+    /// The session store beside the core's data, its table created if missing.
+    pub async fn open(core: &Core) -> Result<DbSessions, crate::startup::StartError> {
+        let s = match core.session_database()? {
+            SessionDatabase::Sqlite(opts) => {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
-                    .connect_with(opts)
+                    .connect_with(*opts)
                     .await
-                    .map_err(|e| format!("opening the session store: {e}"))?;
+                    .map_err(|e| tower_sessions::session_store::Error::Backend(e.to_string()))?;
                 let s = SqliteStore::new(pool);
                 s.migrate()
                     .await
-                    .map_err(|e| format!("migrating the session store: {e}"))?;
+                    .map_err(|e| tower_sessions::session_store::Error::Backend(e.to_string()))?;
                 DbSessions::Sqlite(s)
             }
-            Backend::Postgres => {
-                let pool = store.pg_pool().ok_or("no PostgreSQL pool")?;
+            SessionDatabase::Postgres(pool) => {
                 let s = PostgresStore::new(pool);
                 s.migrate()
                     .await
-                    .map_err(|e| format!("migrating the session store: {e}"))?;
+                    .map_err(|e| tower_sessions::session_store::Error::Backend(e.to_string()))?;
                 DbSessions::Postgres(s)
             }
         };

@@ -3,14 +3,13 @@
 
 use crate::sessions::DbSessions;
 use crate::{api, ops, web};
-use app::core::clock::{SharedClock, SystemClock};
-use app::core::policy::Policy;
-use app::core::service::{Core, Settings, SYSTEM_ACTOR};
-use app::core::store::{Store, StoreOptions};
 use app::{shell, App};
 use axum::http::{header, HeaderValue};
 use axum::routing::get;
 use axum::{middleware, Router};
+use countersign_core::clock::{SharedClock, SystemClock};
+use countersign_core::policy::Policy;
+use countersign_core::service::{Core, Settings, StoreOptions, SYSTEM_ACTOR};
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::net::SocketAddr;
@@ -23,6 +22,21 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Core(#[from] countersign_core::Error),
+    #[error("the session store: {0}")]
+    Sessions(#[from] tower_sessions::session_store::Error),
+}
 
 #[derive(Clone)]
 pub struct AppConfig {
@@ -39,6 +53,8 @@ pub struct AppConfig {
     pub clock: SharedClock,
     /// How often the sweeper expires and re-offers.
     pub sweep_every: Duration,
+    /// How often a long-poll looks again without a notice (a safety net).
+    pub wait_recheck: Duration,
 }
 
 impl AppConfig {
@@ -56,6 +72,7 @@ impl AppConfig {
             read_connections: 8,
             clock: Arc::new(SystemClock),
             sweep_every: Duration::from_secs(1),
+            wait_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -124,33 +141,28 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Open the store and build the core, recording the loaded policy.
-pub async fn open_core(cfg: &AppConfig, public_url: String) -> Result<Arc<Core>, String> {
-    let store = Store::open(
-        StoreOptions {
-            read_connections: cfg.read_connections,
-            ..StoreOptions::new(cfg.database_url.clone())
-        }
-        .clock(cfg.clock.clone()),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+/// Open the database and build the core, recording the loaded policy.
+pub async fn open_core(cfg: &AppConfig, public_url: String) -> Result<Arc<Core>, StartError> {
+    let db = StoreOptions {
+        read_connections: cfg.read_connections,
+        ..StoreOptions::new(cfg.database_url.clone())
+    }
+    .clock(cfg.clock.clone());
     let settings = Settings {
         public_url,
         max_run_ttl_secs: cfg.max_run_ttl,
         session_idle_secs: cfg.session_idle,
         session_absolute_secs: cfg.session_absolute,
+        wait_recheck_ms: cfg.wait_recheck.as_millis() as u64,
         ..Settings::default()
     };
-    let core = Core::start(store, cfg.policy.clone(), settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    core.record_policy_load(SYSTEM_ACTOR).await.map_err(|e| e.to_string())?;
+    let core = Core::open(db, cfg.policy.clone(), settings).await?;
+    core.record_policy_load(SYSTEM_ACTOR).await?;
     Ok(core)
 }
 
 /// The whole HTTP surface over `core`.
-pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Result<Router, String> {
+pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Result<Router, StartError> {
     let leptos_options = LeptosOptions::builder()
         .output_name("countersign")
         .site_root(cfg.site_root.to_string_lossy().to_string())
@@ -181,7 +193,7 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
         .precompressed_br()
         .precompressed_gzip();
 
-    let sessions = DbSessions::open(&core.store).await?;
+    let sessions = DbSessions::open(&core).await?;
     let deleter = sessions.clone();
     tokio::spawn(async move {
         use tower_sessions::session_store::ExpiredDeletion;
@@ -224,12 +236,11 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
 }
 
 /// Build everything and serve on `cfg.addr` in the background.
-pub async fn start(cfg: AppConfig) -> Result<RunningApp, String> {
+pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
     ops::metrics_handle();
-    let listener = tokio::net::TcpListener::bind(cfg.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.addr))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listen_error = |source| StartError::Listen { addr: cfg.addr, source };
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await.map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
     let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let cfg = AppConfig { addr, ..cfg };
     let core = open_core(&cfg, public_url.clone()).await?;

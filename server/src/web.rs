@@ -1,17 +1,18 @@
 //! The browser door's edges: sign-in required for pages, CSRF protection on
 //! every state-changing request, the live-update stream and history exports.
 
-use app::core::service::{Core, Person};
-use app::core::store::Notice;
-use app::core::tokens::ct_eq;
 use app::functions::ssr::{csrf_token, person_of, SESSION_CSRF};
-use app::model::{HistoryQuery, HistoryRow};
+use app::functions::views::history_row;
+use app::model::HistoryRow;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
+use countersign_core::service::{Core, HistoryQuery, Person};
+use countersign_core::tokens::ct_eq;
+use countersign_core::Notice;
 use futures::Stream;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -161,22 +162,45 @@ pub async fn events(State(core): State<Arc<Core>>, session: Session) -> Response
         .into_response()
 }
 
+/// What a page hears on the live stream: a proposal changed, the controls
+/// changed, or some changes were missed (refetch everything).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Change {
+    Proposal {
+        proposal: String,
+        status: countersign_core::lifecycle::Status,
+    },
+    Controls {
+        controls: bool,
+    },
+    Lagged {
+        lagged: bool,
+    },
+}
+
+fn change_event(c: &Change) -> Event {
+    Event::default()
+        .event("message")
+        .json_data(c)
+        .unwrap_or_else(|_| Event::default().event("message").data("{\"lagged\":true}"))
+}
+
 fn change_stream(core: Arc<Core>, person: Person) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut rx = core.store.subscribe();
+    let mut rx = core.subscribe();
     let everything = person.roles.admin;
     async_stream::stream! {
         loop {
-            match rx.recv().await {
+            let change = match rx.recv().await {
                 Ok(Notice::Proposal { tenant, id, status }) if everything || person.sees_tenant(&tenant) => {
-                    yield Ok(Event::default().event("message").data(format!("{{\"proposal\":\"{id}\",\"status\":\"{status}\"}}")));
+                    Change::Proposal { proposal: id, status }
                 }
-                Ok(Notice::Controls) => yield Ok(Event::default().event("message").data("{\"controls\":true}")),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    yield Ok(Event::default().event("message").data("{\"lagged\":true}"));
-                }
+                Ok(Notice::Controls) => Change::Controls { controls: true },
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Lagged { lagged: true },
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
+            };
+            yield Ok(change_event(&change));
         }
     }
 }
@@ -198,7 +222,7 @@ fn csv_row(r: &HistoryRow) -> Vec<String> {
         .join("; ");
     vec![
         r.id.clone(),
-        app::core::clock::rfc3339(r.created_at_ms),
+        countersign_core::clock::rfc3339(r.created_at_ms),
         r.tenant.clone(),
         r.env.clone(),
         r.route.clone(),
@@ -223,6 +247,7 @@ pub async fn export_history(
         Err(r) => return r,
     };
     let csv = uri.path().ends_with(".csv");
+    let quick = core.settings().quick_decision_ms;
     let mut out: Vec<u8> = Vec::new();
     let result = if csv {
         let mut w = csv::Writer::from_writer(&mut out);
@@ -240,16 +265,17 @@ pub async fn export_history(
             "attempts",
         ]);
         let r = core
-            .history_export(&person, &q, |row| {
-                w.write_record(csv_row(row)).map_err(app::core::error::Error::internal)
+            .history_export(&person, &q, |e| {
+                w.write_record(csv_row(&history_row(e, quick)))
+                    .map_err(countersign_core::Error::internal)
             })
             .await;
         let _ = w.flush();
         drop(w);
         r
     } else {
-        core.history_export(&person, &q, |row| {
-            serde_json::to_writer(&mut out, row)?;
+        core.history_export(&person, &q, |e| {
+            serde_json::to_writer(&mut out, &history_row(e, quick))?;
             out.push(b'\n');
             Ok(())
         })
@@ -272,8 +298,8 @@ pub async fn export_history(
             )
                 .into_response()
         }
-        Err(app::core::error::Error::Forbidden(m)) => refuse(StatusCode::FORBIDDEN, &m),
-        Err(app::core::error::Error::BadRequest(m)) => refuse(StatusCode::BAD_REQUEST, &m),
+        Err(countersign_core::Error::Forbidden(m)) => refuse(StatusCode::FORBIDDEN, &m),
+        Err(countersign_core::Error::BadRequest(m)) => refuse(StatusCode::BAD_REQUEST, &m),
         Err(e) => {
             tracing::error!(error = %e, "export failed");
             refuse(StatusCode::INTERNAL_SERVER_ERROR, "export failed")

@@ -1,9 +1,9 @@
 //! API.md's error table, row by row, on SQLite and PostgreSQL.
 
 mod common;
-use app::core::service::Admin;
-use app::core::store::testing::TestDb;
 use common::*;
+use countersign_core::service::Admin;
+use countersign_core::testing::TestDb;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -294,14 +294,26 @@ async fn disabled_by_a_kill_switch_is_423(db: &TestDb) {
     let t = spawn(db).await;
     let (_, token) = t.run("acme", "prod", "support/send", None).await;
     t.core()
-        .set_switch(&Admin::cli(), "tool", "ticket.close", true, "incident 12")
+        .set_switch(
+            &Admin::cli(),
+            countersign_core::controls::Scope::Tool,
+            "ticket.close",
+            true,
+            "incident 12",
+        )
         .await
         .unwrap();
     let r = t.post("/api/v1/proposals", &token, close_ticket("k")).await;
     assert_eq!((r.status, r.code()), (StatusCode::LOCKED, "disabled"));
     assert_eq!(r.body["error"]["details"]["switch"], "tool:ticket.close");
     t.core()
-        .set_switch(&Admin::cli(), "tenant", "acme", true, "incident 13")
+        .set_switch(
+            &Admin::cli(),
+            countersign_core::controls::Scope::Tenant,
+            "acme",
+            true,
+            "incident 13",
+        )
         .await
         .unwrap();
     let r = t.post("/api/v1/check", &token, json!({ "tool": "kb.search" })).await;
@@ -339,7 +351,7 @@ async fn usd_budget_counts_tool_costs(db: &TestDb) {
         "budgets = { steps = 25, seconds = 300, usd = 1.0 }",
         "budgets = { steps = 25, seconds = 300, usd = 0.025 }",
     );
-    let policy = app::core::policy::load_policy(&src).unwrap();
+    let policy = countersign_core::policy::load_policy(&src).unwrap();
     let t = spawn_with(db, policy, |_| {}).await;
     let (_, token) = t.run("acme", "prod", "support/send", None).await;
     assert_eq!(
@@ -377,7 +389,7 @@ async fn unknown_api_paths_are_json_404s(db: &TestDb) {
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     malformed_json_is_bad_request,
     unknown_fields_and_wrong_types_are_bad_requests_that_name_the_field,
     tenant_or_env_in_a_body_is_refused,

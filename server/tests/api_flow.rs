@@ -1,11 +1,11 @@
 //! The agent and orchestrator endpoints end to end, on SQLite and PostgreSQL.
 
 mod common;
-use app::core::lifecycle::Verdict;
-use app::core::service::Admin;
-use app::core::service::DecideRequest;
-use app::core::store::testing::TestDb;
 use common::*;
+use countersign_core::lifecycle::Verdict;
+use countersign_core::service::Admin;
+use countersign_core::service::DecideRequest;
+use countersign_core::testing::TestDb;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ async fn minting_a_run_returns_its_capabilities_with_scope_from_the_key(db: &Tes
         json!(["email.send", "refund.create", "ticket.close"])
     );
     // The TTL is capped at 900 seconds.
-    let expires = app::core::clock::parse_rfc3339(b["expires_at"].as_str().unwrap()).unwrap();
+    let expires = countersign_core::clock::parse_rfc3339(b["expires_at"].as_str().unwrap()).unwrap();
     assert!(expires - t.now_ms() <= 900_000 && expires - t.now_ms() > 890_000);
 }
 
@@ -76,10 +76,7 @@ async fn a_proposal_is_created_with_its_diff_and_can_be_read_back(db: &TestDb) {
     assert_eq!(g.body["decisions"], json!([]));
     assert_eq!(g.body["execution"], json!(null));
     // The server computed the diff.
-    let stored = app::core::store::queries::proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = t.inspect().proposal(&id).await.unwrap().unwrap();
     assert!(stored.diff.unwrap().contains("closed"));
 }
 
@@ -149,9 +146,7 @@ async fn a_hundred_identical_concurrent_posts_make_one_proposal(db: &TestDb) {
             .status,
         StatusCode::CREATED
     );
-    let n = app::core::store::queries::proposals::count_pending(&mut t.core().store.reader().await.unwrap().conn())
-        .await
-        .unwrap();
+    let n = t.inspect().count_pending().await.unwrap();
     assert_eq!(n, 3, "run {run_id}");
 }
 
@@ -176,11 +171,7 @@ async fn wait_returns_when_a_reviewer_decides(db: &TestDb) {
     let (_, token) = t.run("acme", "prod", "support/send", None).await;
     let p = t.post("/api/v1/proposals", &token, close_ticket("k")).await;
     let id = p.body["id"].as_str().unwrap().to_owned();
-    let hash = app::core::store::queries::proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
-        .await
-        .unwrap()
-        .unwrap()
-        .content_hash;
+    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
     let waiter = {
         let (http, url, token) = (
             t.http.clone(),
@@ -278,10 +269,7 @@ async fn the_run_breaker_revokes_after_five_denials_in_a_row(db: &TestDb) {
         "{}",
         r.body
     );
-    let row = app::core::store::queries::runs::get(&mut t.core().store.reader().await.unwrap().conn(), &run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = t.inspect().run(&run_id).await.unwrap().unwrap();
     assert!(row.revoked_reason.unwrap().contains("circuit breaker"));
 }
 
@@ -359,7 +347,7 @@ async fn health_readiness_and_metrics_answer(db: &TestDb) {
     assert!(text.contains("countersign_proposals_pending"), "{text}");
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     minting_a_run_returns_its_capabilities_with_scope_from_the_key,
     check_allows_reads_and_gates_writes,
     a_proposal_is_created_with_its_diff_and_can_be_read_back,

@@ -2,8 +2,8 @@
 //! throttling, CSRF. (Playwright covers the same in a real browser.)
 
 mod common;
-use app::core::store::testing::TestDb;
 use common::*;
+use countersign_core::testing::TestDb;
 use leptos::server_fn::ServerFn;
 use reqwest::StatusCode;
 
@@ -127,14 +127,14 @@ async fn repeated_failures_slow_down_the_account_and_the_address(db: &TestDb) {
     for _ in 0..5 {
         assert!(matches!(
             core.login("alice", "wrong password here", "10.0.0.1").await,
-            Err(app::core::error::Error::Unauthenticated(_))
+            Err(countersign_core::Error::Unauthenticated(_))
         ));
     }
     // The sixth failure starts a delay; while it lasts even the right password waits.
     let _ = core.login("alice", "wrong password here", "10.0.0.2").await;
     assert!(matches!(
         core.login("alice", PASSWORD, "10.0.0.3").await,
-        Err(app::core::error::Error::RateLimited { .. })
+        Err(countersign_core::Error::RateLimited { .. })
     ));
     // Per address too: one address guessing many accounts.
     for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
@@ -142,7 +142,7 @@ async fn repeated_failures_slow_down_the_account_and_the_address(db: &TestDb) {
     }
     assert!(matches!(
         core.login("bob", PASSWORD, "10.9.9.9").await,
-        Err(app::core::error::Error::RateLimited { .. })
+        Err(countersign_core::Error::RateLimited { .. })
     ));
     assert!(
         core.login("bob", PASSWORD, "10.0.0.4").await.is_ok(),
@@ -210,7 +210,7 @@ async fn a_bearer_credential_cannot_use_the_browser_door(db: &TestDb) {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     sign_in_sets_a_strict_httponly_cookie_and_rotates_the_session,
     wrong_password_and_unknown_user_answer_alike,
     repeated_failures_slow_down_the_account_and_the_address,

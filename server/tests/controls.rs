@@ -2,20 +2,21 @@
 //! operations and webhooks, on SQLite and PostgreSQL.
 
 mod common;
-use app::core::error::Error;
-use app::core::lifecycle::Verdict;
-use app::core::policy::load_policy;
-use app::core::service::{Admin, DecideRequest};
-use app::core::store::queries::proposals;
-use app::core::store::testing::TestDb;
-use app::model::HistoryQuery;
 use common::*;
+use countersign_core::controls::Scope;
+use countersign_core::lifecycle::Status;
+use countersign_core::lifecycle::Verdict;
+use countersign_core::policy::load_policy;
+use countersign_core::service::{Admin, DecideRequest};
+use countersign_core::service::{BannerKind, HistoryQuery};
+use countersign_core::testing::TestDb;
+use countersign_core::Error;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn policy_with_bulk(extra: &str) -> app::core::policy::Policy {
+fn policy_with_bulk(extra: &str) -> countersign_core::policy::Policy {
     let src = format!(
         "{}\n{}\n{extra}",
         include_str!("../../examples/policy.toml").replace(
@@ -40,19 +41,11 @@ budgets = { steps = 100000, seconds = 86400, usd = 100.0 }
 }
 
 async fn hash_of(t: &TestApp, id: &str) -> String {
-    proposals::get(&mut t.core().store.reader().await.unwrap().conn(), id)
-        .await
-        .unwrap()
-        .unwrap()
-        .content_hash
+    t.inspect().proposal(id).await.unwrap().unwrap().content_hash
 }
 
 async fn status_of(t: &TestApp, id: &str) -> String {
-    proposals::get(&mut t.core().store.reader().await.unwrap().conn(), id)
-        .await
-        .unwrap()
-        .unwrap()
-        .status
+    t.inspect().proposal(id).await.unwrap().unwrap().status.to_string()
 }
 
 fn approve(id: &str, hash: &str) -> DecideRequest {
@@ -71,10 +64,10 @@ async fn every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_re
     let exec = t.executor_key("prod", &["ticket.close"]).await;
     let admin = Admin::cli();
     for (scope, target, expect) in [
-        ("tool", "ticket.close", "tool:ticket.close"),
-        ("tenant", "acme", "tenant:acme"),
-        ("route", "support/send", "route:support/send"),
-        ("global", "", "global"),
+        (Scope::Tool, "ticket.close", "tool:ticket.close"),
+        (Scope::Tenant, "acme", "tenant:acme"),
+        (Scope::Route, "support/send", "route:support/send"),
+        (Scope::Global, "", "global"),
     ] {
         let (_, token) = t.run("acme", "prod", "support/send", None).await;
         // One proposal made before the switch: it waits.
@@ -101,7 +94,7 @@ async fn every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_re
             "{scope}: {e:?}"
         );
         let banners = t.core().banners().await.unwrap();
-        assert!(banners.iter().any(|b| b.kind == "switch"), "{scope}");
+        assert!(banners.iter().any(|b| b.kind == BannerKind::Switch), "{scope}");
         t.core()
             .set_switch(&admin, scope, target, false, "resolved")
             .await
@@ -111,7 +104,7 @@ async fn every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_re
                 .decide(&alice, approve(&id, &hash_of(&t, &id).await))
                 .await
                 .unwrap(),
-            "queued"
+            Status::Queued
         );
         let r = t.post("/api/v1/jobs/claim", &exec, json!({})).await;
         assert_eq!(r.body["jobs"].as_array().unwrap().len(), 1, "{scope}");
@@ -134,14 +127,17 @@ async fn every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_re
         .await
         .unwrap();
     t.core()
-        .set_switch(&admin, "global", "", true, "stop everything")
+        .set_switch(&admin, Scope::Global, "", true, "stop everything")
         .await
         .unwrap();
     assert_eq!(
         t.post("/api/v1/jobs/claim", &exec, json!({})).await.body["jobs"],
         json!([])
     );
-    t.core().set_switch(&admin, "global", "", false, "go").await.unwrap();
+    t.core()
+        .set_switch(&admin, Scope::Global, "", false, "go")
+        .await
+        .unwrap();
     assert_eq!(
         t.post("/api/v1/jobs/claim", &exec, json!({})).await.body["jobs"]
             .as_array()
@@ -163,12 +159,12 @@ async fn every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_re
     assert_eq!(switched, 10);
     assert!(t
         .core()
-        .set_switch(&admin, "tool", "no.such.tool", true, "x")
+        .set_switch(&admin, Scope::Tool, "no.such.tool", true, "x")
         .await
         .is_err());
     assert!(
         t.core()
-            .set_switch(&admin, "tool", "ticket.close", true, " ")
+            .set_switch(&admin, Scope::Tool, "ticket.close", true, " ")
             .await
             .is_err(),
         "a reason is required"
@@ -213,7 +209,13 @@ async fn a_failing_route_trips_its_breaker_until_an_admin_resets_it(db: &TestDb)
     // 3 of the last 4 failed (> 50%): the route stops releasing.
     let breakers = t.core().breakers().await.unwrap();
     assert_eq!(breakers.len(), 1, "{breakers:?}");
-    assert!(t.core().banners().await.unwrap().iter().any(|b| b.kind == "breaker"));
+    assert!(t
+        .core()
+        .banners()
+        .await
+        .unwrap()
+        .iter()
+        .any(|b| b.kind == BannerKind::Breaker));
     let held = propose(10).await;
     assert_eq!(status_of(&t, &held).await, "approved", "approved but held, not queued");
     assert_eq!(
@@ -252,7 +254,12 @@ async fn break_glass_lets_an_admin_approve_a_destructive_action_alone_and_says_s
         .await
         .unwrap();
     assert!(
-        t.core().banners().await.unwrap().iter().any(|b| b.kind == "breakglass"),
+        t.core()
+            .banners()
+            .await
+            .unwrap()
+            .iter()
+            .any(|b| b.kind == BannerKind::BreakGlass),
         "everyone sees it"
     );
     assert_eq!(
@@ -260,12 +267,12 @@ async fn break_glass_lets_an_admin_approve_a_destructive_action_alone_and_says_s
             .decide(&root, approve(&id, &hash_of(&t, &id).await))
             .await
             .unwrap(),
-        "queued",
+        Status::Queued,
         "one approval released it"
     );
     let page = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
-    let row = page.rows.iter().find(|r| r.id == id).unwrap();
-    assert!(row.decisions[0].break_glass, "marked in history");
+    let entry = page.entries.iter().find(|e| e.proposal.id == id).unwrap();
+    assert!(entry.decisions[0].break_glass, "marked in history");
     let mut actions = Vec::new();
     t.core()
         .export_audit(0, |e| {
@@ -345,7 +352,13 @@ async fn break_glass_ends_by_itself(db: &TestDb) {
         "over after 5 minutes"
     );
     assert_eq!(t.core().sweep().await.unwrap(), 1, "the sweeper records the end");
-    assert!(!t.core().banners().await.unwrap().iter().any(|b| b.kind == "breakglass"));
+    assert!(!t
+        .core()
+        .banners()
+        .await
+        .unwrap()
+        .iter()
+        .any(|b| b.kind == BannerKind::BreakGlass));
     let mut ended = Vec::new();
     t.core()
         .export_audit(0, |e| {
@@ -530,10 +543,10 @@ async fn webhooks_receive_signed_events_without_args_values(db: &TestDb) {
     assert_eq!(got.len(), 1);
     let (sig, body) = &got[0];
     assert!(
-        app::core::tokens::verify_webhook(&secret, sig, body),
+        countersign_core::tokens::verify_webhook(&secret, sig, body),
         "the signature verifies"
     );
-    assert!(!app::core::tokens::verify_webhook("whsec_wrong", sig, body));
+    assert!(!countersign_core::tokens::verify_webhook("whsec_wrong", sig, body));
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["type"], "proposal.pending");
     assert_eq!(v["data"]["proposal"], id.as_str());
@@ -563,7 +576,7 @@ async fn webhooks_to_a_down_receiver_arrive_after_it_returns_across_a_restart(db
         .await
         .unwrap();
     t.core()
-        .set_switch(&Admin::cli(), "tool", "email.send", true, "spam wave")
+        .set_switch(&Admin::cli(), Scope::Tool, "email.send", true, "spam wave")
         .await
         .unwrap();
     // Nobody listens: the attempt fails and is kept.
@@ -581,7 +594,7 @@ async fn webhooks_to_a_down_receiver_arrive_after_it_returns_across_a_restart(db
     rx.task.abort();
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_releases,
     a_failing_route_trips_its_breaker_until_an_admin_resets_it,
     break_glass_lets_an_admin_approve_a_destructive_action_alone_and_says_so,

@@ -1,7 +1,7 @@
 //! Crashes, with real processes and SIGKILL: an executor dying mid-job, and
 //! the server dying between claim and complete. On SQLite and PostgreSQL.
 
-use app::core::store::testing::TestDb;
+use countersign_core::testing::TestDb;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -265,29 +265,20 @@ async fn a_server_killed_between_claim_and_complete_loses_and_doubles_nothing(db
     }
     drop(server);
     // Every proposal succeeded, exactly once.
-    let store = app::core::store::Store::open(app::core::store::StoreOptions::new(db.url.clone()))
-        .await
-        .unwrap();
-    let mut r = store.reader().await.unwrap();
+    let inspect = countersign_core::testing::Inspect::open(&db.url).await.unwrap();
     for id in &ids {
-        let p = app::core::store::queries::proposals::get(&mut r.conn(), id)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(p.status, "succeeded");
+        let p = inspect.proposal(id).await.unwrap().unwrap();
+        assert_eq!(p.status, countersign_core::lifecycle::Status::Succeeded);
     }
     let mut completed = 0;
-    let events = app::core::store::queries::audit::events_after(&mut r.conn(), 0, 100_000)
-        .await
-        .unwrap();
+    let events = inspect.audit_events().await.unwrap();
     for e in &events {
         if e.action == "job.completed" {
             completed += 1;
         }
     }
     assert_eq!(completed, 20);
-    drop(r);
-    drop(store);
+    drop(inspect);
     let o = Command::new(BIN)
         .args(["audit", "verify"])
         .env("DATABASE_URL", &db.url)
@@ -297,7 +288,7 @@ async fn a_server_killed_between_claim_and_complete_loses_and_doubles_nothing(db
     let _ = std::fs::remove_dir_all(dir);
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     a_killed_executors_job_returns_and_runs_once,
     a_server_killed_between_claim_and_complete_loses_and_doubles_nothing,
 );

@@ -1,24 +1,20 @@
 //! Who may decide, and deciding under contention, on SQLite and PostgreSQL.
 
 mod common;
-use app::core::error::Error;
-use app::core::lifecycle::Verdict;
-use app::core::service::{DecideRequest, Person};
-use app::core::store::queries::{jobs, proposals};
-use app::core::store::testing::TestDb;
-use app::model::HistoryQuery;
 use common::*;
+use countersign_core::lifecycle::Status;
+use countersign_core::lifecycle::Verdict;
+use countersign_core::service::HistoryQuery;
+use countersign_core::service::{DecideRequest, Person};
+use countersign_core::testing::TestDb;
+use countersign_core::Error;
 
 async fn propose(t: &TestApp, body: serde_json::Value, on_behalf_of: Option<&str>) -> (String, String) {
     let (_, token) = t.run("acme", "prod", "support/send", on_behalf_of).await;
     let r = t.post("/api/v1/proposals", &token, body).await;
     assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_owned();
-    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
-        .await
-        .unwrap()
-        .unwrap()
-        .content_hash;
+    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
     (id, hash)
 }
 
@@ -33,11 +29,8 @@ fn req(id: &str, hash: &str, verdict: Verdict, comment: &str) -> DecideRequest {
 }
 
 async fn status(t: &TestApp, id: &str) -> (String, i64) {
-    let p = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), id)
-        .await
-        .unwrap()
-        .unwrap();
-    (p.status, p.approvals)
+    let p = t.inspect().proposal(id).await.unwrap().unwrap();
+    (p.status.to_string(), p.approvals)
 }
 
 async fn fifty_reviewers_approving_at_once_release_it_exactly_once(db: &TestDb) {
@@ -65,10 +58,9 @@ async fn fifty_reviewers_approving_at_once_release_it_exactly_once(db: &TestDb) 
     }
     assert_eq!(ok, 2, "two approvals are counted, the rest find it decided");
     assert_eq!(status(&t, &id).await, ("queued".into(), 2));
-    let mut r = t.core().store.reader().await.unwrap();
-    let decisions = proposals::decisions_of(&mut r.conn(), &id).await.unwrap();
-    assert_eq!(decisions.iter().filter(|d| d.verdict == "approve").count(), 2);
-    assert!(jobs::by_proposal(&mut r.conn(), &id).await.unwrap().is_some());
+    let decisions = t.inspect().decisions(&id).await.unwrap();
+    assert_eq!(decisions.iter().filter(|d| d.verdict == Verdict::Approve).count(), 2);
+    assert!(t.inspect().job_of(&id).await.unwrap().is_some());
     let mut released = 0;
     t.core()
         .export_audit(0, |e| {
@@ -131,7 +123,7 @@ async fn second_approver_must_differ_from_first(db: &TestDb) {
             .decide(&bob, req(&id, &hash, Verdict::Approve, ""))
             .await
             .unwrap(),
-        "queued"
+        Status::Queued
     );
 }
 
@@ -168,7 +160,7 @@ async fn only_reviewers_of_the_tenant_see_or_decide(db: &TestDb) {
             .unwrap_err(),
         Error::NotFound
     );
-    assert!(t.core().queue_for(&carol).await.unwrap().rows.is_empty());
+    assert!(t.core().queue_for(&carol).await.unwrap().is_empty());
     // An auditor sees it but cannot decide.
     let review = t.core().review_for(&audrey, &id).await.unwrap();
     assert!(review.why_not.is_some());
@@ -211,7 +203,7 @@ async fn a_rejection_needs_a_comment_and_ends_it(db: &TestDb) {
             .decide(&bob, req(&id, &hash, Verdict::Reject, "wrong customer"))
             .await
             .unwrap(),
-        "rejected"
+        Status::Rejected
     );
     // History finds it by its status (through the index of statuses gone
     // wrong), and not under another.
@@ -222,7 +214,11 @@ async fn a_rejection_needs_a_comment_and_ends_it(db: &TestDb) {
     };
     let rejected = t.core().history(&audrey, &by_status("rejected")).await.unwrap();
     assert_eq!(
-        rejected.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        rejected
+            .entries
+            .iter()
+            .map(|r| r.proposal.id.as_str())
+            .collect::<Vec<_>>(),
         [id.as_str()]
     );
     assert!(t
@@ -230,14 +226,14 @@ async fn a_rejection_needs_a_comment_and_ends_it(db: &TestDb) {
         .history(&audrey, &by_status("failed"))
         .await
         .unwrap()
-        .rows
+        .entries
         .is_empty());
     let carl = t.person("carl", &["reviewer"], &["acme"]).await;
-    assert!(t
-        .core()
-        .decide(&carl, req(&id, &hash, Verdict::Approve, ""))
-        .await
-        .is_err());
+    let late = t.core().decide(&carl, req(&id, &hash, Verdict::Approve, "")).await;
+    assert!(
+        matches!(&late, Err(Error::Forbidden(m)) if m == "Already rejected: nothing left to decide"),
+        "{late:?}"
+    );
 }
 
 async fn an_expired_proposal_cannot_be_approved(db: &TestDb) {
@@ -262,7 +258,8 @@ async fn quick_decisions_are_flagged_in_history(db: &TestDb) {
     r.view_ms = Some(800);
     t.core().decide(&alice, r).await.unwrap();
     let page = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
-    let row = page.rows.iter().find(|r| r.id == id).unwrap();
+    let entry = page.entries.iter().find(|e| e.proposal.id == id).unwrap();
+    let row = app::functions::views::history_row(entry, t.core().settings().quick_decision_ms);
     assert_eq!(row.decisions[0].username, "alice");
     assert!(row.decisions[0].quick, "decided in 0.8 s: flagged");
     // Filters: by person and status; other tenants are invisible to the auditor.
@@ -271,12 +268,12 @@ async fn quick_decisions_are_flagged_in_history(db: &TestDb) {
         status: Some("queued".into()),
         ..Default::default()
     };
-    assert_eq!(t.core().history(&audrey, &q).await.unwrap().rows.len(), 1);
+    assert_eq!(t.core().history(&audrey, &q).await.unwrap().entries.len(), 1);
     let q = HistoryQuery {
         tenant: Some("globex".into()),
         ..Default::default()
     };
-    assert!(t.core().history(&audrey, &q).await.unwrap().rows.is_empty());
+    assert!(t.core().history(&audrey, &q).await.unwrap().entries.is_empty());
     assert!(matches!(
         t.core().history(&alice, &HistoryQuery::default()).await,
         Err(Error::Forbidden(_))
@@ -308,8 +305,8 @@ async fn history_pages_through_everything(db: &TestDb) {
     let mut q = HistoryQuery::default();
     loop {
         let page = t.core().history(&audrey, &q).await.unwrap();
-        for r in &page.rows {
-            assert!(seen.insert(r.id.clone()), "no row twice");
+        for e in &page.entries {
+            assert!(seen.insert(e.proposal.id.clone()), "no row twice");
         }
         match page.next_cursor {
             Some(c) => q.cursor = Some(c),
@@ -328,7 +325,7 @@ async fn history_pages_through_everything(db: &TestDb) {
     assert_eq!(exported, 48);
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     fifty_reviewers_approving_at_once_release_it_exactly_once,
     a_reviewer_racing_themselves_counts_once,
     second_approver_must_differ_from_first,

@@ -2,13 +2,12 @@
 //! SQLite and PostgreSQL.
 
 mod common;
-use app::core::lifecycle::Verdict;
-use app::core::policy::load_policy;
-use app::core::service::Admin;
-use app::core::service::DecideRequest;
-use app::core::store::queries::proposals;
-use app::core::store::testing::TestDb;
 use common::*;
+use countersign_core::lifecycle::Verdict;
+use countersign_core::policy::load_policy;
+use countersign_core::service::Admin;
+use countersign_core::service::DecideRequest;
+use countersign_core::testing::TestDb;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// The example policy plus a bulk route whose write tool is auto-approved, so
 /// tests can release many jobs without clicking.
-fn queue_policy() -> app::core::policy::Policy {
+fn queue_policy() -> countersign_core::policy::Policy {
     let src = format!(
         "{}\n{}",
         include_str!("../../examples/policy.toml"),
@@ -83,11 +82,7 @@ async fn status_of(t: &TestApp, token: &str, id: &str) -> Value {
 
 /// The status as stored (run tokens in these tests may have expired).
 async fn stored_status(t: &TestApp, id: &str) -> String {
-    proposals::get(&mut t.core().store.reader().await.unwrap().conn(), id)
-        .await
-        .unwrap()
-        .unwrap()
-        .status
+    t.inspect().proposal(id).await.unwrap().unwrap().status.to_string()
 }
 
 async fn two_hundred_jobs_sixteen_executors_each_completed_exactly_once(db: &TestDb) {
@@ -357,11 +352,7 @@ async fn pending_and_approved_but_unrun_proposals_expire(db: &TestDb) {
     t.advance(3000);
     t.core().sweep().await.unwrap();
     assert_eq!(stored_status(&t, &pending).await, "expired");
-    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .content_hash;
+    let hash = t.inspect().proposal(&pending).await.unwrap().unwrap().content_hash;
     let e = t
         .core()
         .decide(
@@ -384,7 +375,13 @@ async fn a_kill_switch_holds_release_and_claims_until_it_is_off(db: &TestDb) {
     let key = t.executor_key("prod", &["note.write"]).await;
     let (token, queued) = release(&t, "acme", 1).await;
     t.core()
-        .set_switch(&Admin::cli(), "tool", "note.write", true, "incident 7")
+        .set_switch(
+            &Admin::cli(),
+            countersign_core::controls::Scope::Tool,
+            "note.write",
+            true,
+            "incident 7",
+        )
         .await
         .unwrap();
     assert!(
@@ -401,7 +398,13 @@ async fn a_kill_switch_holds_release_and_claims_until_it_is_off(db: &TestDb) {
         .await;
     assert_eq!(r.code(), "disabled");
     t.core()
-        .set_switch(&Admin::cli(), "tool", "note.write", false, "resolved")
+        .set_switch(
+            &Admin::cli(),
+            countersign_core::controls::Scope::Tool,
+            "note.write",
+            false,
+            "resolved",
+        )
         .await
         .unwrap();
     let jobs = claim(&t, &key, json!({})).await;
@@ -418,13 +421,15 @@ async fn an_approval_while_a_route_switch_is_on_is_held_then_released(db: &TestD
         .as_str()
         .unwrap()
         .to_owned();
-    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
-        .await
-        .unwrap()
-        .unwrap()
-        .content_hash;
+    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
     t.core()
-        .set_switch(&Admin::cli(), "tenant", "globex", true, "other tenant")
+        .set_switch(
+            &Admin::cli(),
+            countersign_core::controls::Scope::Tenant,
+            "globex",
+            true,
+            "other tenant",
+        )
         .await
         .unwrap();
     t.core()
@@ -456,11 +461,7 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
         .as_str()
         .unwrap()
         .to_owned();
-    let hash = proposals::get(&mut t.core().store.reader().await.unwrap().conn(), &id)
-        .await
-        .unwrap()
-        .unwrap()
-        .content_hash;
+    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
     let poller = {
         let (t, key) = (t.clone(), key.clone());
         tokio::spawn(async move {
@@ -489,7 +490,7 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
     println!(
         "approve -> claim latency: {:.1} ms ({})",
         latency.as_secs_f64() * 1000.0,
-        t.core().store.backend().name()
+        t.core().backend().name()
     );
     assert!(
         latency < Duration::from_secs(2),
@@ -497,7 +498,7 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
     );
 }
 
-app::store_tests!(
+countersign_core::store_tests!(
     two_hundred_jobs_sixteen_executors_each_completed_exactly_once,
     successes_reported_at_once_each_finish_once_with_their_own_event,
     a_dead_executors_lease_runs_out_and_the_job_returns_with_the_next_attempt,

@@ -10,30 +10,24 @@ use leptos::server_fn::codec::GetUrl;
 #[cfg(feature = "ssr")]
 async fn admin() -> Result<
     (
-        std::sync::Arc<crate::core::service::Core>,
-        crate::core::service::Person,
-        crate::core::service::Admin,
+        std::sync::Arc<countersign_core::service::Core>,
+        countersign_core::service::Person,
+        countersign_core::service::Admin,
     ),
     AppError,
 > {
     let p = super::ssr::person().await?;
-    let a = crate::core::service::Admin::person(&p)?;
+    let a = countersign_core::service::Admin::person(&p)?;
     Ok((super::ssr::core()?, p, a))
 }
 
 #[server(input = GetUrl, endpoint = "admin")]
 pub async fn get_admin() -> Result<AdminView, AppError> {
-    use crate::core::store::queries::{policy, runs};
     use crate::model::*;
     let (core, me, _) = admin().await?;
     let now = core.now_ms();
-    let (policy_rows, run_rows) = {
-        let mut r = core.store.reader().await.map_err(AppError::from)?;
-        (
-            policy::all(&mut r.conn(), 20).await.map_err(AppError::from)?,
-            runs::recent(&mut r.conn(), 20).await.map_err(AppError::from)?,
-        )
-    };
+    let policy_rows = core.policy_versions(20).await?;
+    let run_rows = core.recent_runs(20).await?;
     let pol = core.policy();
     Ok(AdminView {
         now_ms: now,
@@ -44,7 +38,7 @@ pub async fn get_admin() -> Result<AdminView, AppError> {
             .map(|p| PersonView {
                 id: p.id,
                 username: p.username,
-                roles: p.roles,
+                roles: p.roles.names(),
                 tenants: p.tenants,
                 disabled: p.disabled,
             })
@@ -56,7 +50,7 @@ pub async fn get_admin() -> Result<AdminView, AppError> {
             .map(|k| KeyView {
                 scope: format!("{}/{}", k.tenant.unwrap_or_else(|| "*".into()), k.env),
                 id: k.id,
-                kind: k.kind,
+                kind: k.kind.as_str().to_owned(),
                 name: k.name,
                 tools: k.tools,
                 hint: k.hint,
@@ -69,7 +63,7 @@ pub async fn get_admin() -> Result<AdminView, AppError> {
             .await?
             .into_iter()
             .map(|s| SwitchView {
-                scope: s.scope,
+                scope: s.scope.as_str().to_owned(),
                 target: s.target,
                 engaged: s.engaged,
                 reason: s.reason,
@@ -162,7 +156,7 @@ pub async fn admin_add_user(
     let p = core
         .add_user(
             &by,
-            crate::core::service::NewUser {
+            countersign_core::service::NewUser {
                 username,
                 password,
                 roles: list(&roles),
@@ -220,10 +214,12 @@ pub async fn admin_create_key(
     let _ = csrf;
     let (core, _, by) = admin().await?;
     let tenant = Some(tenant.trim().to_owned()).filter(|t| !t.is_empty());
+    let kind = countersign_core::tokens::KeyKind::parse(&kind)
+        .ok_or_else(|| AppError::BadRequest(format!("unknown key kind {kind:?}: use service or executor")))?;
     let (id, key) = core
         .create_key(
             &by,
-            crate::core::service::NewKey {
+            countersign_core::service::NewKey {
                 kind,
                 name,
                 tenant,
@@ -253,7 +249,12 @@ pub async fn admin_switch(
 ) -> Result<String, AppError> {
     let _ = csrf;
     let (core, _, by) = admin().await?;
-    core.set_switch(&by, &scope, &target, engaged, &reason).await?;
+    let parsed = countersign_core::controls::Scope::parse(&scope).ok_or_else(|| {
+        AppError::BadRequest(format!(
+            "unknown switch scope {scope:?}: use global, tool, tenant or route"
+        ))
+    })?;
+    core.set_switch(&by, parsed, &target, engaged, &reason).await?;
     Ok(format!(
         "Kill switch {} for {scope} {target}.",
         if engaged { "on" } else { "off" }
@@ -291,7 +292,7 @@ pub async fn start_break_glass(
         .await?;
     Ok(format!(
         "Break-glass is on until {}.",
-        crate::core::clock::rfc3339(b.ends_at)
+        countersign_core::clock::rfc3339(b.ends_at)
     ))
 }
 

@@ -7,13 +7,15 @@ pub mod admin;
 pub mod history;
 pub mod proposals;
 pub mod session;
+#[cfg(feature = "ssr")]
+pub mod views;
 
 #[cfg(feature = "ssr")]
 pub mod ssr {
     //! What every server function needs on the server side.
 
-    use crate::core::service::{Core, Person};
     use crate::error::AppError;
+    use countersign_core::service::{Core, Person};
     use leptos::prelude::*;
     use std::sync::Arc;
     use tower_sessions::Session;
@@ -44,7 +46,7 @@ pub mod ssr {
         let (Some(uid), Some(login_at)) = (uid, login_at) else {
             return Ok(None);
         };
-        if core.now_ms() - login_at > core.settings.session_absolute_secs * 1000 {
+        if core.now_ms() - login_at > core.settings().session_absolute_secs * 1000 {
             let _ = s.flush().await;
             return Ok(None);
         }
@@ -76,7 +78,7 @@ pub mod ssr {
         if let Some(t) = s.get::<String>(SESSION_CSRF).await.map_err(|_| AppError::Internal)? {
             return Ok(t);
         }
-        let t = crate::core::tokens::random_token();
+        let t = countersign_core::tokens::random_token();
         s.insert(SESSION_CSRF, &t).await.map_err(|_| AppError::Internal)?;
         Ok(t)
     }

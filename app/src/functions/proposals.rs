@@ -9,14 +9,18 @@ use leptos::server_fn::codec::GetUrl;
 pub async fn get_queue() -> Result<Queue, AppError> {
     use super::ssr::*;
     let p = person().await?;
-    Ok(core()?.queue_for(&p).await?)
+    let core = core()?;
+    let rows = core.queue_for(&p).await?;
+    Ok(super::views::queue(rows, core.now_ms()))
 }
 
 #[server(input = GetUrl, endpoint = "review")]
 pub async fn get_review(id: String) -> Result<Review, AppError> {
     use super::ssr::*;
     let p = person().await?;
-    Ok(core()?.review_for(&p, &id).await?)
+    let core = core()?;
+    let r = core.review_for(&p, &id).await?;
+    Ok(super::views::review(r, core.settings().quick_decision_ms))
 }
 
 /// Approve or reject. `content_hash` is what the page showed; `view_ms` how
@@ -31,13 +35,13 @@ pub async fn decide(
     csrf: String,
 ) -> Result<String, AppError> {
     use super::ssr::*;
-    use crate::core::lifecycle::Verdict;
-    use crate::core::service::DecideRequest;
+    use countersign_core::lifecycle::Verdict;
+    use countersign_core::service::DecideRequest;
     let _ = csrf;
     let p = person().await?;
     let verdict =
         Verdict::parse(&verdict).ok_or_else(|| AppError::BadRequest("verdict must be approve or reject".into()))?;
-    Ok(core()?
+    let status = core()?
         .decide(
             &p,
             DecideRequest {
@@ -48,5 +52,6 @@ pub async fn decide(
                 view_ms,
             },
         )
-        .await?)
+        .await?;
+    Ok(status.as_str().to_owned())
 }

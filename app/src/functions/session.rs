@@ -15,9 +15,9 @@ pub async fn get_session_info() -> Result<SessionInfo, AppError> {
     let me = person_of(&core, &s).await?;
     let banners = core.banners().await?;
     Ok(SessionInfo {
-        me: me.map(|p| p.me()),
+        me: me.as_ref().map(super::views::me),
         csrf,
-        banners,
+        banners: banners.into_iter().map(super::views::banner).collect(),
     })
 }
 
@@ -44,7 +44,7 @@ pub async fn login(username: String, password: String, csrf: String, next: Optio
     s.insert(SESSION_LOGIN_AT, outcome.at_ms)
         .await
         .map_err(|_| AppError::Internal)?;
-    s.insert(SESSION_CSRF, crate::core::tokens::random_token())
+    s.insert(SESSION_CSRF, countersign_core::tokens::random_token())
         .await
         .map_err(|_| AppError::Internal)?;
     let home = if outcome.person.roles.reviewer {

@@ -2,10 +2,10 @@
 //! code and status. Internal errors are logged with the request id and
 //! answered without internals.
 
-use app::core::error::Error;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use countersign_core::Error;
 use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -82,7 +82,7 @@ impl IntoResponse for ApiError {
             Error::Internal(detail) => {
                 tracing::error!(
                     error = %detail,
-                    request_id = ?app::core::service::current_request_id(),
+                    request_id = ?countersign_core::service::current_request_id(),
                     "internal error answered as 500"
                 );
                 "internal error; the server logged the details under this request's id".to_owned()

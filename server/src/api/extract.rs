@@ -2,13 +2,13 @@
 //! refused, problems named) and bearer credentials of the right kind.
 
 use super::error::{error_response, ApiError};
-use app::core::error::Error;
-use app::core::service::{Core, Credential, ExecutorPrincipal, RunPrincipal, ServicePrincipal};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use countersign_core::service::{Core, Credential, ExecutorPrincipal, RunPrincipal, ServicePrincipal};
+use countersign_core::Error;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;

@@ -3,10 +3,10 @@
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ExecutorAuth};
 use super::types::{ClaimBody, ClaimResponse, CompleteBody, CompleteResponse, HeartbeatBody, HeartbeatResponse};
-use app::core::clock::rfc3339;
-use app::core::service::{ClaimRequest, CompleteRequest, Core};
 use axum::extract::{Path, State};
 use axum::Json;
+use countersign_core::clock::rfc3339;
+use countersign_core::service::{ClaimRequest, CompleteRequest, Core};
 use std::sync::Arc;
 
 /// Claim jobs of the key's env and tools, long-polling up to `wait_seconds`.

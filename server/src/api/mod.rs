@@ -1,6 +1,6 @@
 //! The JSON API of API.md under `/api/v1`: orchestrators mint runs, agents
 //! check and propose, executors claim and complete. Every handler parses its
-//! input at the edge and calls `app::core::service`; nothing here decides.
+//! input at the edge and calls `countersign_core::service`; nothing here decides.
 
 pub mod error;
 pub mod extract;
@@ -10,10 +10,10 @@ mod proposals;
 mod runs;
 pub mod types;
 
-use app::core::service::Core;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use countersign_core::service::Core;
 use std::sync::Arc;
 
 pub use openapi::ApiDoc;

@@ -3,12 +3,12 @@
 use super::error::{error_response, ApiResult, ErrorBody};
 use super::extract::{ApiJson, RunAuth};
 use super::types::{ProposalResponse, ProposeBody, WaitQuery};
-use app::core::service::{Core, ProposeRequest};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use countersign_core::service::{Core, ProposeRequest};
 use std::sync::Arc;
 use std::time::Duration;
 

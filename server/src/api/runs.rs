@@ -3,10 +3,10 @@
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, RunAuth, ServiceAuth};
 use super::types::{CheckBody, CheckResponse, MintRunBody, MintRunResponse};
-use app::core::service::{Core, MintRequest};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use countersign_core::service::{Core, MintRequest};
 use std::sync::Arc;
 
 /// Mint a run and its capability token (service key).

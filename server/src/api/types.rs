@@ -1,8 +1,8 @@
 //! Request and response bodies of the API, with their OpenAPI schemas.
 //! Requests refuse unknown fields: tenant and env come from credentials only.
 
-use app::core::clock::rfc3339;
-use app::core::service::{ClaimedJob, Completion, MintedRun, ProposalOut};
+use countersign_core::clock::rfc3339;
+use countersign_core::service::{ClaimedJob, Completion, MintedRun, ProposalOut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -148,7 +148,7 @@ impl From<ProposalOut> for ProposalResponse {
             approvals: o
                 .decisions
                 .iter()
-                .filter(|d| d.verdict == "approve")
+                .filter(|d| d.verdict == countersign_core::lifecycle::Verdict::Approve)
                 .map(|d| Approval {
                     by: d.username.clone(),
                     at: rfc3339(d.decided_at),
@@ -159,14 +159,17 @@ impl From<ProposalOut> for ProposalResponse {
                 .into_iter()
                 .map(|d| DecisionBody {
                     by: d.username,
-                    verdict: d.verdict,
+                    verdict: d.verdict.to_string(),
                     comment: d.comment,
                     at: rfc3339(d.decided_at),
                     break_glass: d.break_glass,
                 })
                 .collect(),
             execution: o.job.map(|j| ExecutionBody {
-                status: if j.state == "leased" { "running".into() } else { j.state },
+                status: match j.state {
+                    countersign_core::lifecycle::JobState::Leased => "running".into(),
+                    other => other.to_string(),
+                },
                 attempts: j.attempt,
                 result: j
                     .result
@@ -176,7 +179,7 @@ impl From<ProposalOut> for ProposalResponse {
                 finished_at: j.finished_at.map(rfc3339),
             }),
             id: p.id,
-            status: p.status,
+            status: p.status.to_string(),
             tool: p.tool,
             tenant: p.tenant,
             env: p.env,
@@ -291,8 +294,8 @@ impl From<Completion> for CompleteResponse {
     fn from(c: Completion) -> Self {
         Self {
             job_id: c.job_id,
-            state: c.state,
-            proposal_status: c.proposal_status,
+            state: c.state.to_string(),
+            proposal_status: c.proposal_status.to_string(),
             attempt: c.attempt,
             next_attempt_at: c.next_attempt_at_ms.map(rfc3339),
         }

@@ -2,10 +2,12 @@
 //! spoken to over HTTP, with a clock the test can move.
 #![allow(dead_code)]
 
-use app::core::clock::{Clock, ManualClock};
-use app::core::policy::{load_policy, Policy};
-use app::core::service::{Admin, NewKey, NewUser, Person};
-use app::core::store::testing::TestDb;
+use countersign_core::clock::{Clock, ManualClock};
+use countersign_core::policy::{load_policy, Policy};
+use countersign_core::service::{Admin, NewKey, NewUser, Person};
+use countersign_core::testing::Inspect;
+use countersign_core::testing::TestDb;
+use countersign_core::tokens::KeyKind;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -52,8 +54,10 @@ pub async fn spawn_with(db: &TestDb, policy: Policy, tweak: impl FnOnce(&mut App
     let clock = Arc::new(ManualClock::new());
     let mut cfg = AppConfig::new(db.url.clone(), policy);
     cfg.clock = clock.clone();
-    // Tests move the clock and call sweep() themselves.
+    // Tests move the clock and call sweep() themselves; a long-poll is woken
+    // only by its notice, so a test of waking fails if the notice is lost.
     cfg.sweep_every = std::time::Duration::from_secs(3600);
+    cfg.wait_recheck = std::time::Duration::from_secs(3600);
     tweak(&mut cfg);
     let app = start(cfg).await.expect("the app starts");
     TestApp {
@@ -72,8 +76,13 @@ impl TestApp {
         format!("{}{path}", self.app.url())
     }
 
-    pub fn core(&self) -> &app::core::service::Core {
+    pub fn core(&self) -> &countersign_core::service::Core {
         &self.app.core
+    }
+
+    /// Reads of the stored records, for assertions.
+    pub fn inspect(&self) -> Inspect {
+        Inspect::of(&self.app.core)
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Reply {
@@ -105,7 +114,7 @@ impl TestApp {
             .create_key(
                 &Admin::cli(),
                 NewKey {
-                    kind: "service".into(),
+                    kind: KeyKind::Service,
                     name: format!("{tenant}-{env}"),
                     tenant: Some(tenant.into()),
                     env: env.into(),
@@ -122,7 +131,7 @@ impl TestApp {
             .create_key(
                 &Admin::cli(),
                 NewKey {
-                    kind: "executor".into(),
+                    kind: KeyKind::Executor,
                     name: format!("exec-{env}"),
                     tenant: None,
                     env: env.into(),

@@ -1,0 +1,263 @@
+//! Credentials: who is calling, from the bearer value alone; API keys (made,
+//! listed, revoked) and the server's signing keys.
+
+use super::{Core, ExecutorPrincipal, RunPrincipal, ServicePrincipal};
+use crate::audit::AuditDraft;
+use crate::error::{Error, Result};
+use crate::ids::{new_id, parse_slug};
+use crate::store::queries::{keys, runs};
+use crate::store::Tx;
+use crate::tokens::{generate_key, hash_key, KeyKind, Keyring, SigningKey, TokenError, RUN_TOKEN_PREFIX};
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    Service(ServicePrincipal),
+    Run(RunPrincipal),
+    Executor(ExecutorPrincipal),
+}
+
+impl Credential {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Service(_) => "service key",
+            Credential::Run(_) => "run token",
+            Credential::Executor(_) => "executor key",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub kind: KeyKind,
+    pub name: String,
+    pub tenant: Option<String>,
+    pub env: String,
+    pub tools: Vec<String>,
+}
+
+fn unauth(msg: &str) -> Error {
+    Error::Unauthenticated(msg.to_owned())
+}
+
+impl Core {
+    /// Load the signing keys, creating the first on a new database.
+    pub(super) async fn load_keyring(&self) -> Result<()> {
+        let rows = keys::signing_keys(&mut self.store.reader().await?.conn()).await?;
+        if rows.is_empty() {
+            self.rotate_signing_key(&super::Admin::system()).await?;
+            return Ok(());
+        }
+        self.load_keyring_rows().await
+    }
+
+    /// Make a new signing key current. Tokens signed with the previous key stay
+    /// valid until they expire; older keys are retired, so rotating twice in a
+    /// row invalidates every outstanding run token.
+    pub async fn rotate_signing_key(&self, by: &super::Admin) -> Result<String> {
+        let key = SigningKey::generate();
+        let (id, secret) = (key.id.clone(), hex::encode(&key.secret));
+        let actor = by.actor().to_owned();
+        let kid = id.clone();
+        self.store
+            .write(move |tx| Box::pin(rotate_in(tx, actor, kid, secret)))
+            .await?;
+        self.load_keyring_rows().await?;
+        Ok(id)
+    }
+
+    async fn load_keyring_rows(&self) -> Result<()> {
+        let rows = keys::signing_keys(&mut self.store.reader().await?.conn()).await?;
+        let ring = rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(SigningKey {
+                    id: r.id,
+                    secret: hex::decode(&r.secret).ok()?,
+                })
+            })
+            .collect();
+        *self.keyring.write().map_err(super::poisoned)? = Keyring::new(ring);
+        Ok(())
+    }
+
+    pub(super) fn sign_run_token(&self, claims: &crate::tokens::RunClaims) -> Result<String> {
+        self.keyring
+            .read()
+            .map_err(super::poisoned)?
+            .sign(claims)
+            .ok_or_else(|| Error::internal("no signing key is loaded"))
+    }
+
+    /// Who is calling, from an `Authorization: Bearer` value. Errors are 401s.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Credential> {
+        if bearer.starts_with(RUN_TOKEN_PREFIX) {
+            return self.authenticate_run(bearer).await.map(Credential::Run);
+        }
+        let Some(claimed) = KeyKind::of_key(bearer) else {
+            return Err(unauth("the credential is not a countersign key or run token"));
+        };
+        let row = keys::by_hash(&mut self.store.reader().await?.conn(), &hash_key(bearer))
+            .await?
+            .filter(|k| k.kind == claimed)
+            .ok_or_else(|| unauth("unknown key"))?;
+        if row.revoked_at.is_some() {
+            return Err(unauth("this key was revoked"));
+        }
+        Ok(match row.kind {
+            KeyKind::Service => Credential::Service(ServicePrincipal {
+                key_id: row.id,
+                name: row.name,
+                tenant: row.tenant.unwrap_or_default(),
+                env: row.env,
+            }),
+            KeyKind::Executor => Credential::Executor(ExecutorPrincipal {
+                key_id: row.id,
+                name: row.name,
+                env: row.env,
+                tools: serde_json::from_str::<BTreeSet<String>>(&row.tools).unwrap_or_default(),
+            }),
+        })
+    }
+
+    async fn authenticate_run(&self, token: &str) -> Result<RunPrincipal> {
+        let now = self.now_ms();
+        let verified = self.keyring.read().map_err(super::poisoned)?.verify(token, now);
+        let claims = match verified {
+            Err(TokenError::UnknownKey(_)) => {
+                // Another process may have rotated: reload once and retry.
+                self.load_keyring_rows().await?;
+                self.keyring.read().map_err(super::poisoned)?.verify(token, now)
+            }
+            other => other,
+        }
+        .map_err(|e| unauth(&e.to_string()))?;
+        let run = runs::get(&mut self.store.reader().await?.conn(), &claims.run)
+            .await?
+            .ok_or_else(|| unauth("the run does not exist"))?;
+        if run.revoked_at.is_some() {
+            return Err(unauth("the run was revoked"));
+        }
+        if run.expires_at <= now || run.tenant != claims.tenant || run.env != claims.env {
+            return Err(unauth("the run token has expired"));
+        }
+        Ok(RunPrincipal {
+            run_id: claims.run,
+            tenant: claims.tenant,
+            env: claims.env,
+            route: claims.route,
+            tools: claims.tools,
+            on_behalf_of: run.on_behalf_of,
+        })
+    }
+
+    /// Make a key; the plaintext is returned once and never stored.
+    pub async fn create_key(&self, by: &super::Admin, k: NewKey) -> Result<(String, String)> {
+        let env = parse_slug("env", &k.env).map_err(Error::BadRequest)?;
+        let name = k.name.trim().to_owned();
+        if name.is_empty() || name.len() > 100 {
+            return Err(Error::BadRequest("a key needs a name of 1 to 100 characters".into()));
+        }
+        let (tenant, tools) = match k.kind {
+            KeyKind::Service => {
+                let t = k
+                    .tenant
+                    .as_deref()
+                    .ok_or_else(|| Error::BadRequest("a service key needs --tenant".into()))?;
+                if !k.tools.is_empty() {
+                    return Err(Error::BadRequest(
+                        "a service key takes no --tools: it only mints runs".into(),
+                    ));
+                }
+                (Some(parse_slug("tenant", t).map_err(Error::BadRequest)?), vec![])
+            }
+            KeyKind::Executor => {
+                if k.tenant.is_some() {
+                    return Err(Error::BadRequest("an executor key serves one env, not a tenant".into()));
+                }
+                if k.tools.is_empty() {
+                    return Err(Error::BadRequest("an executor key needs --tools a,b".into()));
+                }
+                let policy = self.policy();
+                if let Some(t) = k.tools.iter().find(|t| policy.tool(t).is_none()) {
+                    return Err(Error::BadRequest(format!("tool {t:?} is not declared in the policy")));
+                }
+                (None, k.tools.clone())
+            }
+        };
+        let plaintext = generate_key(k.kind.prefix());
+        let row = keys::KeyRow {
+            id: new_id("key"),
+            kind: k.kind,
+            name,
+            tenant,
+            env,
+            tools: serde_json::to_string(&tools)?,
+            key_hash: hash_key(&plaintext),
+            hint: plaintext.chars().take(8).collect(),
+            created_at: 0,
+            created_by: by.actor().to_owned(),
+            revoked_at: None,
+        };
+        let id = row.id.clone();
+        self.store.write(move |tx| Box::pin(create_key_in(tx, row))).await?;
+        Ok((id, plaintext))
+    }
+
+    pub async fn revoke_key(&self, by: &super::Admin, id: &str) -> Result<()> {
+        let (actor, id) = (by.actor().to_owned(), id.to_owned());
+        self.store.write(move |tx| Box::pin(revoke_key_in(tx, actor, id))).await
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<keys::KeyRow>> {
+        keys::all(&mut self.store.reader().await?.conn()).await
+    }
+}
+
+async fn rotate_in(tx: &mut Tx<'_>, actor: String, id: String, secret_hex: String) -> Result<()> {
+    let now = tx.now_ms();
+    let previous = keys::signing_keys(&mut tx.conn).await?;
+    keys::insert_signing_key(&mut tx.conn, &id, &secret_hex, now).await?;
+    let mut retired = 0;
+    if let Some(prev) = previous.first() {
+        retired = keys::retire_signing_keys_before(&mut tx.conn, &prev.id, prev.created_at + 1, now).await?;
+    }
+    tx.audit(
+        AuditDraft::new(actor, "signing_key.rotated")
+            .subject(id)
+            .details(serde_json::json!({ "retired": retired })),
+    );
+    Ok(())
+}
+
+async fn create_key_in(tx: &mut Tx<'_>, row: keys::KeyRow) -> Result<()> {
+    let mut row = row;
+    row.created_at = tx.now_ms();
+    keys::insert(&mut tx.conn, &row).await?;
+    let mut ev = AuditDraft::new(row.created_by.clone(), format!("key.created.{}", row.kind))
+        .subject(row.id.clone())
+        .scope(format!(
+            "{}:{}/{}",
+            row.kind,
+            row.tenant.clone().unwrap_or_default(),
+            row.env
+        ))
+        .details(
+            serde_json::json!({ "name": row.name, "tools": serde_json::from_str::<serde_json::Value>(&row.tools)? }),
+        );
+    ev.tenant = row.tenant.clone();
+    tx.audit(ev);
+    Ok(())
+}
+
+async fn revoke_key_in(tx: &mut Tx<'_>, actor: String, id: String) -> Result<()> {
+    let row = keys::by_id(&mut tx.conn, &id).await?.ok_or(Error::NotFound)?;
+    let now_ms = tx.now_ms();
+    if !keys::revoke(&mut tx.conn, &id, now_ms).await? {
+        return Err(Error::InvalidTransition(format!("key {id} is already revoked")));
+    }
+    let mut ev = AuditDraft::new(actor, "key.revoked").subject(id);
+    ev.tenant = row.tenant;
+    tx.audit(ev);
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! History and the audit log for auditors: filtered, paginated, exportable,
+//! limited to the auditor's tenants.
+
+use super::audit_log::VerifyReport;
+use super::people::Person;
+use super::Core;
+use crate::audit::AuditEvent;
+use crate::clock::parse_rfc3339;
+use crate::error::{Error, Result};
+use crate::lifecycle::Status;
+use crate::store::queries::audit::{self, EventFilter};
+use crate::store::queries::jobs::{self, JobRow};
+use crate::store::queries::proposals::{self, DecisionRow, HistoryFilter, ProposalRow};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+pub const HISTORY_PAGE: i64 = 50;
+pub const AUDIT_PAGE: i64 = 100;
+
+/// The history filters as a person types them (a form, a query string).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
+pub struct HistoryQuery {
+    pub tenant: Option<String>,
+    pub tool: Option<String>,
+    pub status: Option<String>,
+    pub person: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Opaque cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A proposal with what happened to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub proposal: ProposalRow,
+    pub decisions: Vec<DecisionRow>,
+    pub job: Option<JobRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of the audit log, newest first, and whether the chain verifies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditLogPage {
+    pub events: Vec<AuditEvent>,
+    pub next_before: Option<i64>,
+    pub report: VerifyReport,
+}
+
+fn parse_time(what: &str, s: &str) -> Result<i64> {
+    let s = s.trim();
+    if let Some(ms) = parse_rfc3339(s) {
+        return Ok(ms);
+    }
+    parse_rfc3339(&format!("{s}T00:00:00Z"))
+        .ok_or_else(|| Error::BadRequest(format!("{what} must be a date (YYYY-MM-DD) or an RFC 3339 time")))
+}
+
+fn none_if_blank(s: &Option<String>) -> Option<String> {
+    s.as_ref().map(|x| x.trim().to_owned()).filter(|x| !x.is_empty())
+}
+
+impl Core {
+    /// The tenants whose history this person may read (None: all of them).
+    fn auditor_tenants(&self, person: &Person) -> Result<Option<Vec<String>>> {
+        if person.roles.admin {
+            return Ok(None);
+        }
+        if !person.roles.auditor {
+            return Err(Error::Forbidden("history is for auditors".into()));
+        }
+        Ok(Some(person.tenants.clone()))
+    }
+
+    fn history_filter(&self, person: &Person, q: &HistoryQuery) -> Result<HistoryFilter> {
+        let tenants = self.auditor_tenants(person)?;
+        let before = match none_if_blank(&q.cursor) {
+            Some(c) => {
+                let (at, id) = c
+                    .split_once('~')
+                    .ok_or_else(|| Error::BadRequest("bad cursor".into()))?;
+                Some((
+                    at.parse().map_err(|_| Error::BadRequest("bad cursor".into()))?,
+                    id.to_owned(),
+                ))
+            }
+            None => None,
+        };
+        let status = none_if_blank(&q.status)
+            .map(|s| Status::parse(&s).ok_or_else(|| Error::BadRequest(format!("unknown status {s:?}"))))
+            .transpose()?;
+        Ok(HistoryFilter {
+            tenants,
+            tenant: none_if_blank(&q.tenant),
+            tool: none_if_blank(&q.tool),
+            status,
+            person: none_if_blank(&q.person),
+            from_ms: none_if_blank(&q.from).map(|s| parse_time("from", &s)).transpose()?,
+            to_ms: none_if_blank(&q.to)
+                .map(|s| parse_time("to", &s).map(|t| if s.len() == 10 { t + 86_400_000 } else { t }))
+                .transpose()?,
+            before,
+        })
+    }
+
+    /// One page of history, newest first.
+    pub async fn history(&self, person: &Person, q: &HistoryQuery) -> Result<HistoryPage> {
+        let f = self.history_filter(person, q)?;
+        let entries = self.history_entries(&f, HISTORY_PAGE).await?;
+        let next_cursor = (entries.len() as i64 == HISTORY_PAGE)
+            .then(|| {
+                entries
+                    .last()
+                    .map(|e| format!("{}~{}", e.proposal.created_at, e.proposal.id))
+            })
+            .flatten();
+        Ok(HistoryPage { entries, next_cursor })
+    }
+
+    async fn history_entries(&self, f: &HistoryFilter, limit: i64) -> Result<Vec<HistoryEntry>> {
+        let mut r = self.store.reader().await?;
+        let ps = proposals::history(&mut r.conn(), f, limit).await?;
+        let ids: Vec<String> = ps.iter().map(|p| p.id.clone()).collect();
+        let mut decisions: HashMap<String, Vec<DecisionRow>> = HashMap::new();
+        for d in proposals::decisions_of_many(&mut r.conn(), &ids).await? {
+            decisions.entry(d.proposal_id.clone()).or_default().push(d);
+        }
+        let mut job_of: HashMap<String, JobRow> = HashMap::new();
+        for j in jobs::by_proposals(&mut r.conn(), &ids).await? {
+            job_of.insert(j.proposal_id.clone(), j);
+        }
+        Ok(ps
+            .into_iter()
+            .map(|p| HistoryEntry {
+                decisions: decisions.remove(&p.id).unwrap_or_default(),
+                job: job_of.remove(&p.id),
+                proposal: p,
+            })
+            .collect())
+    }
+
+    /// Every entry matching the filter, page by page, for export.
+    pub async fn history_export(
+        &self,
+        person: &Person,
+        q: &HistoryQuery,
+        mut sink: impl FnMut(&HistoryEntry) -> Result<()>,
+    ) -> Result<u64> {
+        let mut f = self.history_filter(person, q)?;
+        let mut n = 0;
+        loop {
+            let entries = self.history_entries(&f, 500).await?;
+            let Some(last) = entries.last() else { break };
+            f.before = Some((last.proposal.created_at, last.proposal.id.clone()));
+            for e in &entries {
+                sink(e)?;
+                n += 1;
+            }
+            if n > 1_000_000 {
+                return Err(Error::BadRequest("more than a million rows: narrow the filter".into()));
+            }
+        }
+        Ok(n)
+    }
+
+    /// One page of the audit log (newest first) and whether the chain verifies.
+    pub async fn audit_page(&self, person: &Person, before: Option<i64>) -> Result<AuditLogPage> {
+        let tenants = self.auditor_tenants(person)?;
+        let f = EventFilter {
+            tenants,
+            before_seq: before,
+            ..Default::default()
+        };
+        let events = audit::events_page(&mut self.store.reader().await?.conn(), &f, AUDIT_PAGE).await?;
+        let report = self.verify_audit_chain().await?;
+        let next_before = (events.len() as i64 == AUDIT_PAGE)
+            .then(|| events.last().map(|e| e.seq))
+            .flatten();
+        Ok(AuditLogPage {
+            events,
+            next_before,
+            report,
+        })
+    }
+}

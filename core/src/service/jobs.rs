@@ -1,0 +1,485 @@
+//! The executor queue: approved actions claimed under leases whose ids fence
+//! out stale holders, completed once, retried with backoff; expired or
+//! re-offered when the sweeper finds them overdue or their lease lost.
+
+use super::waiting::Waiter;
+use super::{review_url, Core, ExecutorPrincipal};
+use crate::audit::{canonical_json, AuditDraft};
+use crate::error::{Error, Result};
+use crate::lifecycle::{JobState, Status};
+use crate::policy::Policy;
+use crate::store::queries::jobs::{self, JobRow};
+use crate::store::queries::{controls, proposals};
+use crate::store::{Notice, Tx};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MAX_CLAIM: i64 = 100;
+pub const MAX_LEASE_SECS: i64 = 3600;
+pub const MAX_CLAIM_WAIT_SECS: i64 = 60;
+pub const MAX_RESULT_BYTES: usize = 16 * 1024;
+const MAX_BACKOFF_SECS: i64 = 300;
+
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRequest {
+    pub tools: Option<Vec<String>>,
+    pub max: Option<i64>,
+    pub lease_seconds: Option<i64>,
+    pub wait_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub job_id: String,
+    pub lease_id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub tool: String,
+    pub args: Value,
+    pub idempotency_key: Option<String>,
+    pub attempt: i64,
+    pub lease_expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompleteRequest {
+    pub lease_id: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    pub result: Value,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub job_id: String,
+    pub state: JobState,
+    pub proposal_status: Status,
+    pub attempt: i64,
+    pub next_attempt_at_ms: Option<i64>,
+}
+
+impl ExecutorPrincipal {
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.key_id)
+    }
+    pub(super) fn scope(&self) -> String {
+        format!("executor:{}", self.env)
+    }
+    fn serves(&self, job: &JobRow) -> bool {
+        job.env == self.env && self.tools.contains(&job.tool)
+    }
+}
+
+fn range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64> {
+    let v = v.unwrap_or(default);
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(Error::BadRequest(format!(
+            "{name} must be between {lo} and {hi} (got {v})"
+        )))
+    }
+}
+
+/// What a proposal.expired or job.failed notification says (never args values).
+fn notice_data(id: &str, tool: &str, tenant: &str, env: &str, public_url: &str) -> Value {
+    serde_json::json!({
+        "proposal": id, "tool": tool, "tenant": tenant, "env": env, "review_url": review_url(public_url, id),
+    })
+}
+
+fn failure_data(j: &JobRow, public_url: &str) -> Value {
+    let mut d = notice_data(&j.proposal_id, &j.tool, &j.tenant, &j.env, public_url);
+    d["route"] = j.route.clone().into();
+    d["attempts"] = j.attempt.into();
+    d
+}
+
+/// A claim, with its limits checked.
+#[derive(Clone)]
+struct Claim {
+    exec: ExecutorPrincipal,
+    tools: Vec<String>,
+    max: i64,
+    lease_secs: i64,
+}
+
+async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
+    let now = tx.now_ms();
+    let candidates = jobs::claimable_rows(&mut tx.conn, &c.exec.env, &c.tools, now, c.max).await?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A kill switch or a tripped breaker holds queued work back.
+    let in_force = controls::in_force(&mut tx.conn).await?;
+    let candidates: Vec<_> = candidates
+        .into_iter()
+        .filter(|j| in_force.holding(&j.tenant, &j.route, &j.tool).is_none())
+        .collect();
+    let until = now + c.lease_secs * 1000;
+    let ids: Vec<String> = candidates.iter().map(|j| j.id.clone()).collect();
+    let claim = ulid::Ulid::new().to_string().to_lowercase();
+    let leased: HashMap<String, String> = jobs::lease_many(&mut tx.conn, &ids, &claim, now, until)
+        .await?
+        .into_iter()
+        .collect();
+    let running: Vec<String> = candidates
+        .iter()
+        .filter(|j| leased.contains_key(&j.id))
+        .map(|j| j.proposal_id.clone())
+        .collect();
+    let facts: HashMap<String, proposals::RunFacts> =
+        proposals::transition_many_returning(&mut tx.conn, &running, Status::Queued, Status::Running)
+            .await?
+            .into_iter()
+            .map(|f| (f.id.clone(), f))
+            .collect();
+    let mut out = Vec::with_capacity(leased.len());
+    for j in candidates {
+        let (Some(lease_id), Some(p)) = (leased.get(&j.id).cloned(), facts.get(&j.proposal_id)) else {
+            continue;
+        };
+        let mut ev = AuditDraft::new(c.exec.actor(), "job.claimed")
+            .tenant(j.tenant.clone())
+            .tool(j.tool.clone())
+            .subject(j.proposal_id.clone())
+            .scope(c.exec.scope())
+            .details(serde_json::json!({ "job": j.id, "lease": lease_id, "attempt": j.attempt + 1 }));
+        ev.args_hash = Some(p.args_hash.clone());
+        ev.idempotency_key = p.idempotency_key.clone();
+        tx.audit(ev);
+        tx.notify(Notice::Proposal {
+            id: j.proposal_id.clone(),
+            tenant: j.tenant.clone(),
+            status: Status::Running,
+        });
+        out.push(ClaimedJob {
+            job_id: j.id,
+            lease_id,
+            proposal_id: j.proposal_id,
+            tenant: j.tenant,
+            env: j.env,
+            tool: j.tool,
+            args: serde_json::from_str(&p.args)?,
+            idempotency_key: p.idempotency_key.clone(),
+            attempt: j.attempt + 1,
+            lease_expires_at_ms: until,
+        });
+    }
+    Ok(out)
+}
+
+async fn heartbeat_in(
+    tx: &mut Tx<'_>,
+    exec: ExecutorPrincipal,
+    job_id: String,
+    lease_id: String,
+    secs: i64,
+) -> Result<i64> {
+    let j = jobs::get_for_update(&mut tx.conn, &job_id)
+        .await?
+        .filter(|j| exec.serves(j))
+        .ok_or(Error::NotFound)?;
+    let now = tx.now_ms();
+    let until = now + secs * 1000;
+    if !jobs::extend_lease(&mut tx.conn, &j.id, &lease_id, now, until).await? {
+        return Err(Error::InvalidTransition("this lease is no longer held".into()));
+    }
+    Ok(until)
+}
+
+/// A completion reported one by one (failures, and successes the finisher
+/// did not take).
+#[derive(Clone)]
+struct Completing {
+    policy: Arc<Policy>,
+    exec: ExecutorPrincipal,
+    job_id: String,
+    req: CompleteRequest,
+    succeeded: bool,
+    /// The canonical result and the canonical body, as stored.
+    result: String,
+    body: String,
+    public_url: String,
+}
+
+async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
+    let now = tx.now_ms();
+    let j = jobs::get_for_update(&mut tx.conn, &c.job_id)
+        .await?
+        .filter(|j| c.exec.serves(j))
+        .ok_or(Error::NotFound)?;
+    let live = j.state == JobState::Leased && j.lease_id.as_deref() == Some(c.req.lease_id.as_str());
+    if !live {
+        // Repeating the accepted completion is answered alike.
+        if j.completion.as_deref() == Some(c.body.as_str()) {
+            let p = proposals::get(&mut tx.conn, &j.proposal_id)
+                .await?
+                .ok_or(Error::NotFound)?;
+            return Ok(Completion {
+                job_id: j.id,
+                state: j.state,
+                proposal_status: p.status,
+                attempt: j.attempt,
+                next_attempt_at_ms: None,
+            });
+        }
+        let completed_by_this_lease = j
+            .completion
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            .is_some_and(|b| b["lease_id"] == c.req.lease_id.as_str());
+        return Err(Error::InvalidTransition(
+            if completed_by_this_lease {
+                "this job was already completed with a different outcome"
+            } else {
+                "this lease is no longer held (it expired or a newer claim replaced it)"
+            }
+            .into(),
+        ));
+    }
+    let retry = !c.succeeded && c.req.retryable && j.attempt < j.max_attempts;
+    let (state, next) = if c.succeeded {
+        (JobState::Succeeded, None)
+    } else if retry {
+        let backoff = (1i64 << j.attempt.clamp(0, 8)).min(MAX_BACKOFF_SECS);
+        (JobState::Queued, Some(now + backoff * 1000))
+    } else {
+        (JobState::Failed, None)
+    };
+    let moved = match next {
+        Some(at) => jobs::requeue(&mut tx.conn, &j.id, at, Some(&c.result), Some(&c.body)).await?,
+        None => jobs::finish(&mut tx.conn, &j.id, &c.req.lease_id, state, &c.result, &c.body, now).await?,
+    };
+    if !moved {
+        return Err(Error::InvalidTransition("this lease is no longer held".into()));
+    }
+    let p = proposals::transition_returning(&mut tx.conn, &j.proposal_id, Status::Running, state.proposal_status())
+        .await?
+        .ok_or_else(|| Error::internal("a leased job's proposal was not running"))?;
+    let mut ev = AuditDraft::new(c.exec.actor(), if retry { "job.retry" } else { "job.completed" })
+        .tenant(j.tenant.clone())
+        .tool(j.tool.clone())
+        .subject(j.proposal_id.clone())
+        .scope(c.exec.scope())
+        .status(c.req.status.clone())
+        .details(serde_json::json!({
+            "job": j.id, "lease": c.req.lease_id, "attempt": j.attempt, "retryable": c.req.retryable,
+        }));
+    ev.duration_ms = j.leased_at.map(|t| now - t);
+    ev.args_hash = Some(p.args_hash.clone());
+    ev.idempotency_key = p.idempotency_key.clone();
+    tx.audit(ev);
+    tx.notify(Notice::Proposal {
+        id: p.id.clone(),
+        tenant: p.tenant.clone(),
+        status: p.status,
+    });
+    if retry {
+        tx.notify(Notice::JobReady { env: j.env.clone() });
+    } else if !c.succeeded {
+        // Only a failure can trip the route's breaker.
+        super::notify::emit(tx, "job.failed", failure_data(&j, &c.public_url)).await?;
+        super::breakers::check_route(tx, &c.policy, &j.route).await?;
+    }
+    Ok(Completion {
+        job_id: j.id,
+        state,
+        proposal_status: p.status,
+        attempt: j.attempt,
+        next_attempt_at_ms: next,
+    })
+}
+
+/// Released jobs not run by their deadline (queued or held past
+/// `execute_by`) expire, and so do their proposals.
+pub(super) async fn expire_overdue(tx: &mut Tx<'_>, public_url: &str) -> Result<usize> {
+    let now = tx.now_ms();
+    let mut moved = 0;
+    for j in jobs::overdue(&mut tx.conn, now, 200).await? {
+        if !jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Expired, now).await? {
+            continue;
+        }
+        let was = j.state.proposal_status();
+        proposals::transition(&mut tx.conn, &j.proposal_id, was, Status::Expired).await?;
+        tx.audit(
+            AuditDraft::new("system", "proposal.expired")
+                .tenant(j.tenant.clone())
+                .tool(j.tool.clone())
+                .subject(j.proposal_id.clone())
+                .status("expired")
+                .details(serde_json::json!({ "was": j.state, "job": j.id, "reason": "approved but not run in time" })),
+        );
+        let data = notice_data(&j.proposal_id, &j.tool, &j.tenant, &j.env, public_url);
+        super::notify::emit(tx, "proposal.expired", data).await?;
+        tx.notify(Notice::Proposal {
+            id: j.proposal_id,
+            tenant: j.tenant,
+            status: Status::Expired,
+        });
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Jobs whose lease ran out: offered again, or failed when that was their
+/// last attempt.
+pub(super) async fn reoffer_lost(tx: &mut Tx<'_>, policy: &Policy, public_url: &str) -> Result<usize> {
+    let now = tx.now_ms();
+    let mut moved = 0;
+    for j in jobs::leases_lost(&mut tx.conn, now, 200).await? {
+        let last = j.attempt >= j.max_attempts;
+        let to = if last { JobState::Failed } else { JobState::Queued };
+        let done = if last {
+            let lease = j.lease_id.clone().unwrap_or_default();
+            let result = r#"{"error":"the lease was lost on the last attempt"}"#;
+            jobs::finish(&mut tx.conn, &j.id, &lease, to, result, "", now).await?
+        } else {
+            jobs::requeue(&mut tx.conn, &j.id, now, None, None).await?
+        };
+        if !done {
+            continue;
+        }
+        proposals::transition(&mut tx.conn, &j.proposal_id, Status::Running, to.proposal_status()).await?;
+        if last {
+            super::notify::emit(tx, "job.failed", failure_data(&j, public_url)).await?;
+            super::breakers::check_route(tx, policy, &j.route).await?;
+        } else {
+            tx.notify(Notice::JobReady { env: j.env.clone() });
+        }
+        tx.audit(
+            AuditDraft::new("system", "job.lease_lost")
+                .tenant(j.tenant.clone())
+                .tool(j.tool.clone())
+                .subject(j.proposal_id.clone())
+                .status(if last { "failed" } else { "requeued" })
+                .details(serde_json::json!({ "job": j.id, "lease": j.lease_id, "attempt": j.attempt })),
+        );
+        tx.notify(Notice::Proposal {
+            id: j.proposal_id.clone(),
+            tenant: j.tenant.clone(),
+            status: to.proposal_status(),
+        });
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+impl Core {
+    /// Claim up to `max` jobs of the key's env and tools, long-polling up to
+    /// `wait_seconds` for one to be released.
+    pub async fn claim(&self, exec: &ExecutorPrincipal, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        let max = range("max", req.max, 1, 1, MAX_CLAIM)?;
+        let lease_secs = range("lease_seconds", req.lease_seconds, 60, 1, MAX_LEASE_SECS)?;
+        let wait = range("wait_seconds", req.wait_seconds, 0, 0, MAX_CLAIM_WAIT_SECS)?;
+        let tools: Vec<String> = match &req.tools {
+            Some(ts) => ts.iter().filter(|t| exec.tools.contains(*t)).cloned().collect(),
+            None => exec.tools.iter().cloned().collect(),
+        };
+        if tools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = Claim {
+            exec: exec.clone(),
+            tools,
+            max,
+            lease_secs,
+        };
+        let mut waiter = Waiter::new(self.subscribe(), Duration::from_secs(wait as u64), self.recheck());
+        loop {
+            // A read first: a waiting executor with nothing to claim takes
+            // no turn of the writer.
+            if self.claimable(&c).await? {
+                let c = c.clone();
+                let got = self.store.write(move |tx| Box::pin(claim_in(tx, c))).await?;
+                if !got.is_empty() {
+                    return Ok(got);
+                }
+            }
+            if waiter.expired() {
+                return Ok(Vec::new());
+            }
+            // Woken by a release in this env; the recheck covers jobs that
+            // become available by time (backoff).
+            waiter
+                .sleep(|n| matches!(n, Notice::JobReady { env } if *env == exec.env))
+                .await;
+        }
+    }
+
+    async fn claimable(&self, c: &Claim) -> Result<bool> {
+        let now = self.now_ms();
+        let rows = jobs::claimable_rows(&mut self.store.reader().await?.conn(), &c.exec.env, &c.tools, now, 1).await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Extend a live lease. A lost lease is `invalid_transition`.
+    pub async fn heartbeat(
+        &self,
+        exec: &ExecutorPrincipal,
+        job_id: &str,
+        lease_id: &str,
+        lease_secs: Option<i64>,
+    ) -> Result<i64> {
+        let secs = range("lease_seconds", lease_secs, 60, 1, MAX_LEASE_SECS)?;
+        let (exec, job_id, lease_id) = (exec.clone(), job_id.to_owned(), lease_id.to_owned());
+        self.store
+            .write(move |tx| Box::pin(heartbeat_in(tx, exec, job_id, lease_id, secs)))
+            .await
+    }
+
+    /// Report a job's outcome. The same body twice is answered alike; a stale
+    /// lease or a different outcome is `invalid_transition`.
+    pub async fn complete(&self, exec: &ExecutorPrincipal, job_id: &str, req: CompleteRequest) -> Result<Completion> {
+        let succeeded = match req.status.as_str() {
+            "succeeded" => true,
+            "failed" => false,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "status must be succeeded or failed (got {other:?})"
+                )))
+            }
+        };
+        let body = canonical_json(&serde_json::json!({
+            "lease_id": req.lease_id,
+            "status": req.status,
+            "result": req.result,
+            "retryable": req.retryable,
+        }));
+        let result = canonical_json(&req.result);
+        if result.len() > MAX_RESULT_BYTES {
+            return Err(Error::BadRequest("result must be at most 16 KiB of JSON".into()));
+        }
+        if succeeded {
+            // The common case, finished together with others waiting (see
+            // `finishing`); anything it does not take is answered below.
+            let s = super::finishing::Success {
+                exec: exec.clone(),
+                job_id: job_id.to_owned(),
+                lease_id: req.lease_id.clone(),
+                retryable: req.retryable,
+                result: result.clone(),
+                body: body.clone(),
+                request_id: crate::audit::current_request_id(),
+            };
+            if let Some(done) = self.finisher.finish(s).await? {
+                return Ok(done);
+            }
+        }
+        let c = Completing {
+            policy: self.policy(),
+            exec: exec.clone(),
+            job_id: job_id.to_owned(),
+            req,
+            succeeded,
+            result,
+            body,
+            public_url: self.settings.public_url.clone(),
+        };
+        self.store.write(move |tx| Box::pin(complete_in(tx, c))).await
+    }
+}

@@ -1,0 +1,343 @@
+//! People: adding and changing users, signing in (with throttling), and
+//! checking that a session still belongs to an active person.
+
+use super::Core;
+use crate::audit::AuditDraft;
+use crate::error::{Error, Result};
+use crate::ids::{new_id, parse_slug, parse_username};
+use crate::passwords::check_password_rules;
+use crate::roles::Roles;
+use crate::store::queries::users::{self, ThrottleRow, UserRow};
+use crate::store::Tx;
+
+/// A signed-in person. Only sessions make these: no API credential can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub id: String,
+    pub username: String,
+    pub roles: Roles,
+    pub tenants: Vec<String>,
+}
+
+impl Person {
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.username)
+    }
+    pub fn sees_tenant(&self, t: &str) -> bool {
+        self.tenants.iter().any(|x| x == t)
+    }
+    fn from_row(u: UserRow, roles: Roles, tenants: Vec<String>) -> Person {
+        Person {
+            id: u.id,
+            username: u.username,
+            roles,
+            tenants,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub roles: Vec<String>,
+    pub tenants: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginOutcome {
+    pub person: Person,
+    pub at_ms: i64,
+}
+
+/// A person as the admin page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonRow {
+    pub id: String,
+    pub username: String,
+    pub roles: Roles,
+    pub tenants: Vec<String>,
+    pub disabled: bool,
+}
+
+/// Failures counted within this window; older ones are forgotten.
+const THROTTLE_WINDOW_MS: i64 = 15 * 60 * 1000;
+const MAX_BLOCK_SECS: i64 = 300;
+/// One message for both wrong password and unknown user.
+pub const BAD_LOGIN: &str = "Wrong username or password.";
+
+/// Tenant names from a list whose items may be comma-separated; sorted, once each.
+fn parse_tenants(list: &[String]) -> Result<Vec<String>> {
+    let mut tenants = list
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| parse_slug("tenant", t))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::BadRequest)?;
+    tenants.sort();
+    tenants.dedup();
+    Ok(tenants)
+}
+
+/// Reviewers and auditors see only their tenants, so they need at least one.
+fn check_access(roles: &Roles, tenants: &[String]) -> Result<()> {
+    if (roles.reviewer || roles.auditor) && tenants.is_empty() {
+        return Err(Error::BadRequest(
+            "reviewers and auditors see only their tenants: give at least one tenant".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn add_user_in(tx: &mut Tx<'_>, actor: String, row: UserRow, roles: Roles, tenants: Vec<String>) -> Result<()> {
+    if users::by_name(&mut tx.conn, &row.username).await?.is_some() {
+        return Err(Error::BadRequest(format!("user {} already exists", row.username)));
+    }
+    users::insert_user(&mut tx.conn, &row).await?;
+    users::set_roles(&mut tx.conn, &row.id, &roles).await?;
+    users::set_tenants(&mut tx.conn, &row.id, &tenants).await?;
+    tx.audit(
+        AuditDraft::new(actor, "user.added")
+            .subject(row.id.clone())
+            .details(serde_json::json!({ "username": row.username, "roles": roles.names(), "tenants": tenants })),
+    );
+    Ok(())
+}
+
+async fn login_succeeded_in(tx: &mut Tx<'_>, keys: [String; 2], user_id: String, username: String) -> Result<()> {
+    for k in &keys {
+        users::clear_throttle(&mut tx.conn, k).await?;
+    }
+    tx.audit(AuditDraft::new(format!("user:{username}"), "login.succeeded").subject(user_id));
+    Ok(())
+}
+
+async fn login_failed_in(tx: &mut Tx<'_>, keys: [String; 2], free: i64, attempted: String) -> Result<()> {
+    let now = tx.now_ms();
+    for k in &keys {
+        let prev = users::throttle(&mut tx.conn, k).await?;
+        let mut t = match prev {
+            Some(t) if now - t.first_failure_at < THROTTLE_WINDOW_MS => t,
+            _ => ThrottleRow {
+                key: k.clone(),
+                failures: 0,
+                first_failure_at: now,
+                blocked_until: 0,
+            },
+        };
+        t.failures += 1;
+        if t.failures > free {
+            let secs = 1i64 << (t.failures - free - 1).min(9);
+            t.blocked_until = now + secs.min(MAX_BLOCK_SECS) * 1000;
+        }
+        users::put_throttle(&mut tx.conn, &t).await?;
+    }
+    tx.audit(
+        AuditDraft::new("anonymous", "login.failed")
+            .status("refused")
+            .details(serde_json::json!({ "username": attempted })),
+    );
+    Ok(())
+}
+
+async fn record_logout_in(tx: &mut Tx<'_>, actor: String, id: String) -> Result<()> {
+    tx.audit(AuditDraft::new(actor, "logout").subject(id));
+    Ok(())
+}
+
+async fn set_disabled_in(tx: &mut Tx<'_>, actor: String, id: String, disabled: bool) -> Result<()> {
+    let now = tx.now_ms();
+    if !users::set_disabled(&mut tx.conn, &id, disabled, now).await? {
+        return Err(Error::NotFound);
+    }
+    tx.audit(AuditDraft::new(actor, if disabled { "user.disabled" } else { "user.enabled" }).subject(id));
+    Ok(())
+}
+
+async fn reset_password_in(tx: &mut Tx<'_>, actor: String, id: String, hash: String) -> Result<()> {
+    let now = tx.now_ms();
+    if !users::set_password(&mut tx.conn, &id, &hash, now).await? {
+        return Err(Error::NotFound);
+    }
+    tx.audit(AuditDraft::new(actor, "user.password_reset").subject(id));
+    Ok(())
+}
+
+async fn set_access_in(tx: &mut Tx<'_>, actor: String, id: String, roles: Roles, tenants: Vec<String>) -> Result<()> {
+    if users::by_id(&mut tx.conn, &id).await?.is_none() {
+        return Err(Error::NotFound);
+    }
+    users::set_roles(&mut tx.conn, &id, &roles).await?;
+    users::set_tenants(&mut tx.conn, &id, &tenants).await?;
+    tx.audit(
+        AuditDraft::new(actor, "user.access_changed")
+            .subject(id)
+            .details(serde_json::json!({ "roles": roles.names(), "tenants": tenants })),
+    );
+    Ok(())
+}
+
+impl Core {
+    pub async fn add_user(&self, by: &super::Admin, u: NewUser) -> Result<Person> {
+        let username = parse_username(u.username.trim()).map_err(Error::BadRequest)?;
+        check_password_rules(&u.password).map_err(Error::BadRequest)?;
+        let roles = Roles::parse(&u.roles).map_err(Error::BadRequest)?;
+        let tenants = parse_tenants(&u.tenants)?;
+        check_access(&roles, &tenants)?;
+        let hash = self.passwords.hash(u.password).await?;
+        let row = UserRow {
+            id: new_id("usr"),
+            username,
+            password_hash: hash,
+            disabled: false,
+            sessions_valid_after: 0,
+            created_at: self.now_ms(),
+        };
+        let person = Person::from_row(row.clone(), roles, tenants.clone());
+        let actor = by.actor().to_owned();
+        self.store
+            .write(move |tx| Box::pin(add_user_in(tx, actor, row, roles, tenants)))
+            .await?;
+        Ok(person)
+    }
+
+    /// Check a password. Unknown users, disabled users and wrong passwords all
+    /// fail alike; repeated failures per account and per address are slowed.
+    pub async fn login(&self, username: &str, password: &str, addr: &str) -> Result<LoginOutcome> {
+        let now = self.now_ms();
+        let keys = [
+            format!("user:{}", username.trim().to_lowercase()),
+            format!("addr:{addr}"),
+        ];
+        let (user, blocked) = {
+            let mut r = self.store.reader().await?;
+            let mut c = r.conn();
+            let mut blocked = 0;
+            for k in &keys {
+                if let Some(t) = users::throttle(&mut c, k).await? {
+                    blocked = blocked.max(t.blocked_until);
+                }
+            }
+            (users::by_name(&mut c, username.trim()).await?, blocked)
+        };
+        if blocked > now {
+            return Err(Error::RateLimited {
+                retry_after_secs: ((blocked - now) as u64).div_ceil(1000),
+            });
+        }
+        let ok = self
+            .passwords
+            .verify(password.to_owned(), user.as_ref().map(|u| u.password_hash.clone()))
+            .await;
+        match user {
+            Some(u) if ok && !u.disabled => {
+                let (uid, name) = (u.id.clone(), u.username.clone());
+                self.store
+                    .write(move |tx| Box::pin(login_succeeded_in(tx, keys, uid, name)))
+                    .await?;
+                let (roles, tenants) = users::access_of(&mut self.store.reader().await?.conn(), &u.id).await?;
+                Ok(LoginOutcome {
+                    person: Person::from_row(u, roles, tenants),
+                    at_ms: now,
+                })
+            }
+            _ => {
+                let attempted = username.chars().take(64).collect::<String>();
+                let free = self.settings.login_free_failures;
+                self.store
+                    .write(move |tx| Box::pin(login_failed_in(tx, keys, free, attempted)))
+                    .await?;
+                Err(Error::Unauthenticated(BAD_LOGIN.into()))
+            }
+        }
+    }
+
+    /// The person a session belongs to, if the session is still good: the user
+    /// exists, is not disabled, and nothing voided sessions since `login_at`.
+    pub async fn person_for_session(&self, user_id: &str, login_at: i64) -> Result<Option<Person>> {
+        let mut r = self.store.reader().await?;
+        let mut c = r.conn();
+        let Some(u) = users::by_id(&mut c, user_id).await? else {
+            return Ok(None);
+        };
+        if u.disabled || u.sessions_valid_after > login_at {
+            return Ok(None);
+        }
+        let (roles, tenants) = users::access_of(&mut c, &u.id).await?;
+        Ok(Some(Person::from_row(u, roles, tenants)))
+    }
+
+    pub async fn record_logout(&self, p: &Person) -> Result<()> {
+        let (actor, id) = (p.actor(), p.id.clone());
+        self.store
+            .write(move |tx| Box::pin(record_logout_in(tx, actor, id)))
+            .await
+    }
+
+    pub async fn count_users(&self) -> Result<i64> {
+        users::count(&mut self.store.reader().await?.conn()).await
+    }
+
+    pub async fn people(&self) -> Result<Vec<PersonRow>> {
+        let mut r = self.store.reader().await?;
+        let mut out = Vec::new();
+        for u in users::all(&mut r.conn()).await? {
+            let (roles, tenants) = users::access_of(&mut r.conn(), &u.id).await?;
+            out.push(PersonRow {
+                roles,
+                id: u.id,
+                username: u.username,
+                tenants,
+                disabled: u.disabled,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Disable (or enable) a person. Disabling ends their sessions at once.
+    pub async fn set_disabled(&self, by: &super::Admin, user_id: &str, disabled: bool) -> Result<()> {
+        if by.actor() == format!("user:{}", self.username_of(user_id).await?) && disabled {
+            return Err(Error::BadRequest("you cannot disable yourself".into()));
+        }
+        let (actor, id) = (by.actor().to_owned(), user_id.to_owned());
+        self.store
+            .write(move |tx| Box::pin(set_disabled_in(tx, actor, id, disabled)))
+            .await
+    }
+
+    /// Set a new password; the person's sessions end.
+    pub async fn reset_password(&self, by: &super::Admin, user_id: &str, password: String) -> Result<()> {
+        check_password_rules(&password).map_err(Error::BadRequest)?;
+        let hash = self.passwords.hash(password).await?;
+        let (actor, id) = (by.actor().to_owned(), user_id.to_owned());
+        self.store
+            .write(move |tx| Box::pin(reset_password_in(tx, actor, id, hash)))
+            .await
+    }
+
+    /// Replace a person's roles and tenants.
+    pub async fn set_access(
+        &self,
+        by: &super::Admin,
+        user_id: &str,
+        roles: &[String],
+        tenants: &[String],
+    ) -> Result<()> {
+        let roles = Roles::parse(roles).map_err(Error::BadRequest)?;
+        let tenants = parse_tenants(tenants)?;
+        check_access(&roles, &tenants)?;
+        let (actor, id) = (by.actor().to_owned(), user_id.to_owned());
+        self.store
+            .write(move |tx| Box::pin(set_access_in(tx, actor, id, roles, tenants)))
+            .await
+    }
+
+    async fn username_of(&self, user_id: &str) -> Result<String> {
+        Ok(users::by_id(&mut self.store.reader().await?.conn(), user_id)
+            .await?
+            .ok_or(Error::NotFound)?
+            .username)
+    }
+}

@@ -1,0 +1,424 @@
+//! Proposals from agents: validated, deduplicated by idempotency key, stored
+//! with their diff, approved at once when the policy says so; read, waited on
+//! and cancelled by the run that made them.
+
+use super::release::release_approved;
+use super::runs::{decide_for_run, refuse, route_of, why_unpaid};
+use super::waiting::Waiter;
+use super::{review_url, Core, RunPrincipal};
+use crate::audit::{canonical_json, hash_json, hash_parts, AuditDraft};
+use crate::error::{Error, Result};
+use crate::ids::{new_id, IdempotencyKey};
+use crate::lifecycle::Status;
+use crate::policy::{Decision, Policy, ToolKind};
+use crate::secrets::{find_secret, secret_kind};
+use crate::store::queries::jobs::{self, JobRow};
+use crate::store::queries::proposals::{self, DecisionRow, ProposalRow};
+use crate::store::queries::runs;
+use crate::store::{Notice, Outcome, Tx};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MAX_REASON_CHARS: usize = 2000;
+pub const MAX_PREVIEW_BYTES: usize = 32 * 1024;
+pub const MAX_WAIT_SECS: u64 = 60;
+
+#[derive(Debug, Clone, Default)]
+pub struct ProposeRequest {
+    pub tool: String,
+    pub args: Value,
+    pub idempotency_key: Option<String>,
+    pub reason: Option<String>,
+    pub preview: Option<(String, String)>,
+}
+
+/// A proposal with what happened to it, as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProposalOut {
+    pub row: ProposalRow,
+    pub decisions: Vec<DecisionRow>,
+    pub job: Option<JobRow>,
+    pub review_url: String,
+}
+
+/// Everything checked before the transaction: pure work on the request.
+#[derive(Clone)]
+struct Prepared {
+    row: ProposalRow,
+    decision: Decision,
+    cost_usd: f64,
+}
+
+fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<Prepared> {
+    let route = route_of(policy, run)?;
+    let decision = decide_for_run(policy, route, run, &req.tool)?;
+    let tool = policy.tool(&req.tool).ok_or_else(|| Error::ToolNotAllowed {
+        tool: req.tool.clone(),
+        route: route.name.clone(),
+    })?;
+    if let Err(fields) = tool.args.validate(&req.args) {
+        return Err(Error::InvalidArgs {
+            tool: tool.name.clone(),
+            fields,
+        });
+    }
+    // Secrets are looked for everywhere text can enter a proposal.
+    if let Some((field, kind)) = find_secret(&req.args, "args") {
+        return Err(Error::SecretInArgs {
+            field,
+            kind: kind.into(),
+        });
+    }
+    let reason = req.reason.clone().unwrap_or_default();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(Error::InvalidArgs {
+            tool: tool.name.clone(),
+            fields: [(
+                "reason".to_owned(),
+                format!("must be at most {MAX_REASON_CHARS} characters"),
+            )]
+            .into(),
+        });
+    }
+    for (field, text) in [
+        ("reason", Some(reason.as_str())),
+        ("preview.before", req.preview.as_ref().map(|p| p.0.as_str())),
+        ("preview.after", req.preview.as_ref().map(|p| p.1.as_str())),
+    ] {
+        let Some(text) = text else { continue };
+        if let Some(kind) = secret_kind(text) {
+            return Err(Error::SecretInArgs {
+                field: field.into(),
+                kind: kind.into(),
+            });
+        }
+        if text.len() > MAX_PREVIEW_BYTES {
+            return Err(Error::InvalidArgs {
+                tool: tool.name.clone(),
+                fields: [(field.to_owned(), format!("must be at most {MAX_PREVIEW_BYTES} bytes"))].into(),
+            });
+        }
+    }
+    let key = match &req.idempotency_key {
+        Some(k) => Some(IdempotencyKey::parse(k).map_err(|m| Error::InvalidArgs {
+            tool: tool.name.clone(),
+            fields: [("idempotency_key".to_owned(), m)].into(),
+        })?),
+        None if tool.kind == ToolKind::Write => {
+            return Err(Error::InvalidArgs {
+                tool: tool.name.clone(),
+                fields: [("idempotency_key".to_owned(), "is required for write tools".to_owned())].into(),
+            })
+        }
+        None => None,
+    };
+    let args_canonical = canonical_json(&req.args);
+    let (before, after) = req.preview.clone().unzip();
+    let content_hash = hash_parts(&[
+        &tool.name,
+        &args_canonical,
+        before.as_deref().unwrap_or("\u{0}"),
+        after.as_deref().unwrap_or("\u{0}"),
+    ]);
+    let diff = match (&before, &after) {
+        (Some(b), Some(a)) => Some(serde_json::to_string(&crate::diff::compute(b, a))?),
+        _ => None,
+    };
+    let approvals_required = match decision {
+        Decision::RequireApproval { approvals } => approvals,
+        _ => 0,
+    };
+    Ok(Prepared {
+        row: ProposalRow {
+            id: new_id("prp"),
+            tenant: run.tenant.clone(),
+            env: run.env.clone(),
+            route: run.route.clone(),
+            run_id: run.run_id.clone(),
+            tool: tool.name.clone(),
+            args: args_canonical,
+            args_hash: hash_json(&req.args),
+            content_hash,
+            idempotency_key: key.map(|k| k.as_str().to_owned()),
+            reason,
+            preview_before: before,
+            preview_after: after,
+            diff,
+            on_behalf_of: None,
+            status: Status::Pending,
+            approvals_required,
+            approvals: 0,
+            destructive: tool.destructive,
+            irreversible: tool.is_irreversible(),
+            created_at: 0,
+            expires_at: 0,
+            decided_at: None,
+            execute_by: None,
+        },
+        decision,
+        cost_usd: tool.cost_usd,
+    })
+}
+
+/// A new proposal, with everything decided before the transaction.
+#[derive(Clone)]
+struct NewProposal {
+    policy: Arc<Policy>,
+    run: RunPrincipal,
+    tool: String,
+    prepared: Result<Prepared>,
+    switch: Option<String>,
+    public_url: String,
+}
+
+/// What the transaction made of it.
+struct Created {
+    row: ProposalRow,
+    replayed: bool,
+    job: Option<JobRow>,
+}
+
+async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> {
+    let NewProposal {
+        policy,
+        run,
+        tool: tool_name,
+        prepared,
+        switch,
+        public_url,
+    } = n;
+    let mut p = match prepared {
+        Ok(p) => p,
+        Err(e) => return refuse(tx, &policy, &run, "proposal.refused", &tool_name, e).await,
+    };
+    if let Some(switch) = switch {
+        let e = Error::Disabled { switch };
+        return refuse(tx, &policy, &run, "proposal.refused", &tool_name, e).await;
+    }
+    let route = route_of(&policy, &run)?;
+    let tool = policy.tool(&p.row.tool).ok_or(Error::NotFound)?;
+    let now = tx.now_ms();
+    p.row.created_at = now;
+    p.row.expires_at = now + tool.expires_after_seconds * 1000;
+    p.row.on_behalf_of = run.on_behalf_of.clone();
+    // The common path is one call: insert (unless the key was used) and, if
+    // inserted, spend (unless over budget).
+    let spend = runs::Spend {
+        run_id: &run.run_id,
+        steps: 1,
+        usd: p.cost_usd,
+        now,
+        budgets: &route.budgets,
+    };
+    match proposals::insert_and_spend(&mut tx.conn, &p.row, &spend).await? {
+        proposals::Inserted::Paid => {}
+        proposals::Inserted::Repeat => return replay_in(tx, &run, &tool_name, p.row).await,
+        proposals::Inserted::Unpaid => {
+            // Not spent: take the proposal back and say why (revoked or
+            // expired is 401, else a budget).
+            proposals::delete(&mut tx.conn, &p.row.id).await?;
+            let e = why_unpaid(tx, &run, &route.budgets, now, p.cost_usd).await?;
+            return refuse(tx, &policy, &run, "proposal.refused", &tool_name, e).await;
+        }
+    }
+    let mut ev = AuditDraft::new(run.actor(), "proposal.created")
+        .tenant(run.tenant.clone())
+        .tool(p.row.tool.clone())
+        .subject(p.row.id.clone())
+        .scope(run.scope())
+        .details(serde_json::json!({ "approvals_required": p.row.approvals_required, "run": run.run_id }));
+    ev.args_hash = Some(p.row.args_hash.clone());
+    ev.idempotency_key = p.row.idempotency_key.clone();
+    tx.audit(ev);
+    let mut job = None;
+    if p.decision == Decision::Allow {
+        // Not gated by the policy (a read tool, or an explicit auto_approve).
+        job = Some(release_approved(tx, &policy, &mut p.row, "policy: no approval required", Vec::new()).await?);
+    } else {
+        let r = &p.row;
+        super::notify::emit(
+            tx,
+            "proposal.pending",
+            serde_json::json!({
+                "proposal": r.id, "tool": r.tool, "tenant": r.tenant, "env": r.env, "route": r.route,
+                "approvals_required": r.approvals_required, "destructive": r.destructive,
+                "review_url": review_url(&public_url, &r.id),
+            }),
+        )
+        .await?;
+    }
+    tx.notify(Notice::Proposal {
+        id: p.row.id.clone(),
+        tenant: p.row.tenant.clone(),
+        status: p.row.status,
+    });
+    Ok(Outcome::Done(Created {
+        row: p.row,
+        replayed: false,
+        job,
+    }))
+}
+
+/// The idempotency key was used before: the same tool and args replay the
+/// first proposal; anything else is a conflict, recorded.
+async fn replay_in(tx: &mut Tx<'_>, run: &RunPrincipal, tool: &str, new: ProposalRow) -> Result<Outcome<Created>> {
+    let key = new.idempotency_key.clone().unwrap_or_default();
+    let existing = proposals::by_idempotency_key(&mut tx.conn, &run.run_id, &key)
+        .await?
+        .ok_or_else(|| Error::internal("an idempotency conflict without its proposal"))?;
+    if existing.tool == new.tool && existing.args_hash == new.args_hash {
+        return Ok(Outcome::Done(Created {
+            row: existing,
+            replayed: true,
+            job: None,
+        }));
+    }
+    tx.audit(
+        AuditDraft::new(run.actor(), "proposal.refused")
+            .tenant(run.tenant.clone())
+            .tool(tool)
+            .scope(run.scope())
+            .status("refused:idempotency_conflict")
+            .details(serde_json::json!({ "idempotency_key": key, "existing": existing.id })),
+    );
+    Ok(Outcome::Refused(Error::IdempotencyConflict { existing: existing.id }))
+}
+
+async fn cancel_in(tx: &mut Tx<'_>, run: RunPrincipal, id: String) -> Result<ProposalRow> {
+    let mut p = proposals::get_for_update(&mut tx.conn, &id)
+        .await?
+        .filter(|p| p.run_id == run.run_id && p.tenant == run.tenant)
+        .ok_or(Error::NotFound)?;
+    let now_ms = tx.now_ms();
+    if !proposals::close(&mut tx.conn, &id, Status::Cancelled, now_ms).await? {
+        return Err(Error::InvalidTransition(format!(
+            "only a pending proposal can be cancelled; this one is {}",
+            p.status
+        )));
+    }
+    p.status = Status::Cancelled;
+    tx.audit(
+        AuditDraft::new(run.actor(), "proposal.cancelled")
+            .tenant(run.tenant.clone())
+            .tool(p.tool.clone())
+            .subject(id.clone())
+            .scope(run.scope()),
+    );
+    tx.notify(Notice::Proposal {
+        id,
+        tenant: p.tenant.clone(),
+        status: p.status,
+    });
+    Ok(p)
+}
+
+impl Core {
+    /// Propose an action. Answers the proposal and whether it was a replay of
+    /// an earlier request with the same idempotency key.
+    pub async fn propose(&self, run: &RunPrincipal, req: ProposeRequest) -> Result<(ProposalOut, bool)> {
+        let policy = self.policy();
+        let n = NewProposal {
+            switch: self.switch_covering(&run.tenant, &run.route, &req.tool).await?,
+            prepared: prepare(&policy, run, &req),
+            policy,
+            run: run.clone(),
+            tool: req.tool,
+            public_url: self.settings.public_url.clone(),
+        };
+        let c = self.store.write_or_refuse(move |tx| Box::pin(create_in(tx, n))).await?;
+        if c.replayed {
+            return Ok((self.proposal_out(c.row).await?, true));
+        }
+        // A new proposal has no decisions yet, and its job (if released) is known.
+        Ok((
+            ProposalOut {
+                review_url: self.review_url(&c.row.id),
+                row: c.row,
+                decisions: Vec::new(),
+                job: c.job,
+            },
+            false,
+        ))
+    }
+
+    async fn proposal_out(&self, row: ProposalRow) -> Result<ProposalOut> {
+        let mut r = self.store.reader().await?;
+        let decisions = proposals::decisions_of(&mut r.conn(), &row.id).await?;
+        let job = jobs::by_proposal(&mut r.conn(), &row.id).await?;
+        Ok(ProposalOut {
+            review_url: self.review_url(&row.id),
+            row,
+            decisions,
+            job,
+        })
+    }
+
+    /// A proposal as its own run sees it; any other id is not found.
+    pub async fn proposal_for_run(&self, run: &RunPrincipal, id: &str) -> Result<ProposalOut> {
+        let row = proposals::get(&mut self.store.reader().await?.conn(), id)
+            .await?
+            .filter(|p| p.run_id == run.run_id && p.tenant == run.tenant)
+            .ok_or(Error::NotFound)?;
+        self.proposal_out(row).await
+    }
+
+    /// Wait until the proposal leaves `pending` or `timeout` passes; woken by
+    /// the notice of its change.
+    pub async fn wait_for_run(&self, run: &RunPrincipal, id: &str, timeout: Duration) -> Result<ProposalOut> {
+        let timeout = timeout.min(Duration::from_secs(MAX_WAIT_SECS));
+        let mut waiter = Waiter::new(self.subscribe(), timeout, self.recheck());
+        loop {
+            let out = self.proposal_for_run(run, id).await?;
+            if out.row.status != Status::Pending || waiter.expired() {
+                return Ok(out);
+            }
+            waiter
+                .sleep(|n| matches!(n, Notice::Proposal { id: nid, .. } if nid == id))
+                .await;
+        }
+    }
+
+    /// Withdraw a pending proposal.
+    pub async fn cancel_for_run(&self, run: &RunPrincipal, id: &str) -> Result<ProposalOut> {
+        let (run, id) = (run.clone(), id.to_owned());
+        let row = self.store.write(move |tx| Box::pin(cancel_in(tx, run, id))).await?;
+        self.proposal_out(row).await
+    }
+
+    /// How often a long-poll looks again without a notice.
+    pub(super) fn recheck(&self) -> Duration {
+        Duration::from_millis(self.settings.wait_recheck_ms.max(1))
+    }
+}
+
+/// Pending proposals whose time is up expire.
+pub(super) async fn expire_pending(tx: &mut Tx<'_>, public_url: &str) -> Result<usize> {
+    let now = tx.now_ms();
+    let mut moved = 0;
+    for p in proposals::pending_expired(&mut tx.conn, now, 200).await? {
+        if !proposals::close(&mut tx.conn, &p.id, Status::Expired, now).await? {
+            continue;
+        }
+        tx.audit(
+            AuditDraft::new("system", "proposal.expired")
+                .tenant(p.tenant.clone())
+                .tool(p.tool.clone())
+                .subject(p.id.clone())
+                .status("expired")
+                .details(serde_json::json!({ "was": "pending" })),
+        );
+        let data = serde_json::json!({
+            "proposal": p.id, "tool": p.tool, "tenant": p.tenant, "env": p.env,
+            "review_url": review_url(public_url, &p.id),
+        });
+        super::notify::emit(tx, "proposal.expired", data).await?;
+        tx.notify(Notice::Proposal {
+            id: p.id,
+            tenant: p.tenant,
+            status: Status::Expired,
+        });
+        moved += 1;
+    }
+    Ok(moved)
+}

@@ -1,0 +1,334 @@
+//! Runs: minted by an orchestrator's service key; checked on every agent call
+//! for revocation, expiry and budgets; revoked by the circuit breaker after
+//! too many denials in a row.
+
+use super::{Core, RunPrincipal, ServicePrincipal};
+use crate::audit::AuditDraft;
+use crate::error::{Error, Result};
+use crate::ids::{new_id, parse_username};
+use crate::policy::{Budgets, Decision, Denial, Policy, Route};
+use crate::store::queries::runs::{self, RunRow};
+use crate::store::{Outcome, Tx};
+use crate::tokens::RunClaims;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct MintRequest {
+    pub route: String,
+    pub ttl_seconds: Option<i64>,
+    pub on_behalf_of: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MintedRun {
+    pub run_id: String,
+    pub token: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub expires_at_ms: i64,
+    pub allow_tools: Vec<String>,
+    pub require_approval: Vec<String>,
+    pub budgets: Budgets,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckOutcome {
+    pub tool: String,
+    /// `allow` or `require_approval`.
+    pub decision: &'static str,
+}
+
+pub const DEFAULT_RUN_TTL_SECS: i64 = 300;
+
+impl RunPrincipal {
+    pub fn actor(&self) -> String {
+        format!("run:{}", self.run_id)
+    }
+    pub fn scope(&self) -> String {
+        format!("run:{}/{}/{}", self.tenant, self.env, self.route)
+    }
+}
+
+/// The route a run was minted for, as the policy now says.
+pub(super) fn route_of<'p>(policy: &'p Policy, run: &RunPrincipal) -> Result<&'p Route> {
+    policy
+        .route(&run.route)
+        .ok_or_else(|| Error::Forbidden(format!("route {} is no longer in the policy", run.route)))
+}
+
+/// The policy's decision, narrowed by what the token grants.
+pub(super) fn decide_for_run(policy: &Policy, route: &Route, run: &RunPrincipal, tool: &str) -> Result<Decision> {
+    let d = policy.decide(route, tool);
+    let deny = |kind: Denial| match kind {
+        Denial::Denied => Error::ToolDenied {
+            tool: tool.to_owned(),
+            route: route.name.clone(),
+        },
+        Denial::NotAllowed => Error::ToolNotAllowed {
+            tool: tool.to_owned(),
+            route: route.name.clone(),
+        },
+    };
+    match d {
+        Decision::Deny(kind) => Err(deny(kind)),
+        _ if !run.tools.iter().any(|t| t == tool) => Err(deny(Denial::NotAllowed)),
+        d => Ok(d),
+    }
+}
+
+/// The run row, if the run may still act: not revoked, not expired.
+pub(super) async fn live_run(tx: &mut Tx<'_>, run: &RunPrincipal) -> Result<RunRow> {
+    let row = runs::get(&mut tx.conn, &run.run_id)
+        .await?
+        .ok_or_else(|| Error::Unauthenticated("the run does not exist".into()))?;
+    if row.revoked_at.is_some() {
+        return Err(Error::Unauthenticated("the run was revoked".into()));
+    }
+    if row.expires_at <= tx.now_ms() {
+        return Err(Error::Unauthenticated("the run token has expired".into()));
+    }
+    Ok(row)
+}
+
+/// Steps, seconds (the run's age) and dollars, against the route's budgets.
+pub(super) fn within_budget(row: &RunRow, b: &Budgets, now: i64, steps: i64, usd: f64) -> Result<()> {
+    let over = |budget: &str| Err(Error::BudgetExhausted { budget: budget.into() });
+    if row.steps_used + steps > b.steps {
+        return over("steps");
+    }
+    if now - row.created_at > b.seconds * 1000 {
+        return over("seconds");
+    }
+    if row.usd_used + usd > b.usd + 1e-9 {
+        return over("usd");
+    }
+    Ok(())
+}
+
+/// Why a charge the store refused could not be paid: the run is gone
+/// (answered as 401) or one of its budgets is used up.
+pub(super) async fn why_unpaid(tx: &mut Tx<'_>, run: &RunPrincipal, b: &Budgets, now: i64, usd: f64) -> Result<Error> {
+    let row = live_run(tx, run).await?;
+    Ok(within_budget(&row, b, now, 1, usd)
+        .err()
+        .unwrap_or_else(|| Error::internal("the run's budget check disagreed")))
+}
+
+/// Refuse what an agent asked for: record the refusal (and, for a denial the
+/// agent provoked, count it toward the run's breaker) in this transaction,
+/// which commits, and answer the error. A run that is no longer live is
+/// answered as such instead (401), before anything is recorded.
+pub(super) async fn refuse<T>(
+    tx: &mut Tx<'_>,
+    policy: &Policy,
+    run: &RunPrincipal,
+    action: &str,
+    tool: &str,
+    err: Error,
+) -> Result<Outcome<T>> {
+    if !matches!(err, Error::Unauthenticated(_)) {
+        live_run(tx, run).await?;
+    }
+    tx.audit(
+        AuditDraft::new(run.actor(), action)
+            .tenant(run.tenant.clone())
+            .tool(tool)
+            .scope(run.scope())
+            .subject(run.run_id.clone())
+            .status(format!("refused:{}", err.code())),
+    );
+    if err.is_agent_denial() {
+        let streak = runs::add_denial(&mut tx.conn, &run.run_id).await?;
+        if streak >= policy.breakers.run_denials {
+            let reason = format!("circuit breaker: {streak} denials in a row");
+            let now_ms = tx.now_ms();
+            if runs::revoke(&mut tx.conn, &run.run_id, now_ms, &reason).await? {
+                tracing::warn!(run = %run.run_id, streak, "run revoked by its circuit breaker");
+                tx.audit(
+                    AuditDraft::new("system", "run.revoked")
+                        .tenant(run.tenant.clone())
+                        .subject(run.run_id.clone())
+                        .status("breaker")
+                        .details(serde_json::json!({ "reason": reason })),
+                );
+            }
+        }
+    }
+    Ok(Outcome::Refused(err))
+}
+
+/// A check, with what was decided before the transaction.
+#[derive(Clone)]
+struct Check {
+    policy: Arc<Policy>,
+    run: RunPrincipal,
+    tool: String,
+    switch: Option<String>,
+}
+
+async fn check_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<CheckOutcome>> {
+    let Check {
+        policy,
+        run,
+        tool,
+        switch,
+    } = c;
+    let route = route_of(&policy, &run)?;
+    let decision = match decide_for_run(&policy, route, &run, &tool) {
+        Ok(d) => d,
+        Err(e) => return refuse(tx, &policy, &run, "check", &tool, e).await,
+    };
+    if let Some(switch) = switch {
+        return refuse(tx, &policy, &run, "check", &tool, Error::Disabled { switch }).await;
+    }
+    let cost = policy.tool(&tool).map_or(0.0, |t| t.cost_usd);
+    let now = tx.now_ms();
+    let spend = runs::Spend {
+        run_id: &run.run_id,
+        steps: 1,
+        usd: cost,
+        now,
+        budgets: &route.budgets,
+    };
+    if !runs::try_spend(&mut tx.conn, &spend).await? {
+        let e = why_unpaid(tx, &run, &route.budgets, now, cost).await?;
+        return refuse(tx, &policy, &run, "check", &tool, e).await;
+    }
+    let label = match decision {
+        Decision::Allow => "allow",
+        _ => "require_approval",
+    };
+    if route.audit_enabled || label != "allow" {
+        tx.audit(
+            AuditDraft::new(run.actor(), "check")
+                .tenant(run.tenant.clone())
+                .tool(tool.clone())
+                .subject(run.run_id.clone())
+                .scope(run.scope())
+                .status(label),
+        );
+    }
+    Ok(Outcome::Done(CheckOutcome { tool, decision: label }))
+}
+
+async fn record_mint(tx: &mut Tx<'_>, row: RunRow, actor: String, scope: String) -> Result<()> {
+    runs::insert(&mut tx.conn, &row).await?;
+    tx.audit(
+        AuditDraft::new(actor, "run.minted")
+            .tenant(row.tenant.clone())
+            .subject(row.id.clone())
+            .scope(scope)
+            .details(serde_json::json!({
+                "route": row.route,
+                "on_behalf_of": row.on_behalf_of,
+                "expires_at": row.expires_at,
+            })),
+    );
+    Ok(())
+}
+
+async fn revoke_in(tx: &mut Tx<'_>, actor: String, run_id: String, reason: String) -> Result<()> {
+    let row = runs::get(&mut tx.conn, &run_id).await?.ok_or(Error::NotFound)?;
+    let now_ms = tx.now_ms();
+    if !runs::revoke(&mut tx.conn, &run_id, now_ms, &reason).await? {
+        return Err(Error::InvalidTransition(format!("run {run_id} is already revoked")));
+    }
+    tx.audit(
+        AuditDraft::new(actor, "run.revoked")
+            .tenant(row.tenant)
+            .subject(run_id)
+            .details(serde_json::json!({ "reason": reason })),
+    );
+    Ok(())
+}
+
+impl Core {
+    pub async fn mint_run(&self, svc: &ServicePrincipal, req: MintRequest) -> Result<MintedRun> {
+        let policy = self.policy();
+        let route = policy.route(&req.route).ok_or_else(|| Error::Unprocessable {
+            code: "unknown_route",
+            message: format!("route {:?} is not in the policy", req.route),
+        })?;
+        let ttl = req.ttl_seconds.unwrap_or(DEFAULT_RUN_TTL_SECS);
+        if ttl < 1 {
+            return Err(Error::BadRequest("ttl_seconds must be at least 1".into()));
+        }
+        let ttl = ttl.min(self.settings.max_run_ttl_secs);
+        let on_behalf_of = req
+            .on_behalf_of
+            .map(|p| parse_username(p.trim()).map_err(|e| Error::BadRequest(format!("on_behalf_of: {e}"))))
+            .transpose()?;
+        let allow_tools: Vec<String> = route.allow_tools.difference(&route.deny_tools).cloned().collect();
+        let require_approval: Vec<String> = allow_tools
+            .iter()
+            .filter(|t| matches!(policy.decide(route, t), Decision::RequireApproval { .. }))
+            .cloned()
+            .collect();
+        let now = self.now_ms();
+        let row = RunRow {
+            id: new_id("run"),
+            tenant: svc.tenant.clone(),
+            env: svc.env.clone(),
+            route: route.name.clone(),
+            on_behalf_of,
+            service_key_id: svc.key_id.clone(),
+            created_at: now,
+            expires_at: now + ttl * 1000,
+            steps_used: 0,
+            usd_used: 0.0,
+            denials_in_row: 0,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let token = self.sign_run_token(&RunClaims {
+            run: row.id.clone(),
+            tenant: row.tenant.clone(),
+            env: row.env.clone(),
+            route: row.route.clone(),
+            tools: allow_tools.clone(),
+            exp: row.expires_at,
+        })?;
+        let minted = MintedRun {
+            run_id: row.id.clone(),
+            token,
+            tenant: row.tenant.clone(),
+            env: row.env.clone(),
+            route: row.route.clone(),
+            expires_at_ms: row.expires_at,
+            allow_tools,
+            require_approval,
+            budgets: route.budgets,
+        };
+        let actor = format!("key:{}", svc.key_id);
+        let scope = format!("service:{}/{}", svc.tenant, svc.env);
+        self.store
+            .write(move |tx| Box::pin(record_mint(tx, row, actor, scope)))
+            .await?;
+        Ok(minted)
+    }
+
+    /// May the agent call `tool` directly? Audited; counts one step.
+    pub async fn check(&self, run: &RunPrincipal, tool: &str) -> Result<CheckOutcome> {
+        let c = Check {
+            policy: self.policy(),
+            run: run.clone(),
+            tool: tool.to_owned(),
+            switch: self.switch_covering(&run.tenant, &run.route, tool).await?,
+        };
+        self.store.write_or_refuse(move |tx| Box::pin(check_in(tx, c))).await
+    }
+
+    /// The latest runs, newest first.
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
+        runs::recent(&mut self.store.reader().await?.conn(), limit).await
+    }
+
+    /// Revoke a run: its token stops working at once.
+    pub async fn revoke_run(&self, by: &super::Admin, run_id: &str, reason: &str) -> Result<()> {
+        let (actor, run_id, reason) = (by.actor().to_owned(), run_id.to_owned(), reason.to_owned());
+        self.store
+            .write(move |tx| Box::pin(revoke_in(tx, actor, run_id, reason)))
+            .await
+    }
+}

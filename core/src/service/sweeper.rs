@@ -1,0 +1,48 @@
+//! The sweeper: one pass ends whatever ran out of time, asking each module
+//! for its own expiry. Safe to run in several processes at once: every move
+//! is conditional on the state it leaves.
+
+use super::{controls, jobs, proposals, Core};
+use crate::error::Result;
+use crate::policy::Policy;
+use crate::store::queries::{self, controls as control_rows};
+use crate::store::Tx;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct Sweep {
+    policy: Arc<Policy>,
+    public_url: String,
+}
+
+async fn sweep_in(tx: &mut Tx<'_>, s: Sweep) -> Result<usize> {
+    Ok(proposals::expire_pending(tx, &s.public_url).await?
+        + jobs::expire_overdue(tx, &s.public_url).await?
+        + jobs::reoffer_lost(tx, &s.policy, &s.public_url).await?
+        + controls::end_lapsed_break_glass(tx).await?)
+}
+
+impl Core {
+    /// One pass of the sweeper; answers how many things moved.
+    pub async fn sweep(&self) -> Result<usize> {
+        if !self.anything_to_sweep().await? {
+            return Ok(0);
+        }
+        let s = Sweep {
+            policy: self.policy(),
+            public_url: self.settings.public_url.clone(),
+        };
+        self.store.write(move |tx| Box::pin(sweep_in(tx, s))).await
+    }
+
+    /// A cheap read first, so an idle sweeper does not take the write lock.
+    async fn anything_to_sweep(&self) -> Result<bool> {
+        let now = self.now_ms();
+        let mut r = self.store.reader().await?;
+        let mut c = r.conn();
+        Ok(!queries::proposals::pending_expired(&mut c, now, 1).await?.is_empty()
+            || !queries::jobs::overdue(&mut c, now, 1).await?.is_empty()
+            || !queries::jobs::leases_lost(&mut c, now, 1).await?.is_empty()
+            || !control_rows::lapsed_break_glass(&mut c, now).await?.is_empty())
+    }
+}

@@ -1,0 +1,355 @@
+//! The store conformance suite: the same tests against SQLite and PostgreSQL.
+
+use super::queries::{audit, users};
+use super::testing::TestDb;
+use super::{Store, StoreOptions};
+use crate::audit::{AuditDraft, ChainVerifier};
+use crate::error::Error;
+
+async fn open(db: &TestDb) -> Store {
+    Store::open(StoreOptions::new(db.url.clone()))
+        .await
+        .expect("open the store")
+}
+
+async fn append(store: &Store, n: usize) {
+    for i in 0..n {
+        store
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.audit(AuditDraft::new("test", "thing.happened").subject(format!("s{i}")));
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn verify(store: &Store) -> Result<u64, crate::audit::ChainBreak> {
+    let mut r = store.reader().await.unwrap();
+    let events = audit::events_after(&mut r.conn(), 0, 10_000).await.unwrap();
+    let (seq, hash) = audit::head(&mut r.conn()).await.unwrap();
+    let mut v = ChainVerifier::default();
+    for e in &events {
+        v.check(e)?;
+    }
+    v.finish(seq, &hash)?;
+    Ok(v.checked)
+}
+
+async fn migrations_apply_and_reopen_cleanly(db: &TestDb) {
+    let s = open(db).await;
+    assert!(s.ping().await);
+    drop(s);
+    // A second open finds the migrations applied and changes nothing.
+    let s = open(db).await;
+    assert_eq!(users::count(&mut s.reader().await.unwrap().conn()).await.unwrap(), 0);
+}
+
+async fn a_failed_write_leaves_nothing_behind(db: &TestDb) {
+    let s = open(db).await;
+    let r: Result<(), Error> = s
+        .write(|tx| {
+            Box::pin(async move {
+                tx.audit(AuditDraft::new("test", "half.done"));
+                Err(Error::BadRequest("changed my mind".into()))
+            })
+        })
+        .await;
+    assert_eq!(r, Err(Error::BadRequest("changed my mind".into())));
+    append(&s, 1).await;
+    let mut rd = s.reader().await.unwrap();
+    let events = audit::events_after(&mut rd.conn(), 0, 10).await.unwrap();
+    assert_eq!(events.len(), 1, "the failed write's event must be rolled back");
+    assert_eq!(events[0].seq, 1);
+    assert_eq!(verify(&s).await, Ok(1));
+}
+
+async fn concurrent_writes_are_grouped_and_the_chain_stays_whole(db: &TestDb) {
+    let s = open(db).await;
+    let batches_before = s.batches_committed();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let fail = i % 7 == 0;
+            s.write(move |tx| {
+                Box::pin(async move {
+                    tx.audit(AuditDraft::new("test", "concurrent"));
+                    if fail {
+                        return Err(Error::BadRequest("no".into()));
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 200 - 29);
+    assert_eq!(verify(&s).await, Ok(ok as u64));
+    let batches = s.batches_committed() - batches_before;
+    assert!(
+        batches <= 100,
+        "200 concurrent writes took {batches} transactions: they were not grouped"
+    );
+}
+
+async fn audit_rows_cannot_be_updated_or_deleted_through_the_app_connection(db: &TestDb) {
+    let s = open(db).await;
+    append(&s, 2).await;
+    let r: Result<(), Error> = s
+        .write(|tx| {
+            Box::pin(async move {
+                tx.conn
+                    .exec("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+                    .await
+            })
+        })
+        .await;
+    assert!(
+        matches!(&r, Err(Error::Internal(m)) if m.contains("append-only")),
+        "updates are refused by a trigger: {r:?}"
+    );
+    let r: Result<(), Error> = s
+        .write(|tx| Box::pin(async move { tx.conn.exec("DELETE FROM audit_events WHERE seq = 2").await }))
+        .await;
+    assert!(
+        matches!(&r, Err(Error::Internal(m)) if m.contains("append-only")),
+        "deletes are refused by a trigger: {r:?}"
+    );
+    assert_eq!(verify(&s).await, Ok(2));
+}
+
+/// An attacker with DDL rights drops the guard and then tampers: verify names it.
+async fn tamper(s: &Store, sql: &'static str) {
+    let pg = s.backend() == super::Backend::Postgres;
+    s.write(move |tx| {
+        Box::pin(async move {
+            if pg {
+                tx.conn.exec("ALTER TABLE audit_events DISABLE TRIGGER USER").await?;
+            } else {
+                tx.conn.exec("DROP TRIGGER IF EXISTS audit_events_no_update").await?;
+                tx.conn.exec("DROP TRIGGER IF EXISTS audit_events_no_delete").await?;
+            }
+            tx.conn.exec(sql).await
+        })
+    })
+    .await
+    .unwrap();
+}
+
+async fn verify_names_an_edited_event(db: &TestDb) {
+    let s = open(db).await;
+    append(&s, 5).await;
+    tamper(&s, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 3").await;
+    let b = verify(&s).await.unwrap_err();
+    assert_eq!(b.seq, Some(3), "{b:?}");
+}
+
+async fn verify_names_a_deleted_event(db: &TestDb) {
+    let s = open(db).await;
+    append(&s, 5).await;
+    tamper(&s, "DELETE FROM audit_events WHERE seq = 2").await;
+    assert_eq!(verify(&s).await.unwrap_err().seq, Some(3));
+}
+
+async fn verify_names_reordered_events(db: &TestDb) {
+    let s = open(db).await;
+    append(&s, 5).await;
+    // Swap the order of events 2 and 3 by renumbering them.
+    tamper(
+        &s,
+        "UPDATE audit_events SET seq = CASE seq WHEN 2 THEN 1002 WHEN 3 THEN 1003 ELSE seq END WHERE seq IN (2, 3)",
+    )
+    .await;
+    tamper(&s, "UPDATE audit_events SET seq = CASE seq WHEN 1002 THEN 3 WHEN 1003 THEN 2 ELSE seq END WHERE seq IN (1002, 1003)").await;
+    assert_eq!(verify(&s).await.unwrap_err().seq, Some(2));
+}
+
+async fn verify_catches_truncation(db: &TestDb) {
+    let s = open(db).await;
+    append(&s, 5).await;
+    tamper(&s, "DELETE FROM audit_events WHERE seq > 3").await;
+    let b = verify(&s).await.unwrap_err();
+    assert!(b.reason.contains("truncated"), "{b:?}");
+}
+
+async fn notices_are_published_only_after_commit(db: &TestDb) {
+    let s = open(db).await;
+    let mut rx = s.subscribe();
+    let _: Result<(), Error> = s
+        .write(|tx| {
+            Box::pin(async move {
+                tx.notify(super::Notice::Controls);
+                Err(Error::BadRequest("rolled back".into()))
+            })
+        })
+        .await;
+    s.write(|tx| {
+        Box::pin(async move {
+            tx.notify(super::Notice::JobReady { env: "prod".into() });
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        super::Notice::JobReady { env: "prod".into() },
+        "the rolled-back notice is never sent"
+    );
+}
+
+/// A run with a key behind it, and a proposal of it with idempotency key `key`.
+async fn run_and_proposal(s: &Store) -> super::queries::proposals::ProposalRow {
+    use super::queries::{keys, proposals::ProposalRow, runs};
+    s.write(|tx| {
+        Box::pin(async move {
+            let key = keys::KeyRow {
+                id: "key_1".into(),
+                kind: crate::tokens::KeyKind::Service,
+                name: "svc".into(),
+                tenant: Some("acme".into()),
+                env: "prod".into(),
+                tools: "[]".into(),
+                key_hash: "h".into(),
+                hint: "h".into(),
+                created_at: 0,
+                created_by: "test".into(),
+                revoked_at: None,
+            };
+            keys::insert(&mut tx.conn, &key).await?;
+            let run = runs::RunRow {
+                id: "run_1".into(),
+                tenant: "acme".into(),
+                env: "prod".into(),
+                route: "r".into(),
+                on_behalf_of: None,
+                service_key_id: "key_1".into(),
+                created_at: 0,
+                expires_at: 1_000_000,
+                steps_used: 0,
+                usd_used: 0.0,
+                denials_in_row: 2,
+                revoked_at: None,
+                revoked_reason: None,
+            };
+            runs::insert(&mut tx.conn, &run).await
+        })
+    })
+    .await
+    .unwrap();
+    ProposalRow {
+        id: "prp_1".into(),
+        tenant: "acme".into(),
+        env: "prod".into(),
+        route: "r".into(),
+        run_id: "run_1".into(),
+        tool: "t".into(),
+        args: "{}".into(),
+        args_hash: "a".into(),
+        content_hash: "c".into(),
+        idempotency_key: Some("k1".into()),
+        reason: String::new(),
+        preview_before: None,
+        preview_after: None,
+        diff: None,
+        on_behalf_of: None,
+        status: crate::lifecycle::Status::Pending,
+        approvals_required: 1,
+        approvals: 0,
+        destructive: false,
+        irreversible: false,
+        created_at: 10,
+        expires_at: 100,
+        decided_at: None,
+        execute_by: None,
+    }
+}
+
+async fn a_proposal_is_charged_to_its_run_once_and_only_if_inserted(db: &TestDb) {
+    use super::queries::proposals::{self, Inserted};
+    use super::queries::runs;
+    let s = open(db).await;
+    let p = run_and_proposal(&s).await;
+    let budgets = crate::policy::Budgets {
+        steps: 2,
+        seconds: 3600,
+        usd: 1.0,
+    };
+    let attempt = |p: super::queries::proposals::ProposalRow| {
+        s.write(move |tx| {
+            Box::pin(async move {
+                let spend = runs::Spend {
+                    run_id: "run_1",
+                    steps: 1,
+                    usd: 0.25,
+                    now: 20,
+                    budgets: &budgets,
+                };
+                proposals::insert_and_spend(&mut tx.conn, &p, &spend).await
+            })
+        })
+    };
+    let used = || async {
+        let r = runs::get(&mut s.reader().await.unwrap().conn(), "run_1")
+            .await
+            .unwrap()
+            .unwrap();
+        (r.steps_used, r.usd_used, r.denials_in_row)
+    };
+    assert_eq!(attempt(p.clone()).await, Ok(Inserted::Paid));
+    assert_eq!(
+        used().await,
+        (1, 0.25, 0),
+        "a new proposal is charged, and the denial streak ends"
+    );
+    // The same idempotency key again (a retry): neither inserted nor charged.
+    let retry = proposals::ProposalRow {
+        id: "prp_2".into(),
+        ..p.clone()
+    };
+    assert_eq!(attempt(retry).await, Ok(Inserted::Repeat));
+    assert_eq!(used().await, (1, 0.25, 0));
+    let second = proposals::ProposalRow {
+        id: "prp_3".into(),
+        idempotency_key: Some("k2".into()),
+        ..p.clone()
+    };
+    assert_eq!(attempt(second).await, Ok(Inserted::Paid));
+    // Over the steps budget: inserted (the caller takes it back) but not charged.
+    let third = proposals::ProposalRow {
+        id: "prp_4".into(),
+        idempotency_key: Some("k3".into()),
+        ..p
+    };
+    assert_eq!(attempt(third).await, Ok(Inserted::Unpaid));
+    assert_eq!(used().await, (2, 0.5, 0), "a run over its budget is not charged");
+    let mut r = s.reader().await.unwrap();
+    assert!(proposals::get(&mut r.conn(), "prp_4").await.unwrap().is_some());
+    assert!(proposals::get(&mut r.conn(), "prp_2").await.unwrap().is_none());
+}
+
+crate::store_tests!(
+    migrations_apply_and_reopen_cleanly,
+    a_failed_write_leaves_nothing_behind,
+    concurrent_writes_are_grouped_and_the_chain_stays_whole,
+    audit_rows_cannot_be_updated_or_deleted_through_the_app_connection,
+    verify_names_an_edited_event,
+    verify_names_a_deleted_event,
+    verify_names_reordered_events,
+    verify_catches_truncation,
+    notices_are_published_only_after_commit,
+    a_proposal_is_charged_to_its_run_once_and_only_if_inserted,
+);

@@ -1,0 +1,306 @@
+use crate::error::{Error, Result};
+use crate::lifecycle::{job_can_transition, JobState};
+use crate::store::on;
+use crate::store::Conn;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub state: JobState,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub lease_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub leased_at: Option<i64>,
+    pub available_at: i64,
+    pub execute_by: i64,
+    pub result: Option<String>,
+    pub completion: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+const JOB_COLUMNS: &str = "id, proposal_id, tenant, env, route, tool, state, attempt, max_attempts, lease_id, \
+     lease_expires_at, leased_at, available_at, execute_by, result, completion, created_at, finished_at";
+
+pub async fn insert(conn: &mut Conn<'_>, j: &JobRow) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    );
+    on!(conn, c => {
+        sqlx::query(&sql)
+            .bind(&j.id).bind(&j.proposal_id).bind(&j.tenant).bind(&j.env).bind(&j.route).bind(&j.tool)
+            .bind(j.state).bind(j.attempt).bind(j.max_attempts).bind(&j.lease_id).bind(j.lease_expires_at).bind(j.leased_at)
+            .bind(j.available_at).bind(j.execute_by).bind(&j.result).bind(&j.completion).bind(j.created_at)
+            .bind(j.finished_at)
+            .execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+/// The job, locked for this transaction where the database locks rows.
+pub async fn get_for_update(conn: &mut Conn<'_>, id: &str) -> Result<Option<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
+        conn.dialect().lock_rows()
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
+}
+
+pub async fn by_proposal(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Option<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE proposal_id = $1");
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(proposal_id).fetch_optional(&mut **c).await?))
+}
+
+pub async fn by_proposals(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<JobRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE proposal_id IN ("));
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(")");
+        qb.build_query_as::<JobRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// A claimable job: what deciding on holds and leasing it needs.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClaimableRow {
+    pub id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub attempt: i64,
+}
+
+/// Queued jobs of `env` and `tools` that may run now, oldest first, from the
+/// queue's index alone. PostgreSQL locks them and skips rows other claimers
+/// hold.
+pub async fn claimable_rows(
+    conn: &mut Conn<'_>,
+    env: &str,
+    tools: &[String],
+    now: i64,
+    limit: i64,
+) -> Result<Vec<ClaimableRow>> {
+    if tools.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lock = conn.dialect().lock_skipping_locked();
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT id, proposal_id, tenant, env, route, tool, attempt FROM jobs WHERE state = 'queued' AND env = ");
+        qb.push_bind(env.to_owned());
+        qb.push(" AND available_at <= ").push_bind(now);
+        qb.push(" AND tool IN (");
+        let mut sep = qb.separated(", ");
+        for t in tools {
+            sep.push_bind(t.clone());
+        }
+        sep.push_unseparated(") ORDER BY available_at, id LIMIT ");
+        qb.push_bind(limit);
+        qb.push(lock);
+        qb.build_query_as::<ClaimableRow>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// Lease many queued jobs in one statement. Each gets the lease id
+/// `lse_<claim>_<job id>`: new at every claim. Returns (job id, lease id) of
+/// those leased.
+pub async fn lease_many(
+    conn: &mut Conn<'_>,
+    ids: &[String],
+    claim: &str,
+    now: i64,
+    until: i64,
+) -> Result<Vec<(String, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pad = conn.dialect().pads_lists();
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
+        qb.push_bind(claim.to_owned());
+        qb.push(" || '_' || id, lease_expires_at = ").push_bind(until);
+        qb.push(", leased_at = ").push_bind(now);
+        qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id IN (");
+        let mut sep = qb.separated(", ");
+        for id in super::padded(ids, pad).iter() {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(") RETURNING id, lease_id");
+        qb.build_query_as::<(String, String)>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// Extend a live lease; false if the lease is no longer held.
+pub async fn extend_lease(conn: &mut Conn<'_>, id: &str, lease_id: &str, now: i64, until: i64) -> Result<bool> {
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_id = $3 AND state = 'leased' AND lease_expires_at > $4")
+        .bind(until).bind(id).bind(lease_id).bind(now).execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// Record a final outcome for a job whose lease `lease_id` is live.
+pub async fn finish(
+    conn: &mut Conn<'_>,
+    id: &str,
+    lease_id: &str,
+    state: JobState,
+    result: &str,
+    completion: &str,
+    now: i64,
+) -> Result<bool> {
+    check_move(JobState::Leased, state)?;
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET state = $1, result = $2, completion = $3, finished_at = $4, lease_expires_at = NULL \
+         WHERE id = $5 AND lease_id = $6 AND state = 'leased'")
+        .bind(state).bind(result).bind(completion).bind(now).bind(id).bind(lease_id)
+        .execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// A job and what its audit event needs of its proposal, as a completion
+/// finds them.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Finishable {
+    pub id: String,
+    pub proposal_id: String,
+    pub tenant: String,
+    pub env: String,
+    pub route: String,
+    pub tool: String,
+    pub state: JobState,
+    pub attempt: i64,
+    pub lease_id: Option<String>,
+    pub leased_at: Option<i64>,
+    pub args_hash: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// The jobs `ids` with their proposals' facts, in one statement; locked on
+/// PostgreSQL until the transaction ends.
+pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finishable>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pad = conn.dialect().pads_lists();
+    let lock = conn.dialect().lock_rows_of("j");
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
+             p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id WHERE j.id IN (");
+        let mut sep = qb.separated(", ");
+        for id in super::padded(ids, pad).iter() {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(")");
+        qb.push(&lock);
+        qb.build_query_as::<Finishable>().fetch_all(&mut **c).await?
+    }))
+}
+
+/// A leased job to mark succeeded: its id, result and accepted body.
+#[derive(Clone, Copy)]
+pub struct Success<'a> {
+    pub id: &'a str,
+    pub result: &'a str,
+    pub completion: &'a str,
+}
+
+/// Mark many leased jobs succeeded in one statement; answers how many were.
+pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -> Result<u64> {
+    if done.is_empty() {
+        return Ok(0);
+    }
+    // `VALUES` names its columns column1, column2, … on both databases.
+    let pad = conn.dialect().pads_lists();
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', result = v.column2, completion = v.column3, finished_at = ");
+        qb.push_bind(now);
+        qb.push(", lease_expires_at = NULL FROM (");
+        // Padded with repeats of the last row: the same values again.
+        qb.push_values(super::padded(done, pad).iter(), |mut b, s| {
+            b.push_bind(s.id.to_owned()).push_bind(s.result.to_owned()).push_bind(s.completion.to_owned());
+        });
+        qb.push(") AS v WHERE jobs.id = v.column1 AND jobs.state = 'leased'");
+        qb.build().execute(&mut **c).await?.rows_affected()
+    }))
+}
+
+/// Offer a leased job again after `available_at` (retry with backoff, or a
+/// lost lease); false if it was no longer leased.
+pub async fn requeue(
+    conn: &mut Conn<'_>,
+    id: &str,
+    available_at: i64,
+    result: Option<&str>,
+    completion: Option<&str>,
+) -> Result<bool> {
+    check_move(JobState::Leased, JobState::Queued)?;
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_id = NULL, lease_expires_at = NULL, available_at = $1, \
+         result = COALESCE($2, result), completion = COALESCE($3, completion) WHERE id = $4 AND state = 'leased'")
+        .bind(available_at).bind(result).bind(completion).bind(id).execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// Held jobs (approved while a switch or breaker covered them).
+pub async fn held(conn: &mut Conn<'_>, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'held' ORDER BY created_at LIMIT $1");
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(limit).fetch_all(&mut **c).await?))
+}
+
+/// Move a job from `from` to `to` (a lifecycle move); false if it was no
+/// longer in `from`.
+pub async fn set_state(conn: &mut Conn<'_>, id: &str, from: JobState, to: JobState, now: i64) -> Result<bool> {
+    check_move(from, to)?;
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE jobs SET state = $1, finished_at = CASE WHEN $1 IN ('succeeded', 'failed', 'expired') THEN $2 ELSE finished_at END \
+         WHERE id = $3 AND state = $4")
+        .bind(to).bind(now).bind(id).bind(from).execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+pub async fn leases_lost(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'leased' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
+}
+
+/// Released but not run in time (queued or held past `execute_by`).
+pub async fn overdue(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'held') AND execute_by <= $1 ORDER BY execute_by LIMIT $2"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
+}
+
+/// How many jobs wait for an executor (the partial index answers it).
+pub async fn count_queued(conn: &mut Conn<'_>) -> Result<i64> {
+    Ok(
+        on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")
+        .fetch_one(&mut **c).await?),
+    )
+}
+
+/// Refuse a move the lifecycle does not have: a bug, never an input.
+fn check_move(from: JobState, to: JobState) -> Result<()> {
+    if job_can_transition(from, to) {
+        Ok(())
+    } else {
+        Err(Error::internal(format!("illegal job move {from} -> {to}")))
+    }
+}

@@ -1,0 +1,267 @@
+//! The writer task: group commit with a savepoint per request, the audit chain
+//! advanced in memory across the batch and its head written once per batch.
+
+use super::{Conn, Notice, Work};
+use crate::audit::{AuditDraft, AuditEvent};
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use futures::FutureExt;
+use sqlx::{Connection, PgConnection, SqliteConnection};
+use std::panic::AssertUnwindSafe;
+use tokio::sync::{broadcast, mpsc};
+
+/// A write transaction as a use-case sees it: the connection, the clock, the
+/// audit chain, and notices to publish after commit.
+pub struct Tx<'c> {
+    pub conn: Conn<'c>,
+    clock: SharedClock,
+    head_seq: i64,
+    head_hash: String,
+    notices: Vec<Notice>,
+    request_id: Option<String>,
+    /// Events appended in this transaction, inserted together at commit.
+    pending: Vec<AuditEvent>,
+    caches: std::sync::Arc<super::Caches>,
+}
+
+impl<'c> Tx<'c> {
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Append an event to the audit chain, in this transaction. The chain
+    /// advances in memory; the events are inserted together at commit.
+    pub fn audit(&mut self, mut draft: AuditDraft) {
+        if draft.request_id.is_none() {
+            draft.request_id = self.request_id.clone();
+        }
+        let e = AuditEvent::from_draft(draft, self.head_seq + 1, self.now_ms(), &self.head_hash);
+        self.head_seq = e.seq;
+        self.head_hash = e.hash.clone();
+        self.pending.push(e);
+    }
+
+    /// Name the request the next audit events belong to (work that serves
+    /// several requests at once); answers the one named before.
+    pub fn set_request_id(&mut self, id: Option<String>) -> Option<String> {
+        std::mem::replace(&mut self.request_id, id)
+    }
+
+    /// Publish `n` once (and only if) this transaction commits.
+    pub fn notify(&mut self, n: Notice) {
+        if !self.notices.contains(&n) {
+            self.notices.push(n);
+        }
+    }
+
+    /// Caches shared by the process's transactions.
+    pub fn caches(&self) -> &super::Caches {
+        &self.caches
+    }
+}
+
+pub(crate) enum WriterConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl WriterConn {
+    fn dialect(&self) -> super::Backend {
+        match self {
+            WriterConn::Sqlite(_) => super::Backend::Sqlite,
+            WriterConn::Postgres(_) => super::Backend::Postgres,
+        }
+    }
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            WriterConn::Sqlite(c) => Conn::Sqlite(c),
+            WriterConn::Postgres(c) => Conn::Postgres(c),
+        }
+    }
+    async fn ping(&mut self) -> bool {
+        match self {
+            WriterConn::Sqlite(c) => c.ping().await.is_ok(),
+            WriterConn::Postgres(c) => c.ping().await.is_ok(),
+        }
+    }
+}
+
+/// How the writer gets a fresh connection after losing one.
+pub(crate) type Reconnect = Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<WriterConn>> + Send + Sync>;
+
+pub(crate) async fn run(
+    mut conn: WriterConn,
+    reconnect: Reconnect,
+    mut rx: mpsc::Receiver<Work>,
+    notices: broadcast::Sender<Notice>,
+    clock: SharedClock,
+    caches: std::sync::Arc<super::Caches>,
+    batches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let max_batch = conn.dialect().max_batch();
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        metrics::histogram!("countersign_write_batch_size").record(n as f64);
+        let outcome = run_batch(&mut conn, batch, &notices, &clock, &caches).await;
+        if outcome.is_ok() {
+            batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, batch = n, "write batch failed");
+            if !conn.ping().await {
+                match reconnect().await {
+                    Ok(c) => conn = c,
+                    Err(e) => tracing::error!(error = %e, "reconnecting the writer failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Run a batch: first optimistically, with no savepoints; if any request
+/// fails, roll the whole batch back and run it again carefully, with a
+/// savepoint per request, so the failure leaves no trace and the others
+/// commit. Requests almost never fail once validated, so almost every batch
+/// costs one statement less per request.
+async fn run_batch(
+    wc: &mut WriterConn,
+    mut batch: Vec<Work>,
+    notices: &broadcast::Sender<Notice>,
+    clock: &SharedClock,
+    caches: &std::sync::Arc<super::Caches>,
+) -> Result<()> {
+    let local_notices = !wc.dialect().notifies_through_database();
+    let result = match attempt(wc, &mut batch, clock, caches, false).await {
+        Ok(Some(published)) => Ok(published),
+        Ok(None) => {
+            let _ = wc.conn().exec("ROLLBACK").await;
+            metrics::counter!("countersign_write_batch_retries_total").increment(1);
+            match attempt(wc, &mut batch, clock, caches, true).await {
+                Ok(Some(published)) => Ok(published),
+                Ok(None) => Err(Error::internal("a careful batch reported a failure")),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(published) => {
+            for w in batch {
+                (w.deliver)(Ok(()));
+            }
+            if local_notices {
+                for n in published {
+                    let _ = notices.send(n);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = wc.conn().exec("ROLLBACK").await;
+            for w in batch {
+                (w.deliver)(Err(e.clone()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One pass over the batch in a transaction. `careful`: a savepoint per
+/// request, failures rolled back alone. Otherwise the first failure stops the
+/// pass (`Ok(None)`: the caller rolls back and retries carefully). On success
+/// the transaction is committed and its notices returned.
+async fn attempt(
+    wc: &mut WriterConn,
+    batch: &mut [Work],
+    clock: &SharedClock,
+    caches: &std::sync::Arc<super::Caches>,
+    careful: bool,
+) -> Result<Option<Vec<Notice>>> {
+    let (head_seq, head_hash) = begin(&mut wc.conn()).await?;
+    let started = std::time::Instant::now();
+    let mut tx = Tx {
+        conn: wc.conn(),
+        clock: clock.clone(),
+        head_seq,
+        head_hash,
+        notices: Vec::new(),
+        request_id: None,
+        pending: Vec::new(),
+        caches: caches.clone(),
+    };
+    for w in batch.iter_mut() {
+        tx.request_id = w.request_id.clone();
+        let ok = run_item(&mut tx, &mut w.run, careful).await?;
+        if !ok && !careful {
+            return Ok(None);
+        }
+    }
+    metrics::histogram!("countersign_write_batch_run_seconds").record(started.elapsed().as_secs_f64());
+    let committing = std::time::Instant::now();
+    finish(&mut tx, head_seq).await?;
+    metrics::histogram!("countersign_write_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
+    Ok(Some(std::mem::take(&mut tx.notices)))
+}
+
+async fn begin(conn: &mut Conn<'_>) -> Result<(i64, String)> {
+    // On PostgreSQL the head row lock serialises writers across processes; it
+    // is always the first lock taken, so writers cannot deadlock on each other.
+    let sql = conn.dialect().begin_write();
+    conn.exec(sql).await?;
+    super::queries::audit::head_for_update(conn).await
+}
+
+/// Run one request; true if it succeeded. Careful: inside its own savepoint
+/// (never released: COMMIT ends them all), rolled back to it on failure.
+async fn run_item(tx: &mut Tx<'_>, run: &mut super::WorkFn, careful: bool) -> Result<bool> {
+    if careful {
+        tx.conn.exec("SAVEPOINT item").await?;
+    }
+    let seq = tx.head_seq;
+    let hash = tx.head_hash.clone();
+    let n_notices = tx.notices.len();
+    let n_pending = tx.pending.len();
+    let ok = match AssertUnwindSafe(run(tx)).catch_unwind().await {
+        Ok(ok) => ok,
+        Err(_) => {
+            tracing::error!("a write panicked; its changes are rolled back");
+            false
+        }
+    };
+    if !ok && careful {
+        tx.conn.exec("ROLLBACK TO SAVEPOINT item").await?;
+        tx.head_seq = seq;
+        tx.head_hash = hash;
+        tx.notices.truncate(n_notices);
+        tx.pending.truncate(n_pending);
+    }
+    Ok(ok)
+}
+
+async fn finish(tx: &mut Tx<'_>, start_seq: i64) -> Result<()> {
+    if !tx.pending.is_empty() {
+        let events = std::mem::take(&mut tx.pending);
+        super::queries::audit::insert_events(&mut tx.conn, &events).await?;
+    }
+    if tx.head_seq != start_seq {
+        super::queries::audit::set_head(&mut tx.conn, tx.head_seq, &tx.head_hash).await?;
+    }
+    if tx.conn.dialect().notifies_through_database() {
+        // NOTIFY payloads are limited to 8000 bytes: send notices in small groups.
+        let notices = std::mem::take(&mut tx.notices);
+        for group in notices.chunks(16) {
+            let payload = serde_json::to_string(group)?;
+            super::queries::audit::pg_notify(&mut tx.conn, &payload).await?;
+        }
+        tx.notices = notices;
+    }
+    tx.conn.exec("COMMIT").await
+}
