@@ -49,79 +49,75 @@ auto_approve = ["bench.note"]
 budgets = { steps = 100000, seconds = 86400, usd = 1000.0 }
 "#;
 
-#[derive(Clone)]
+/// countersign's load generator: starts the release server on a fresh
+/// database and prints one table of figures. `DATABASE_URL=postgres://…`
+/// benchmarks PostgreSQL (a fresh database on that server).
+#[derive(Clone, clap::Parser)]
+#[command(name = "countersign-bench")]
 struct Opts {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Agents proposing at once.
+    #[arg(long, default_value_t = 64)]
     agents: usize,
+    /// How long intake runs, in seconds.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Executors claiming at once.
+    #[arg(long, default_value_t = 16)]
     executors: usize,
+    /// Jobs released and drained.
+    #[arg(long, default_value_t = 20_000)]
     jobs: usize,
+    /// Jobs per claim.
+    #[arg(long, default_value_t = 50)]
     batch: usize,
+    /// Approve -> claim samples.
+    #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Proposals seeded before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
     seed_rows: u64,
+    /// CI's few-second run: every part for a moment, counts checked.
+    #[arg(long)]
     smoke: bool,
     /// Keep the database (and a PostgreSQL database) afterwards, for EXPLAIN.
+    #[arg(long)]
     keep: bool,
-    server_bin: PathBuf,
+    /// The server to measure (default: `countersign` beside this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    #[arg(long, default_value = "target/site")]
     site_root: PathBuf,
 }
 
-fn opts() -> Result<Opts, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut o = Opts {
-        database_url: std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()),
-        agents: 64,
-        seconds: 10,
-        executors: 16,
-        jobs: 20_000,
-        batch: 50,
-        samples: 200,
-        seed_rows: 1_000_000,
-        smoke: false,
-        keep: false,
-        server_bin: exe.with_file_name("countersign"),
-        site_root: PathBuf::from("target/site"),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |n: &str| args.next().ok_or(format!("{n} needs a value"));
-        let num = |s: String, n: &str| s.parse::<u64>().map_err(|_| format!("{n} takes a number"));
-        match a.as_str() {
-            "--agents" => o.agents = num(val("--agents")?, "--agents")? as usize,
-            "--seconds" => o.seconds = num(val("--seconds")?, "--seconds")?,
-            "--executors" => o.executors = num(val("--executors")?, "--executors")? as usize,
-            "--jobs" => o.jobs = num(val("--jobs")?, "--jobs")? as usize,
-            "--batch" => o.batch = num(val("--batch")?, "--batch")? as usize,
-            "--samples" => o.samples = num(val("--samples")?, "--samples")? as usize,
-            "--seed-rows" => o.seed_rows = num(val("--seed-rows")?, "--seed-rows")?,
-            "--server-bin" => o.server_bin = PathBuf::from(val("--server-bin")?),
-            "--site-root" => o.site_root = PathBuf::from(val("--site-root")?),
-            "--keep" => o.keep = true,
-            "--smoke" => {
-                o.smoke = true;
-                o.agents = 4;
-                o.seconds = 1;
-                o.executors = 2;
-                o.jobs = 100;
-                o.batch = 10;
-                o.samples = 10;
-                o.seed_rows = 2_000;
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: countersign-bench [--agents 64] [--seconds 10] [--executors 16] [--jobs 20000] [--batch 50]\n\
-                     [--samples 200] [--seed-rows 1000000] [--server-bin PATH] [--site-root target/site] [--smoke] [--keep]\n\
-                     DATABASE_URL=postgres://… benchmarks PostgreSQL (a fresh database on that server)."
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other} (try --help)")),
-        }
+impl Opts {
+    fn server_bin(&self) -> PathBuf {
+        self.server_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .map(|e| e.with_file_name("countersign"))
+                .unwrap_or_else(|_| PathBuf::from("countersign"))
+        })
     }
-    if !o.server_bin.exists() {
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut o = <Opts as clap::Parser>::parse();
+    o.database_url = o.database_url.filter(|u| !u.is_empty());
+    if o.smoke {
+        o.agents = 4;
+        o.seconds = 1;
+        o.executors = 2;
+        o.jobs = 100;
+        o.batch = 10;
+        o.samples = 10;
+        o.seed_rows = 2_000;
+    }
+    o.server_bin = Some(o.server_bin());
+    if !o.server_bin().exists() {
         return Err(format!(
             "{} not found: build countersign first (or pass --server-bin)",
-            o.server_bin.display()
+            o.server_bin().display()
         ));
     }
     Ok(o)
@@ -210,7 +206,7 @@ impl Db {
 
 fn cli(o: &Opts, db: &Db, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
-    let mut child = Command::new(&o.server_bin)
+    let mut child = Command::new(o.server_bin())
         .args(args)
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "error")
@@ -380,7 +376,7 @@ async fn start_server(o: &Opts, db: &Db, policy: &Path) -> Result<Server, String
         .unwrap()
         .port();
     let log = std::fs::File::create(db.dir.join("server.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(&o.server_bin)
+    let child = Command::new(o.server_bin())
         .args([
             "serve",
             "--addr",

@@ -68,7 +68,7 @@ impl Error {
         )
     }
 
-    /// The snake_case code of API.md's error table.
+    /// The snake_case code of docs/api.md's error table.
     pub fn code(&self) -> &'static str {
         match self {
             Error::BadRequest(_) => "bad_request",

@@ -17,7 +17,7 @@ pub fn is_id(prefix: &str, id: &str) -> bool {
         .is_some_and(|u| u.len() == 26 && u.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
-/// An idempotency key: 1–200 printable ASCII characters (API.md).
+/// An idempotency key: 1–200 printable ASCII characters (docs/api.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct IdempotencyKey(String);

@@ -58,17 +58,44 @@ pub async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
     res
 }
 
-/// Give every request an id (or keep a sane one the caller sent), run it in a
-/// span carrying the id, make the id visible to the core (audit events), count
-/// it, and echo the id back.
-pub async fn request_context(req: Request, next: Next) -> Response {
-    let id = req
+/// Request ids are made by tower-http's request-id layers (`SetRequestIdLayer`
+/// with this maker, `PropagateRequestIdLayer` echoing it); a caller's own id
+/// is kept only when it has a bounded, safe shape (`drop_unsafe_request_id`).
+#[derive(Clone, Copy, Default)]
+pub struct MakeRequestId;
+
+impl tower_http::request_id::MakeRequestId for MakeRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        HeaderValue::from_str(&countersign_core::ids::new_id("req"))
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
+/// A caller may name its request (to find it in our logs), but what it sends
+/// goes into logs and the audit chain: anything but 1-100 characters of
+/// letters, digits and `-_.:` is dropped, and the server makes an id instead.
+pub async fn drop_unsafe_request_id(mut req: Request, next: Next) -> Response {
+    let safe = req
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
+        .is_none_or(|v| {
             !v.is_empty() && v.len() <= 100 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        })
+        });
+    if !safe {
+        req.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    next.run(req).await
+}
+
+/// Run each request in a span carrying its id, make the id visible to the
+/// core (audit events), and count it.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| countersign_core::ids::new_id("req"));
     let method = req.method().clone();
@@ -79,9 +106,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| route_class(req.uri().path()).to_owned());
     let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path(), run = tracing::field::Empty);
     let started = Instant::now();
-    let mut res = REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span.clone()))
-        .await;
+    let res = REQUEST_ID.scope(id, next.run(req).instrument(span.clone())).await;
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     span.in_scope(|| {
@@ -98,9 +123,6 @@ pub async fn request_context(req: Request, next: Next) -> Response {
     ];
     metrics::counter!("countersign_http_requests_total", &labels).increment(1);
     metrics::histogram!("countersign_http_request_seconds", &labels[..2]).record(elapsed.as_secs_f64());
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
     res
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_sessions::cookie::SameSite;
@@ -213,7 +214,7 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
     };
 
     Ok(Router::new()
-        .nest("/api/v1", api::router(core.clone()))
+        .merge(api::router(core.clone()))
         .merge(edges)
         .nest_service("/pkg", assets)
         .merge(pages)
@@ -232,6 +233,9 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
             HeaderValue::from_static("same-origin"),
         ))
         .layer(middleware::from_fn(ops::request_context))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(ops::MakeRequestId))
+        .layer(middleware::from_fn(ops::drop_unsafe_request_id))
         .layer(CatchPanicLayer::custom(ops::panic_response)))
 }
 

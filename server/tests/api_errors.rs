@@ -1,4 +1,4 @@
-//! API.md's error table, row by row, on SQLite and PostgreSQL.
+//! The error table of docs/api.md, row by row, on SQLite and PostgreSQL.
 
 mod common;
 use common::*;

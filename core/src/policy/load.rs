@@ -1,5 +1,5 @@
 //! Loading a policy file: TOML → raw serde structs (syntax, types, unknown keys)
-//! → typed `Policy` after every rule of POLICY.md is checked. All problems are
+//! → typed `Policy` after every rule of docs/policy.md is checked. All problems are
 //! reported at once, each with the line it is about where that can be found.
 
 use super::schema::{ArgsSchema, FieldSchema, FieldType, HARD_MAX_STRING};

@@ -1,4 +1,4 @@
-//! Policy as code: the tools and route policies of POLICY.md, loaded from TOML
+//! Policy as code: the tools and route policies of docs/policy.md, loaded from TOML
 //! into typed values (`load`), the decision function (`Policy::decide`) and
 //! policy tests (`expect`). Pure: no I/O beyond reading the text it is given.
 

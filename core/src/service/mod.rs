@@ -60,7 +60,7 @@ use tokio::sync::broadcast;
 pub struct Settings {
     /// Where reviewers open proposals: `review_url` is built from it.
     pub public_url: String,
-    /// The longest a run token lives, whatever is asked (API.md: default 900 s).
+    /// The longest a run token lives, whatever is asked (default 900 s).
     pub max_run_ttl_secs: i64,
     /// Failed logins before an account or address is slowed down.
     pub login_free_failures: i64,

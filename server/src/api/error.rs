@@ -1,4 +1,4 @@
-//! The API's one error type: every failure is API.md's JSON shape with its
+//! The API's one error type: every failure is docs/api.md's JSON shape with its
 //! code and status. Internal errors are logged with the request id and
 //! answered without internals.
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Claim jobs of the key's env and tools, long-polling up to `wait_seconds`.
 #[utoipa::path(
-    post, path = "/api/v1/jobs/claim", tag = "executor",
+    post, path = "/jobs/claim", tag = "executor",
     request_body = ClaimBody,
     responses(
         (status = 200, description = "Zero or more jobs, each under a new lease", body = ClaimResponse),
@@ -44,7 +44,7 @@ pub async fn claim(
 
 /// Extend a live lease.
 #[utoipa::path(
-    post, path = "/api/v1/jobs/{id}/heartbeat", tag = "executor",
+    post, path = "/jobs/{id}/heartbeat", tag = "executor",
     params(("id" = String, Path, description = "Job id")),
     request_body = HeartbeatBody,
     responses(
@@ -72,7 +72,7 @@ pub async fn heartbeat(
 
 /// Report the outcome; idempotent for the same body.
 #[utoipa::path(
-    post, path = "/api/v1/jobs/{id}/complete", tag = "executor",
+    post, path = "/jobs/{id}/complete", tag = "executor",
     params(("id" = String, Path, description = "Job id")),
     request_body = CompleteBody,
     responses(

@@ -1,4 +1,4 @@
-//! The JSON API of API.md under `/api/v1`: orchestrators mint runs, agents
+//! The JSON API under `/api/v1` (docs/api.md): orchestrators mint runs, agents
 //! check and propose, executors claim and complete. Every handler parses its
 //! input at the edge and calls `countersign_core::service`; nothing here decides.
 
@@ -11,26 +11,37 @@ mod runs;
 pub mod types;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use countersign_core::service::Core;
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use openapi::ApiDoc;
 
+/// The API under `/api/v1` and its OpenAPI document, built from one list of
+/// routes: a handler is served exactly where the document says.
 pub fn router(core: Arc<Core>) -> Router {
-    Router::new()
-        .route("/runs", post(runs::mint_run))
-        .route("/check", post(runs::check))
-        .route("/proposals", post(proposals::create))
-        .route("/proposals/{id}", get(proposals::get_one))
-        .route("/proposals/{id}/wait", get(proposals::wait))
-        .route("/proposals/{id}/cancel", post(proposals::cancel))
-        .route("/jobs/claim", post(jobs::claim))
-        .route("/jobs/{id}/heartbeat", post(jobs::heartbeat))
-        .route("/jobs/{id}/complete", post(jobs::complete))
-        .route("/openapi.json", get(openapi::spec))
-        .fallback(not_found)
+    let api = OpenApiRouter::new()
+        .routes(routes!(runs::mint_run))
+        .routes(routes!(runs::check))
+        .routes(routes!(proposals::create))
+        .routes(routes!(proposals::get_one))
+        .routes(routes!(proposals::wait))
+        .routes(routes!(proposals::cancel))
+        .routes(routes!(jobs::claim))
+        .routes(routes!(jobs::heartbeat))
+        .routes(routes!(jobs::complete));
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    routes
+        .route("/api/v1/openapi.json", get(move || openapi::spec(doc.clone())))
+        .route("/api/v1", any(not_found))
+        .route("/api/v1/{*rest}", any(not_found))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .with_state(core)
 }

@@ -1,4 +1,5 @@
-//! The OpenAPI 3 document, generated from the handlers' annotations.
+//! The OpenAPI 3 document: its paths come from the handlers' annotations as
+//! the router registers them (`api::router`); this adds the rest.
 
 use super::error::{ErrorBody, ErrorInner};
 use super::types::*;
@@ -9,17 +10,6 @@ use utoipa::{Modify, OpenApi};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "countersign", description = "A human-approval gate for AI agents' tool calls: the agent, orchestrator and executor API."),
-    paths(
-        super::runs::mint_run,
-        super::runs::check,
-        super::proposals::create,
-        super::proposals::get_one,
-        super::proposals::wait,
-        super::proposals::cancel,
-        super::jobs::claim,
-        super::jobs::heartbeat,
-        super::jobs::complete,
-    ),
     components(schemas(
         ErrorBody, ErrorInner, MintRunBody, MintRunResponse, Budgets, CheckBody, CheckResponse, PreviewBody,
         ProposeBody, ProposalResponse, Approval, DecisionBody, ExecutionBody, ClaimBody, ClaimResponse, JobBody,
@@ -44,6 +34,7 @@ impl Modify for BearerAuth {
     }
 }
 
-pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The document the router was built with (`api::router`).
+pub async fn spec(doc: std::sync::Arc<utoipa::openapi::OpenApi>) -> Json<utoipa::openapi::OpenApi> {
+    Json((*doc).clone())
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Propose an action.
 #[utoipa::path(
-    post, path = "/api/v1/proposals", tag = "agent",
+    post, path = "/proposals", tag = "agent",
     request_body = ProposeBody,
     responses(
         (status = 201, description = "Created", body = ProposalResponse),
@@ -56,7 +56,7 @@ pub async fn create(
 
 /// A proposal of this run, with its decisions and execution.
 #[utoipa::path(
-    get, path = "/api/v1/proposals/{id}", tag = "agent",
+    get, path = "/proposals/{id}", tag = "agent",
     params(("id" = String, Path, description = "Proposal id")),
     responses(
         (status = 200, body = ProposalResponse),
@@ -75,7 +75,7 @@ pub async fn get_one(
 
 /// Wait until the proposal leaves `pending`, or the timeout.
 #[utoipa::path(
-    get, path = "/api/v1/proposals/{id}/wait", tag = "agent",
+    get, path = "/proposals/{id}/wait", tag = "agent",
     params(("id" = String, Path, description = "Proposal id"), WaitQuery),
     responses(
         (status = 200, description = "The proposal, decided or still pending at the timeout", body = ProposalResponse),
@@ -117,7 +117,7 @@ pub async fn wait(
 
 /// Cancel a pending proposal.
 #[utoipa::path(
-    post, path = "/api/v1/proposals/{id}/cancel", tag = "agent",
+    post, path = "/proposals/{id}/cancel", tag = "agent",
     params(("id" = String, Path, description = "Proposal id")),
     responses(
         (status = 200, description = "Cancelled", body = ProposalResponse),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Mint a run and its capability token (service key).
 #[utoipa::path(
-    post, path = "/api/v1/runs", tag = "orchestrator",
+    post, path = "/runs", tag = "orchestrator",
     request_body = MintRunBody,
     responses(
         (status = 201, description = "The run and its token", body = MintRunResponse),
@@ -43,7 +43,7 @@ pub async fn mint_run(
 
 /// May the agent call this tool directly? Audited; counts a step.
 #[utoipa::path(
-    post, path = "/api/v1/check", tag = "agent",
+    post, path = "/check", tag = "agent",
     request_body = CheckBody,
     responses(
         (status = 200, description = "allow or require_approval", body = CheckResponse),
