@@ -1,9 +1,19 @@
-//! A reference executor: the service that owns the real credential.
+//! A reference executor: the service that owns the real credential, written
+//! as an executor author in any language would (docs/api.md, "Writing an
+//! executor").
 //!
-//! It claims approved jobs from countersign, performs a fake tool against a
-//! local SQLite table, and reports the outcome. It honours the idempotency
-//! key: the table's primary key is the key, so a job delivered twice (a lost
-//! lease, a retry, a crash between acting and reporting) acts once.
+//! The "real system" is a local SQLite table of records. For each job it
+//! claims, it:
+//! - computes a **preview** (a dry run) for preview jobs: the record before
+//!   and after, and the record's version as the precondition (`state`);
+//! - for execute jobs, **verifies the receipt** against the server's JWKS
+//!   (signature, `exp`, env, tool, job) and refuses to act on anything that
+//!   fails; acts only on the receipt's args;
+//! - refuses a **stale preview**: if the record changed since the reviewer
+//!   saw the preview, it does nothing and reports `stale_preview`;
+//! - acts **once per execution key**: the effects table's primary key is the
+//!   execution key, so a job delivered twice (a lost lease, a crash between
+//!   acting and reporting) acts once.
 //!
 //! ```sh
 //! export COUNTERSIGN_EXECUTOR_KEY=$(countersign key create executor --env prod \
@@ -12,79 +22,231 @@
 //! ```
 //!
 //! The key comes from the environment, never an argument (arguments leak into
-//! process lists and shell history).
+//! process lists and shell history). `reference-executor verify` checks one
+//! receipt read from standard input, as the loop does before acting.
 
+use clap::{Parser, Subcommand};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+#[derive(Parser)]
+#[command(name = "reference-executor", about = "countersign's reference executor")]
 struct Options {
+    /// The countersign server.
+    #[arg(long, env = "COUNTERSIGN_URL", default_value = "http://127.0.0.1:3000")]
     url: String,
-    key: String,
+    /// The executor's own database: its records and the effects it made.
+    #[arg(long, default_value = "sqlite://data/executor.db")]
     db: String,
+    /// Stop after the first claim that returned jobs.
+    #[arg(long)]
     once: bool,
+    /// Jobs per claim.
+    #[arg(long, default_value_t = 10)]
     max: u32,
+    /// Lease length, seconds.
+    #[arg(long = "lease", default_value_t = 30)]
     lease_seconds: u32,
-    /// Sleep this long before completing (to watch a lease run out).
+    /// Sleep this long after acting, before reporting (to watch a lease run out).
+    #[arg(long, default_value_t = 0)]
     stall: u64,
+    /// Claim only execute jobs (an executor that knows nothing of previews).
+    #[arg(long)]
+    no_previews: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn options() -> Result<Options, String> {
-    let mut o = Options {
-        url: std::env::var("COUNTERSIGN_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".into()),
-        key: std::env::var("COUNTERSIGN_EXECUTOR_KEY")
-            .map_err(|_| "set COUNTERSIGN_EXECUTOR_KEY to an executor key (cek_…)")?,
-        db: "sqlite://data/executor.db".into(),
-        once: false,
-        max: 10,
-        lease_seconds: 30,
-        stall: 0,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--url" => o.url = value("--url")?,
-            "--db" => o.db = value("--db")?,
-            "--once" => o.once = true,
-            "--max" => o.max = value("--max")?.parse().map_err(|_| "--max takes a number")?,
-            "--lease" => o.lease_seconds = value("--lease")?.parse().map_err(|_| "--lease takes seconds")?,
-            "--stall" => o.stall = value("--stall")?.parse().map_err(|_| "--stall takes seconds")?,
-            "-h" | "--help" => {
-                println!("usage: reference-executor [--url URL] [--db sqlite://FILE] [--once] [--max N] [--lease SECS] [--stall SECS]\n(the key is read from COUNTERSIGN_EXECUTOR_KEY)");
-                std::process::exit(0);
+#[derive(Subcommand)]
+enum Command {
+    /// Verify a receipt read from standard input against the server's JWKS;
+    /// prints `valid <job>` or `refused: <why>` (exit 1).
+    Verify {
+        /// The job id the receipt must name.
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+/// What a receipt says was approved (the claims this executor relies on).
+#[derive(Debug, Deserialize)]
+struct Receipt {
+    jti: String,
+    sub: String,
+    env: String,
+    tool: String,
+    args: Value,
+    execution_key: String,
+    preview_state: Option<String>,
+}
+
+/// The server's receipt keys, by `kid`, fetched again when a receipt names
+/// one not yet seen (the server rotated).
+struct Jwks {
+    url: String,
+    keys: HashMap<String, DecodingKey>,
+}
+
+impl Jwks {
+    async fn fetch(http: &reqwest::Client, base: &str) -> Result<Jwks, String> {
+        let mut j = Jwks {
+            url: format!("{}/.well-known/jwks.json", base.trim_end_matches('/')),
+            keys: HashMap::new(),
+        };
+        j.refresh(http).await?;
+        Ok(j)
+    }
+
+    async fn refresh(&mut self, http: &reqwest::Client) -> Result<(), String> {
+        let set: jsonwebtoken::jwk::JwkSet = http
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("fetching the JWKS: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("reading the JWKS: {e}"))?;
+        self.keys = set
+            .keys
+            .iter()
+            .filter_map(|k| Some((k.common.key_id.clone()?, DecodingKey::from_jwk(k).ok()?)))
+            .collect();
+        Ok(())
+    }
+
+    /// The receipt's claims if its signature, `exp`, job, env and tool hold.
+    async fn verify(&mut self, http: &reqwest::Client, token: &str, job: &Value) -> Result<Receipt, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWS: {e}"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(format!("signed with {:?}, not EdDSA", header.alg));
+        }
+        let kid = header.kid.ok_or("the receipt names no key")?;
+        if !self.keys.contains_key(&kid) {
+            self.refresh(http).await?;
+        }
+        let key = self.keys.get(&kid).ok_or(format!("unknown signing key {kid}"))?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_required_spec_claims(&["exp", "jti", "sub"]);
+        v.leeway = 0;
+        let r = jsonwebtoken::decode::<Receipt>(token, key, &v)
+            .map_err(|e| format!("the receipt does not verify: {e}"))?
+            .claims;
+        let expect = |field: &str, got: &str| -> Result<(), String> {
+            match job[field].as_str() {
+                Some(want) if want != got => Err(format!("the receipt is for {field} {got}, the job says {want}")),
+                _ => Ok(()),
             }
-            other => return Err(format!("unknown argument {other} (try --help)")),
+        };
+        expect("job_id", &r.jti)?;
+        expect("proposal_id", &r.sub)?;
+        expect("env", &r.env)?;
+        expect("tool", &r.tool)?;
+        expect("execution_key", &r.execution_key)?;
+        Ok(r)
+    }
+}
+
+/// The record a tool call touches: the value of its first `*_id` arg (a
+/// ticket, a customer), else the whole args.
+fn subject(tool: &str, args: &Value) -> String {
+    let id = args
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| k.ends_with("_id")))
+        .map(|(_, v)| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+    format!("{tool}:{}", id.unwrap_or_else(|| args.to_string()))
+}
+
+/// How the record reads after the tool acts.
+fn applied(tool: &str, args: &Value) -> String {
+    let mut lines = vec![format!("status: done by {tool}")];
+    if let Some(m) = args.as_object() {
+        for (k, v) in m {
+            lines.push(format!(
+                "{k}: {}",
+                v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+            ));
         }
     }
-    Ok(o)
+    lines.join("\n")
 }
 
-/// Perform the fake tool once per idempotency key. Returns what happened.
-async fn perform(db: &SqlitePool, job: &Value) -> Result<Value, sqlx::Error> {
-    let key = job["idempotency_key"]
-        .as_str()
-        .unwrap_or(job["proposal_id"].as_str().unwrap_or(""));
+/// The record now: its text and version (a record never written is open, version 0).
+async fn record(db: &SqlitePool, name: &str) -> Result<(String, i64), sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as("SELECT body, version FROM records WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.unwrap_or_else(|| ("status: open".into(), 0)))
+}
+
+/// A dry run: what the tool would change, and the version it would change.
+async fn preview(db: &SqlitePool, job: &Value) -> Result<Value, sqlx::Error> {
+    let (tool, args) = (job["tool"].as_str().unwrap_or(""), &job["args"]);
+    let (before, version) = record(db, &subject(tool, args)).await?;
+    Ok(json!({ "before": before, "after": applied(tool, args), "state": format!("v{version}") }))
+}
+
+/// Act on the receipt's args, once per execution key, unless the record
+/// changed since the preview. Returns the result to report and whether the
+/// job failed (not retryable).
+async fn perform(db: &SqlitePool, job: &Value, r: &Receipt) -> Result<(Value, bool), sqlx::Error> {
+    let name = subject(&r.tool, &r.args);
+    let mut tx = db.begin().await?;
+    let (_, version) = record(db, &name).await?;
+    if let Some(state) = r.preview_state.as_deref() {
+        if state != format!("v{version}") {
+            return Ok((
+                json!({ "code": "stale_preview", "message": format!("{name} changed since the preview ({state}, now v{version})") }),
+                true,
+            ));
+        }
+    }
     let done = sqlx::query(
-        "INSERT INTO effects (idempotency_key, tool, args, job_id, attempt) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
+        "INSERT INTO effects (execution_key, tool, args, job_id, attempt) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (execution_key) DO NOTHING",
     )
-    .bind(key)
-    .bind(job["tool"].as_str())
-    .bind(job["args"].to_string())
-    .bind(job["job_id"].as_str())
+    .bind(&r.execution_key)
+    .bind(&r.tool)
+    .bind(r.args.to_string())
+    .bind(&r.jti)
     .bind(job["attempt"].as_i64())
-    .execute(db)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
-    Ok(json!({ "effect": if done == 1 { "performed" } else { "already done" }, "idempotency_key": key }))
+    if done == 1 {
+        sqlx::query(
+            "INSERT INTO records (name, body, version) VALUES ($1, $2, 1) \
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body, version = records.version + 1",
+        )
+        .bind(&name)
+        .bind(applied(&r.tool, &r.args))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    let effect = if done == 1 { "performed" } else { "already done" };
+    Ok((
+        json!({ "effect": effect, "execution_key": r.execution_key, "record": name }),
+        false,
+    ))
 }
 
-async fn call(http: &reqwest::Client, o: &Options, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
+async fn call(
+    http: &reqwest::Client,
+    o: &Options,
+    key: &str,
+    path: &str,
+    body: Value,
+) -> Result<(u16, Value), reqwest::Error> {
     let r = http
         .post(format!("{}{path}", o.url))
-        .bearer_auth(&o.key)
+        .bearer_auth(key)
         .json(&body)
         .send()
         .await?;
@@ -92,48 +254,102 @@ async fn call(http: &reqwest::Client, o: &Options, path: &str, body: Value) -> R
     Ok((status, r.json().await.unwrap_or(Value::Null)))
 }
 
-#[tokio::main]
-async fn main() {
-    let o = match options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("reference-executor: {e}");
-            std::process::exit(2);
-        }
-    };
-    if let Some(dir) =
-        o.db.strip_prefix("sqlite://")
-            .and_then(|p| std::path::Path::new(p).parent())
+async fn open_db(url: &str) -> Result<SqlitePool, String> {
+    if let Some(dir) = url
+        .strip_prefix("sqlite://")
+        .and_then(|p| std::path::Path::new(p).parent())
     {
         let _ = std::fs::create_dir_all(dir);
     }
-    let opts = SqliteConnectOptions::from_str(&o.db)
-        .expect("a sqlite:// URL")
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|e| format!("--db: {e}"))?
         .create_if_missing(true);
     let db = SqlitePool::connect_with(opts)
         .await
-        .expect("open the executor's database");
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS effects (idempotency_key TEXT PRIMARY KEY, tool TEXT, args TEXT, \
-         job_id TEXT, attempt INTEGER, done_at TEXT DEFAULT CURRENT_TIMESTAMP)",
-    )
-    .execute(&db)
-    .await
-    .expect("create the effects table");
+        .map_err(|e| format!("opening {url}: {e}"))?;
+    for ddl in [
+        "CREATE TABLE IF NOT EXISTS effects (execution_key TEXT PRIMARY KEY, tool TEXT, args TEXT, job_id TEXT, \
+         attempt INTEGER, done_at TEXT DEFAULT CURRENT_TIMESTAMP)",
+        "CREATE TABLE IF NOT EXISTS records (name TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(&db).await.map_err(|e| e.to_string())?;
+    }
+    Ok(db)
+}
+
+/// What to report for one job.
+async fn handle(db: &SqlitePool, http: &reqwest::Client, jwks: &mut Jwks, o: &Options, job: &Value) -> Value {
+    let lease = job["lease_id"].as_str().unwrap_or("");
+    if job["kind"] == "preview" {
+        return match preview(db, job).await {
+            Ok(p) => json!({ "lease_id": lease, "status": "succeeded", "preview": p }),
+            Err(e) => {
+                json!({ "lease_id": lease, "status": "failed", "result": { "error": e.to_string() }, "retryable": true })
+            }
+        };
+    }
+    let receipt = match job["receipt"].as_str() {
+        Some(t) => jwks.verify(http, t, job).await,
+        None => Err("the job carries no receipt".into()),
+    };
+    let receipt = match receipt {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("refusing {}: {why}", job["job_id"]);
+            let result = json!({ "code": "receipt_invalid", "message": why });
+            return json!({ "lease_id": lease, "status": "failed", "result": result, "retryable": false });
+        }
+    };
+    let outcome = perform(db, job, &receipt).await;
+    if o.stall > 0 {
+        tokio::time::sleep(Duration::from_secs(o.stall)).await;
+    }
+    match outcome {
+        Ok((result, false)) => json!({ "lease_id": lease, "status": "succeeded", "result": result }),
+        Ok((result, true)) => json!({ "lease_id": lease, "status": "failed", "result": result, "retryable": false }),
+        Err(e) => {
+            json!({ "lease_id": lease, "status": "failed", "result": { "error": e.to_string() }, "retryable": true })
+        }
+    }
+}
+
+async fn run(o: Options) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
         .build()
-        .expect("an HTTP client");
+        .map_err(|e| e.to_string())?;
+    let mut jwks = Jwks::fetch(&http, &o.url).await?;
+    if let Some(Command::Verify { job }) = &o.command {
+        let mut token = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token).map_err(|e| e.to_string())?;
+        let expect = json!({ "job_id": job });
+        return match jwks.verify(&http, token.trim(), &expect).await {
+            Ok(r) => {
+                println!("valid {} for {} ({}): {}", r.jti, r.sub, r.tool, r.args);
+                Ok(())
+            }
+            Err(why) => Err(format!("refused: {why}")),
+        };
+    }
+    let key = std::env::var("COUNTERSIGN_EXECUTOR_KEY")
+        .map_err(|_| "set COUNTERSIGN_EXECUTOR_KEY to an executor key (cek_…)")?;
+    let db = open_db(&o.db).await?;
+    let kinds: &[&str] = if o.no_previews {
+        &["execute"]
+    } else {
+        &["preview", "execute"]
+    };
     println!("reference-executor: claiming from {}", o.url);
     loop {
-        let claim = json!({ "max": o.max, "lease_seconds": o.lease_seconds, "wait_seconds": 20 });
-        let jobs = match call(&http, &o, "/api/v1/jobs/claim", claim).await {
+        let claim = json!({ "max": o.max, "lease_seconds": o.lease_seconds, "wait_seconds": 20, "kinds": kinds });
+        let jobs = match call(&http, &o, &key, "/api/v1/jobs/claim", claim).await {
             Ok((200, body)) => body["jobs"].as_array().cloned().unwrap_or_default(),
             Ok((status, body)) => {
-                eprintln!("claim refused ({status}): {}", body["error"]["message"]);
+                let msg = format!("claim refused ({status}): {}", body["error"]["message"]);
                 if status == 401 || status == 403 {
-                    std::process::exit(1);
+                    return Err(msg);
                 }
+                eprintln!("{msg}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -149,20 +365,11 @@ async fn main() {
                 job["lease_id"].as_str().unwrap_or(""),
             );
             println!(
-                "claimed {id} lease {lease} attempt {} tool {}",
-                job["attempt"], job["tool"]
+                "claimed {id} lease {lease} attempt {} tool {} kind {}",
+                job["attempt"], job["tool"], job["kind"]
             );
-            let outcome = perform(&db, job).await;
-            if o.stall > 0 {
-                tokio::time::sleep(Duration::from_secs(o.stall)).await;
-            }
-            let body = match outcome {
-                Ok(result) => json!({ "lease_id": lease, "status": "succeeded", "result": result }),
-                Err(e) => {
-                    json!({ "lease_id": lease, "status": "failed", "result": { "error": e.to_string() }, "retryable": true })
-                }
-            };
-            match call(&http, &o, &format!("/api/v1/jobs/{id}/complete"), body).await {
+            let body = handle(&db, &http, &mut jwks, &o, job).await;
+            match call(&http, &o, &key, &format!("/api/v1/jobs/{id}/complete"), body).await {
                 Ok((200, r)) => println!("completed {id}: {}", r["state"]),
                 Ok((409, _)) => println!("lease lost for {id}: another delivery will finish it"),
                 Ok((status, r)) => eprintln!("complete {id} refused ({status}): {}", r["error"]["message"]),
@@ -170,7 +377,15 @@ async fn main() {
             }
         }
         if o.once && !jobs.is_empty() {
-            break;
+            return Ok(());
         }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Options::parse()).await {
+        eprintln!("reference-executor: {e}");
+        std::process::exit(1);
     }
 }

@@ -95,6 +95,9 @@ pub struct DecisionView {
     pub view_ms: Option<i64>,
     /// Decided in under two seconds: a possible rubber stamp.
     pub quick: bool,
+    /// This person was made a reviewer (or had their access or password
+    /// changed) within the last day: "reviewer since 2 h, granted by adam".
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,11 @@ pub struct Review {
     pub undo: String,
     pub blast_radius: String,
     pub diff: Option<Vec<DiffLine>>,
+    /// Who described the change: `executor` (a dry run) or `agent` (not checked).
+    pub preview_source: Option<String>,
+    /// The executor that computed the preview, and when.
+    pub preview_by: Option<String>,
+    pub preview_at_ms: Option<i64>,
     pub args: Vec<ArgRow>,
     pub decisions: Vec<DecisionView>,
     /// What the reviewer is shown; a decision must carry it back.

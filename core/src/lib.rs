@@ -22,6 +22,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod passwords;
 pub mod policy;
+pub mod receipts;
 pub mod roles;
 pub mod secrets;
 pub mod service;

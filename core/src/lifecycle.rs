@@ -5,6 +5,9 @@ use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
+    /// Waiting for the executor's dry run (tools whose policy says
+    /// `preview = "executor"`): not yet decidable.
+    Previewing,
     Pending,
     /// Approved but held (kill switch, breaker): not yet on the queue.
     Approved,
@@ -18,7 +21,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
+        Status::Previewing,
         Status::Pending,
         Status::Approved,
         Status::Queued,
@@ -32,6 +36,7 @@ impl Status {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Previewing => "previewing",
             Status::Pending => "pending",
             Status::Approved => "approved",
             Status::Queued => "queued",
@@ -64,13 +69,20 @@ pub fn can_transition(from: Status, to: Status) -> bool {
     use Status::*;
     matches!(
         (from, to),
-        (Pending, Approved)
+        (Previewing, Pending)
+            | (Previewing, Failed)
+            | (Previewing, Expired)
+            | (Previewing, Cancelled)
+            | (Pending, Approved)
             | (Pending, Queued)
             | (Pending, Rejected)
             | (Pending, Expired)
             | (Pending, Cancelled)
             | (Approved, Queued)
             | (Approved, Expired)
+            // a revoked run's work not yet claimed
+            | (Approved, Cancelled)
+            | (Queued, Cancelled)
             | (Queued, Running)
             | (Queued, Expired)
             | (Running, Succeeded)
@@ -116,18 +128,21 @@ pub enum JobState {
     Succeeded,
     Failed,
     Expired,
+    /// Its run was revoked before an executor claimed it.
+    Cancelled,
 }
 
 stored_as_text!(JobState);
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
         JobState::Held,
         JobState::Queued,
         JobState::Leased,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Expired,
+        JobState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -138,6 +153,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Expired => "expired",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -154,23 +170,55 @@ impl JobState {
             JobState::Succeeded => Status::Succeeded,
             JobState::Failed => Status::Failed,
             JobState::Expired => Status::Expired,
+            JobState::Cancelled => Status::Cancelled,
         }
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Expired)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Expired | JobState::Cancelled
+        )
     }
 }
 
-/// Every legal move of a job; each is also a legal move of its proposal.
+/// What a job does: compute the preview (a dry run), or act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    Preview,
+    Execute,
+}
+
+stored_as_text!(JobKind);
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Preview => "preview",
+            JobKind::Execute => "execute",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        [JobKind::Preview, JobKind::Execute]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Every legal move of an execute job; each is also a legal move of its
+/// proposal (a preview job's moves are its own: its proposal stays
+/// `previewing` until the preview is in).
 pub fn job_can_transition(from: JobState, to: JobState) -> bool {
     use JobState::*;
     matches!(
         (from, to),
         (Held, Queued)
             | (Held, Expired)
+            | (Held, Cancelled)
             | (Queued, Leased)
             | (Queued, Expired)
+            | (Queued, Cancelled)
             | (Leased, Succeeded)
             | (Leased, Failed)
             // a retryable failure or a lost lease is offered again
@@ -194,8 +242,13 @@ pub struct Decider<'a> {
     pub username: &'a str,
     pub is_reviewer: bool,
     pub tenants: &'a [String],
-    /// Break-glass lets an admin decide alone (issue: blast-radius controls).
+    /// Break-glass lets an admin decide alone (blast-radius controls).
     pub break_glass: bool,
+    /// Holds the admin role too: an admin who reviews could approve as two
+    /// people (make a second account), so by default they may not.
+    pub is_admin: bool,
+    /// The policy's `[people] admins_may_review`.
+    pub admins_may_review: bool,
 }
 
 /// Why a person may not decide; the text is shown beside disabled buttons.
@@ -203,9 +256,15 @@ pub struct Decider<'a> {
 pub enum Refusal {
     NotVisible,
     NotReviewer,
+    /// An admin who is also a reviewer, where the policy keeps the duties apart.
+    AdminMayNotReview,
+    /// The executor has not yet described the change.
+    Previewing,
     NotPending(Status),
     Requester,
-    AlreadyApproved { needs_another: bool },
+    AlreadyApproved {
+        needs_another: bool,
+    },
     AlreadyRejected,
 }
 
@@ -214,6 +273,13 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::NotVisible => f.write_str("Not found"),
             Refusal::NotReviewer => f.write_str("Only reviewers of this tenant decide"),
+            Refusal::AdminMayNotReview => f.write_str(
+                "You hold the admin role: admins do not approve or reject (an admin could approve as two people). \
+                 Use break-glass in an emergency.",
+            ),
+            Refusal::Previewing => {
+                f.write_str("The executor is still computing what will change: wait for its preview")
+            }
             Refusal::NotPending(s) => write!(f, "Already {s}: nothing left to decide"),
             Refusal::Requester => f.write_str("You requested this"),
             Refusal::AlreadyApproved { needs_another: true } => f.write_str("Needs a second reviewer: not you"),
@@ -232,6 +298,9 @@ pub fn may_decide(p: &DecisionFacts<'_>, who: &Decider<'_>) -> Result<(), Refusa
     if !who.is_reviewer && !who.break_glass {
         return Err(Refusal::NotReviewer);
     }
+    if who.is_admin && !who.admins_may_review && !who.break_glass {
+        return Err(Refusal::AdminMayNotReview);
+    }
     if p.on_behalf_of.is_some_and(|r| r.eq_ignore_ascii_case(who.username)) {
         return Err(Refusal::Requester);
     }
@@ -243,10 +312,11 @@ pub fn may_decide(p: &DecisionFacts<'_>, who: &Decider<'_>) -> Result<(), Refusa
             Verdict::Reject => Refusal::AlreadyRejected,
         });
     }
-    if p.status != Status::Pending {
-        return Err(Refusal::NotPending(p.status));
+    match p.status {
+        Status::Pending => Ok(()),
+        Status::Previewing => Err(Refusal::Previewing),
+        other => Err(Refusal::NotPending(other)),
     }
-    Ok(())
 }
 
 /// The status after an approval brings the count to `approvals`.
@@ -279,6 +349,8 @@ mod tests {
             is_reviewer: true,
             tenants,
             break_glass: false,
+            is_admin: false,
+            admins_may_review: false,
         }
     }
 
@@ -322,7 +394,14 @@ mod tests {
         assert!(!can_transition(Status::Queued, Status::Pending));
         assert!(!can_transition(Status::Rejected, Status::Approved));
         assert!(!can_transition(Status::Pending, Status::Running));
-        assert!(!can_transition(Status::Approved, Status::Cancelled));
+        assert!(
+            !can_transition(Status::Running, Status::Cancelled),
+            "running work finishes"
+        );
+        assert!(
+            can_transition(Status::Queued, Status::Cancelled),
+            "a revoked run's unclaimed job"
+        );
     }
 
     #[test]
@@ -360,6 +439,29 @@ mod tests {
         let mut w = who("u1", "alice", &t);
         w.is_reviewer = false;
         assert_eq!(may_decide(&facts(&[], None), &w), Err(Refusal::NotReviewer));
+    }
+
+    #[test]
+    fn an_admin_reviewer_is_refused_unless_the_policy_allows_it_or_break_glass() {
+        let t = vec!["acme".to_string()];
+        let mut w = who("u1", "adam", &t);
+        w.is_admin = true;
+        assert_eq!(may_decide(&facts(&[], None), &w), Err(Refusal::AdminMayNotReview));
+        w.admins_may_review = true;
+        assert_eq!(may_decide(&facts(&[], None), &w), Ok(()));
+        w.admins_may_review = false;
+        w.break_glass = true;
+        assert_eq!(may_decide(&facts(&[], None), &w), Ok(()));
+    }
+
+    #[test]
+    fn a_proposal_still_previewing_cannot_be_decided() {
+        let t = vec!["acme".to_string()];
+        let mut f = facts(&[], None);
+        f.status = Status::Previewing;
+        let r = may_decide(&f, &who("u1", "alice", &t)).unwrap_err();
+        assert_eq!(r, Refusal::Previewing);
+        assert!(r.to_string().contains("still computing"));
     }
 
     #[test]

@@ -51,6 +51,28 @@ impl Inspect {
         proposals::count_pending(&mut self.store.reader().await?.conn()).await
     }
 
+    /// The receipt key that signs now, private half included: tests sign
+    /// receipts a server would never issue (expired ones) with it.
+    pub async fn current_receipt_key(&self) -> Result<crate::receipts::ReceiptKey> {
+        let now = self.store.now_ms();
+        let rows = crate::store::queries::keys::receipt_keys(&mut self.store.reader().await?.conn(), now).await?;
+        let r = rows
+            .iter()
+            .find(|r| r.retired_at.is_none())
+            .ok_or_else(|| crate::Error::internal("no current receipt key"))?;
+        crate::receipts::ReceiptKey::from_stored(&r.id, &r.private_key, &r.public_key)
+    }
+
+    /// Change a job's receipt, as someone who broke into the queue would.
+    pub async fn tamper_receipt(&self, job_id: &str, receipt: &str) -> Result<()> {
+        let (job_id, receipt) = (job_id.to_owned(), receipt.to_owned());
+        self.store
+            .write(move |tx| {
+                Box::pin(async move { crate::store::queries::jobs::set_receipt(&mut tx.conn, &job_id, &receipt).await })
+            })
+            .await
+    }
+
     /// Every audit event, oldest first.
     pub async fn audit_events(&self) -> Result<Vec<AuditEvent>> {
         audit::events_after(&mut self.store.reader().await?.conn(), 0, i64::MAX).await

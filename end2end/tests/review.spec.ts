@@ -1,6 +1,6 @@
 // The ten-second review: queue, review screen, decisions, the approver rules.
 import { test, expect, Page } from "@playwright/test";
-import { addUser, csrfOf, hydrated, mintRun, newTenant, propose, serviceKey, signIn, uniqueKey } from "./helpers";
+import { addUser, cli, csrfOf, hydrated, mintRun, newTenant, propose, serviceKey, signIn, uniqueKey } from "./helpers";
 
 const ticket = (key: string) => ({
   tool: "ticket.close",
@@ -206,4 +206,49 @@ test("an auditor sees the history with names, exports it, and sees the chain ver
   await expect(page.getByRole("heading", { name: "Audit log" })).toBeVisible();
   await expect(page.getByRole("status").filter({ hasText: "the audit chain verifies" })).toBeVisible();
   await expect(page.getByRole("cell", { name: "decision.approve" }).first()).toBeVisible();
+});
+
+test("the review page shows the exact args and where the diff came from", async ({ page, request }) => {
+  const tenant = newTenant("src");
+  const reviewer = `rita-${tenant}`;
+  addUser(reviewer, "reviewer", tenant);
+  const token = await mintRun(request, serviceKey(tenant, "prod"), "support/send");
+
+  // Described by the agent: shown, but marked as not checked, beside the exact args.
+  const agent = await propose(request, token, ticket(uniqueKey("src")));
+  await signInFresh(page, reviewer);
+  await page.goto(`/proposals/${agent.id}`);
+  await expect(page.getByRole("heading", { name: "Exact args (what runs)" })).toBeVisible();
+  await expect(page.getByRole("row", { name: /ticket_id/ })).toContainText("T-18421");
+  await expect(page.getByText("Described by the agent, not checked")).toBeVisible();
+
+  // Computed by the executor: the agent cannot describe it, and until the
+  // dry run is in, nobody can decide it.
+  const assign = await propose(request, token, {
+    tool: "ticket.assign",
+    args: { ticket_id: "T-77", assignee: "bob" },
+    idempotency_key: uniqueKey("assign"),
+  });
+  expect(assign.status).toBe("previewing");
+  await page.goto(`/proposals/${assign.id}`);
+  await expect(page.getByText("Waiting for the executor to compute what will change")).toBeVisible();
+  await expect(page.getByRole("button", { name: "Approve" })).toBeDisabled();
+
+  const exec = cli(["key", "create", "executor", "--env", "prod", "--tools", "ticket.assign", "--name", `e2e-${tenant}`, "--policy", "../examples/policy.toml"]);
+  const claimed = await request.post("/api/v1/jobs/claim", {
+    headers: { Authorization: `Bearer ${exec}` },
+    data: { kinds: ["preview"], max: 10 },
+  });
+  const job = (await claimed.json()).jobs.find((j: any) => j.proposal_id === assign.id);
+  expect(job.kind).toBe("preview");
+  const done = await request.post(`/api/v1/jobs/${job.job_id}/complete`, {
+    headers: { Authorization: `Bearer ${exec}` },
+    data: { lease_id: job.lease_id, status: "succeeded", preview: { before: "assignee: nobody", after: "assignee: bob", state: "v12" } },
+  });
+  expect(done.status(), await done.text()).toBe(200);
+  await page.goto(`/proposals/${assign.id}`);
+  await expect(page.getByText(`Computed by executor e2e-${tenant} at`)).toBeVisible();
+  await expect(page.getByRole("row", { name: /assignee/ }).first()).toContainText("bob");
+  await hydrated(page);
+  await expect(page.getByRole("button", { name: "Approve" })).toBeEnabled();
 });

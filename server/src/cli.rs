@@ -86,6 +86,14 @@ async fn run(cli: Cli) -> CliResult {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::ReceiptKey(ReceiptKeyCommand::Rotate) => {
+            let core = open_core(&db, Policy::empty()).await?;
+            let id = core.rotate_receipt_key(&Admin::cli()).await?;
+            println!(
+                "receipt key {id} now signs receipts; the previous keys stay in /.well-known/jwks.json until their receipts expire"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Switch(a) => switch(db, a).await,
         Command::Breaker(c) => {
             let core = open_core(&db, Policy::empty()).await?;

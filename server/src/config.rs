@@ -53,6 +53,9 @@ pub enum Command {
     /// The server's run-token signing secret.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// The key that signs approval receipts.
+    #[command(subcommand, name = "receipt-key")]
+    ReceiptKey(ReceiptKeyCommand),
     /// Kill switches: refuse new work and hold release.
     Switch(SwitchArgs),
     /// Agent runs.
@@ -237,6 +240,14 @@ pub enum SecretCommand {
 pub enum SwitchState {
     On,
     Off,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptKeyCommand {
+    /// Make a new current receipt signing key. Receipts signed with the
+    /// previous ones still verify: those keys stay published until their
+    /// receipts expire.
+    Rotate,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,14 @@ pub async fn readyz(State(core): State<Arc<Core>>) -> Response {
     }
 }
 
+/// The public keys that verify approval receipts (no credential needed).
+pub async fn jwks(State(core): State<Arc<Core>>) -> Response {
+    match core.jwks().await {
+        Ok(keys) => axum::Json(keys).into_response(),
+        Err(e) => crate::api::error::ApiError(e).into_response(),
+    }
+}
+
 pub async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
     // Gauges read at scrape time.
     if let Ok(g) = core.gauges().await {

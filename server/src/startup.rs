@@ -184,6 +184,7 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
     let edges = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/metrics", get(ops::metrics_text))
         .route("/events", get(web::events))
         .route("/export/history.csv", get(web::export_history))

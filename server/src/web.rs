@@ -29,7 +29,10 @@ fn is_protected_page(path: &str) -> bool {
 fn is_machine_path(path: &str) -> bool {
     path.starts_with("/api/v1/")
         || path == "/api/v1"
-        || matches!(path, "/healthz" | "/readyz" | "/metrics" | "/favicon.ico")
+        || matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | "/favicon.ico" | "/.well-known/jwks.json"
+        )
         || path.starts_with("/pkg/")
 }
 

@@ -117,7 +117,7 @@ fn the_example_policy_checks_and_passes_its_tests() {
     let s = Sandbox::new();
     let o = s.run(&["policy", "check", POLICY], None);
     assert!(o.status.success(), "{}", out(&o));
-    assert!(out(&o).contains("ok (14 tools, 4 routes"), "{}", out(&o));
+    assert!(out(&o).contains("ok (15 tools, 4 routes"), "{}", out(&o));
     let o = s.run(&["policy", "test", POLICY_TESTS], None);
     assert!(o.status.success(), "{}", out(&o));
     assert!(out(&o).contains("0 failed"), "{}", out(&o));
@@ -293,7 +293,11 @@ fn audit_verify_passes_then_names_a_tampered_event() {
     let o = s.run(&["audit", "export", "--format", "csv"], None);
     let csv = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(csv.starts_with("seq,id,at,"), "{csv}");
-    assert_eq!(csv.lines().count(), 1 + 4, "header, a signing key and three users");
+    assert_eq!(
+        csv.lines().count(),
+        1 + 5,
+        "header, a signing key, a receipt key and three users"
+    );
     let o = s.run(&["audit", "export", "--format", "jsonl", "--since", "2000-01-01"], None);
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();

@@ -13,7 +13,6 @@ use countersign_core::testing::TestDb;
 use countersign_core::Error;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn policy_with_bulk(extra: &str) -> countersign_core::policy::Policy {
@@ -487,53 +486,6 @@ async fn disabling_a_person_ends_their_sessions_and_admin_ops_are_audited(db: &T
         "user.password_reset",
     ] {
         assert!(actions.iter().any(|x| x == a), "{a}");
-    }
-}
-
-/// A local webhook receiver that records what it is sent.
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, String)>>>,
-    task: tokio::task::JoinHandle<()>,
-    port: u16,
-}
-
-impl Receiver {
-    async fn start(port: u16) -> Receiver {
-        let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-        let g = got.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-                let g = g.clone();
-                async move {
-                    let sig = headers
-                        .get("x-countersign-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    g.lock().unwrap().push((sig, body));
-                    "ok"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver { got, task, port }
-    }
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-    async fn wait_for(&self, n: usize) -> Vec<(String, String)> {
-        for _ in 0..200 {
-            if self.got.lock().unwrap().len() >= n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.got.lock().unwrap().clone()
     }
 }
 

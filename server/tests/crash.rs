@@ -195,7 +195,7 @@ async fn a_killed_executors_job_returns_and_runs_once(db: &TestDb) {
     let rows: Vec<(String, String)> = {
         use sqlx::Connection;
         let mut c = sqlx::SqliteConnection::connect(&effects).await.unwrap();
-        sqlx::query_as("SELECT idempotency_key, job_id FROM effects")
+        sqlx::query_as("SELECT execution_key, job_id FROM effects")
             .fetch_all(&mut c)
             .await
             .unwrap()

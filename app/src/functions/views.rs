@@ -26,7 +26,12 @@ pub fn banner(b: CoreBanner) -> Banner {
 }
 
 pub fn decision(d: &Decision, quick_ms: i64) -> DecisionView {
+    decision_noted(d, quick_ms, None)
+}
+
+fn decision_noted(d: &Decision, quick_ms: i64, note: Option<String>) -> DecisionView {
     DecisionView {
+        note,
         username: d.username.clone(),
         verdict: d.verdict.as_str().to_owned(),
         comment: d.comment.clone(),
@@ -111,9 +116,26 @@ pub fn queue(rows: Vec<Proposal>, now_ms: i64) -> Queue {
 
 pub fn review(r: ReviewData, quick_ms: i64) -> Review {
     let p = r.proposal;
+    let note = |d: &Decision| {
+        r.recent_review_changes
+            .iter()
+            .find(|c| c.user_id == d.user_id)
+            .map(|c| format!("reviewer since {} ago: {} by {}", age(r.now_ms - c.at), c.what, c.by))
+    };
     Review {
         args: arg_rows(&p.args),
-        decisions: r.decisions.iter().map(|d| decision(d, quick_ms)).collect(),
+        decisions: r
+            .decisions
+            .iter()
+            .map(|d| decision_noted(d, quick_ms, note(d)))
+            .collect(),
+        preview_source: match (&p.preview_by, &p.preview_before) {
+            (Some(_), _) => Some("executor".into()),
+            (None, Some(_)) => Some("agent".into()),
+            (None, None) => None,
+        },
+        preview_by: p.preview_by.clone(),
+        preview_at_ms: p.preview_at,
         execution: r.job.as_ref().map(execution),
         diff: r.diff.map(|d| d.into_iter().map(diff_line).collect()),
         id: p.id,

@@ -1,6 +1,7 @@
-//! `/proposals/{id}`: the ten-second review. The diff first, then blast
-//! radius and undo; who asked and why; decisions so far; Approve / Reject.
-//! Keys: a approves, r rejects.
+//! `/proposals/{id}`: the ten-second review. The exact args that will run,
+//! beside the diff and where the diff came from (computed by the executor,
+//! or only described by the agent); then blast radius and undo; who asked and
+//! why; decisions so far; Approve / Reject. Keys: a approves, r rejects.
 
 use crate::components::badges::{EnvBadge, RiskMarkers, StatusBadge};
 use crate::components::diff::DiffView;
@@ -51,12 +52,23 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 <p class="reason"><strong>"Reason: "</strong>{if review.reason.is_empty() { "(none given)".to_owned() } else { review.reason.clone() }}</p>
             </header>
 
-            <section aria-labelledby="what">
+            <section aria-labelledby="what" class="what">
                 <h2 id="what">"What will change"</h2>
-                {match review.diff.clone() {
-                    Some(lines) => view! { <DiffView lines/> }.into_any(),
-                    None => view! { <ArgsTable args=review.args.clone()/> }.into_any(),
-                }}
+                <div class="change">
+                    <div class="exact-args">
+                        <h3>"Exact args (what runs)"</h3>
+                        <ArgsTable args=review.args.clone()/>
+                    </div>
+                    <div class="described">
+                        <PreviewSource
+                            status=review.status.clone()
+                            source=review.preview_source.clone()
+                            by=review.preview_by.clone()
+                            at_ms=review.preview_at_ms
+                        />
+                        {review.diff.clone().map(|lines| view! { <DiffView lines/> })}
+                    </div>
+                </div>
             </section>
 
             <div class="pair">
@@ -87,7 +99,6 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                     <dt>"Proposed"</dt><dd>{format_time(review.created_at_ms)}" ("{age(review.now_ms - review.created_at_ms)}" ago)"</dd>
                     <dt>"Time left"</dt><dd>{if pending { if left_ms > 0 { age(left_ms) } else { "expired".into() } } else { "decided".into() }}</dd>
                 </dl>
-                {review.diff.is_some().then(|| view! { <h3>"Args"</h3> <ArgsTable args=review.args.clone()/> })}
                 {review.execution.clone().map(|x| view! {
                     <p class="execution">"Execution: " <StatusBadge status=x.status/> {format!(" after {} attempt(s)", x.attempts)}</p>
                 })}
@@ -228,6 +239,33 @@ fn reload() {
     }
 }
 
+/// Where the diff came from, said plainly: a dry run by the executor that
+/// owns the system, or the agent's own words (visibly weaker), or not yet.
+#[component]
+fn PreviewSource(status: String, source: Option<String>, by: Option<String>, at_ms: Option<i64>) -> impl IntoView {
+    match (status.as_str(), source.as_deref()) {
+        ("previewing", _) => view! {
+            <p class="source waiting">"Waiting for the executor to compute what will change: this cannot be decided yet."</p>
+        }
+        .into_any(),
+        (_, Some("executor")) => view! {
+            <p class="source executor">
+                {format!(
+                    "Computed by executor {} at {}",
+                    by.unwrap_or_default(),
+                    at_ms.map(format_time).unwrap_or_default()
+                )}
+            </p>
+        }
+        .into_any(),
+        (_, Some(_)) => view! {
+            <p class="source agent">"Described by the agent, not checked: compare it with the exact args."</p>
+        }
+        .into_any(),
+        _ => view! { <p class="source none">"No preview: the exact args are all there is to read."</p> }.into_any(),
+    }
+}
+
 #[component]
 fn ArgsTable(args: Vec<ArgRow>) -> impl IntoView {
     view! {
@@ -277,6 +315,7 @@ pub fn Decisions(decisions: Vec<DecisionView>) -> impl IntoView {
                             <span class="when">{format_time(d.at_ms)}</span>
                             {d.break_glass.then(|| view! { <span class="badge danger">"break-glass"</span> })}
                             {d.quick.then(|| view! { <span class="badge warn" title="Decided within 2 seconds of opening">"quick"</span> })}
+                            {d.note.map(|n| view! { <span class="badge warn reviewer-since">{n}</span> })}
                             {(!d.comment.is_empty()).then(|| view! { <q>{d.comment}</q> })}
                         </li>
                     }

@@ -3,7 +3,7 @@
 //! reported at once, each with the line it is about where that can be found.
 
 use super::schema::{ArgsSchema, FieldSchema, FieldType, HARD_MAX_STRING};
-use super::{Breakers, Budgets, Policy, Route, Tool, ToolKind};
+use super::{Breakers, Budgets, People, Policy, PreviewBy, Route, Tool, ToolKind};
 use regex::Regex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -36,6 +36,21 @@ struct RawPolicy {
     routes: BTreeMap<Spanned<String>, RawRoute>,
     #[serde(default)]
     breakers: Option<RawBreakers>,
+    #[serde(default)]
+    people: Option<RawPeople>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeople {
+    admins_may_review: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawPreview {
+    Agent,
+    Executor,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +72,8 @@ struct RawTool {
     max_attempts: Option<Spanned<i64>>,
     cost_usd: Option<Spanned<f64>>,
     approvals: Option<Spanned<i64>>,
+    preview: Option<Spanned<RawPreview>>,
+    preview_within_seconds: Option<Spanned<i64>>,
     #[serde(default)]
     args: BTreeMap<Spanned<String>, RawField>,
 }
@@ -134,6 +151,7 @@ const DEFAULT_EXPIRES_AFTER: i64 = 24 * 3600;
 const DEFAULT_EXECUTE_WITHIN: i64 = 3600;
 const DEFAULT_MAX_ATTEMPTS: i64 = 3;
 const MAX_SECONDS: i64 = 30 * 24 * 3600;
+const DEFAULT_PREVIEW_WITHIN: i64 = 60;
 
 /// Every problem found, each at the place in the source it is about (toml's
 /// spans give the exact bytes), reported by line.
@@ -210,6 +228,26 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
     }
 
     let breakers = check_breakers(&mut p, raw.breakers.as_ref());
+    let mut warnings = Vec::new();
+    let people = People {
+        admins_may_review: match raw.people.as_ref().and_then(|r| r.admins_may_review.as_ref()) {
+            Some(a) if *a.get_ref() => {
+                let mut w = Problems {
+                    source,
+                    list: Vec::new(),
+                };
+                w.at(
+                    a.span(),
+                    "warning: admins_may_review = true lets a person who holds admin also approve; an admin can \
+                     make accounts, so one person could approve a destructive action as two"
+                        .into(),
+                );
+                warnings.extend(w.list);
+                true
+            }
+            _ => false,
+        },
+    };
 
     if !p.list.is_empty() {
         p.list.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -219,6 +257,8 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
         tools,
         routes,
         breakers,
+        people,
+        warnings,
         hash: hex::encode(Sha256::digest(source.as_bytes())),
         source: source.to_owned(),
     })
@@ -328,6 +368,29 @@ fn check_tool(p: &mut Problems, name: &Spanned<String>, t: &RawTool) -> Option<T
         DEFAULT_EXECUTE_WITHIN,
         &mut report,
     );
+    let preview = match t.preview.as_ref().map(|p| *p.get_ref()) {
+        Some(RawPreview::Executor) => PreviewBy::Executor,
+        _ => PreviewBy::Agent,
+    };
+    if let Some(pv) = t
+        .preview
+        .as_ref()
+        .filter(|_| preview == PreviewBy::Executor && kind == ToolKind::Read)
+    {
+        report(
+            p,
+            pv.span(),
+            "preview = \"executor\" is for write tools: a read changes nothing to preview".into(),
+        );
+    }
+    let preview_within_seconds = bounded(
+        p,
+        "preview_within_seconds",
+        t.preview_within_seconds.as_ref(),
+        1..=3600,
+        DEFAULT_PREVIEW_WITHIN,
+        &mut report,
+    );
     let max_attempts = bounded(
         p,
         "max_attempts",
@@ -375,6 +438,8 @@ fn check_tool(p: &mut Problems, name: &Spanned<String>, t: &RawTool) -> Option<T
         max_attempts,
         cost_usd,
         approvals,
+        preview,
+        preview_within_seconds,
         args: ArgsSchema { fields },
     })
 }

@@ -19,6 +19,17 @@ pub enum ToolKind {
     Write,
 }
 
+/// Who describes the change a reviewer approves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreviewBy {
+    /// The agent sends `preview`; reviewers see it marked as not checked.
+    #[default]
+    Agent,
+    /// The executor computes it in a dry run before review, and re-checks its
+    /// precondition before acting (`stale_preview`).
+    Executor,
+}
+
 #[derive(Debug, Clone)]
 pub struct Tool {
     pub name: String,
@@ -34,6 +45,9 @@ pub struct Tool {
     pub cost_usd: f64,
     /// Distinct approvals needed (1 for writes; at least 2 for destructive tools).
     pub approvals: i64,
+    pub preview: PreviewBy,
+    /// A preview not delivered by then expires the proposal.
+    pub preview_within_seconds: i64,
     pub args: ArgsSchema,
 }
 
@@ -82,11 +96,22 @@ impl Default for Breakers {
     }
 }
 
+/// Who may do what among people (policy `[people]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct People {
+    /// Whether a person holding admin may also approve or reject. Off by
+    /// default: an admin can make accounts, so could approve as two people.
+    pub admins_may_review: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub tools: BTreeMap<String, Tool>,
     pub routes: BTreeMap<String, Route>,
     pub breakers: Breakers,
+    pub people: People,
+    /// Things allowed but worth a second look (`policy check` prints them).
+    pub warnings: Vec<PolicyError>,
     /// SHA-256 of the source text, hex.
     pub hash: String,
     pub source: String,
@@ -116,6 +141,8 @@ impl Policy {
             tools: BTreeMap::new(),
             routes: BTreeMap::new(),
             breakers: Breakers::default(),
+            people: People::default(),
+            warnings: Vec::new(),
             hash: String::new(),
             source: String::new(),
         }

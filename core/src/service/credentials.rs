@@ -256,8 +256,14 @@ async fn revoke_key_in(tx: &mut Tx<'_>, actor: String, id: String) -> Result<()>
     if !keys::revoke(&mut tx.conn, &id, now_ms).await? {
         return Err(Error::InvalidTransition(format!("key {id} is already revoked")));
     }
-    let mut ev = AuditDraft::new(actor, "key.revoked").subject(id);
-    ev.tenant = row.tenant;
+    let mut ev = AuditDraft::new(actor.clone(), "key.revoked").subject(id.clone());
+    ev.tenant = row.tenant.clone();
     tx.audit(ev);
+    // The runs it minted end with it: their tokens stop, their open work is cancelled.
+    let reason = format!("the service key {id} that minted it was revoked");
+    for run_id in runs::live_of_key(&mut tx.conn, &id).await? {
+        let tenant = row.tenant.clone().unwrap_or_default();
+        super::runs::revoke_cascade(tx, &run_id, &tenant, &actor, &reason).await?;
+    }
     Ok(())
 }

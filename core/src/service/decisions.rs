@@ -2,7 +2,8 @@
 //! transaction, the decision bound to what the reviewer was shown.
 
 use super::people::Person;
-use super::release::release_approved;
+use super::receipts::Signer;
+use super::release::{release_approved, Approved};
 use super::{review_url, Core};
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
@@ -37,6 +38,7 @@ struct Deciding {
     comment: String,
     break_glass_id: Option<String>,
     public_url: String,
+    signer: Signer,
 }
 
 /// Why this person may not decide this proposal now, if they may not.
@@ -60,6 +62,8 @@ async fn refusal(
         is_reviewer: d.person.roles.reviewer,
         tenants: &d.person.tenants,
         break_glass: d.break_glass_id.is_some(),
+        is_admin: d.person.roles.admin,
+        admins_may_review: d.policy.people.admins_may_review,
     };
     Ok(if p.status == Status::Pending && p.expires_at <= now {
         Some("This proposal has expired".to_owned())
@@ -116,10 +120,10 @@ async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
         decided_at: now,
     };
     proposals::insert_decision(&mut tx.conn, &row).await?;
-    let mut approval_ids: Vec<String> = existing
+    let mut approvals: Vec<DecisionRow> = existing
         .iter()
         .filter(|x| x.verdict == Verdict::Approve)
-        .map(|x| x.id.clone())
+        .cloned()
         .collect();
     let mut ev = AuditDraft::new(d.person.actor(), action)
         .tenant(p.tenant.clone())
@@ -134,15 +138,15 @@ async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
     ev.duration_ms = d.req.view_ms;
     match verdict {
         Verdict::Reject => {
-            proposals::close(&mut tx.conn, &p.id, Status::Rejected, now).await?;
+            proposals::close(&mut tx.conn, &p.id, Status::Pending, Status::Rejected, now).await?;
             p.status = Status::Rejected;
-            ev.approval_ids = approval_ids;
+            ev.approval_ids = approvals.iter().map(|a| a.id.clone()).collect();
             tx.audit(ev);
         }
         Verdict::Approve => {
-            approval_ids.push(row.id.clone());
+            approvals.push(row.clone());
             p.approvals += 1;
-            ev.approval_ids = approval_ids.clone();
+            ev.approval_ids = approvals.iter().map(|a| a.id.clone()).collect();
             tx.audit(ev);
             if after_approval(p.approvals, p.approvals_required, break_glass) == Status::Approved {
                 let why = if break_glass {
@@ -150,7 +154,12 @@ async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
                 } else {
                     "approvals reached"
                 };
-                release_approved(tx, &d.policy, &mut p, why, approval_ids).await?;
+                let approved = Approved {
+                    why,
+                    approvals: &approvals,
+                    break_glass,
+                };
+                release_approved(tx, &d.policy, &d.signer, &mut p, approved).await?;
             } else {
                 proposals::set_approvals(&mut tx.conn, &p.id, p.approvals).await?;
             }
@@ -202,6 +211,7 @@ impl Core {
             req,
             comment,
             public_url: self.settings.public_url.clone(),
+            signer: self.receipt_signer()?,
         };
         self.store.write_or_refuse(move |tx| Box::pin(decide_in(tx, d))).await
     }

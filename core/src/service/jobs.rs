@@ -6,7 +6,7 @@ use super::waiting::Waiter;
 use super::{review_url, Core, ExecutorPrincipal};
 use crate::audit::{canonical_json, AuditDraft};
 use crate::error::{Error, Result};
-use crate::lifecycle::{JobState, Status};
+use crate::lifecycle::{JobKind, JobState, Status};
 use crate::policy::Policy;
 use crate::store::queries::jobs::{self, JobRow};
 use crate::store::queries::{controls, proposals};
@@ -28,6 +28,9 @@ pub struct ClaimRequest {
     pub max: Option<i64>,
     pub lease_seconds: Option<i64>,
     pub wait_seconds: Option<i64>,
+    /// Which jobs: `execute` (the default), `preview`, or both. An executor
+    /// that knows nothing of previews never receives one.
+    pub kinds: Option<Vec<JobKind>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +45,29 @@ pub struct ClaimedJob {
     pub idempotency_key: Option<String>,
     pub attempt: i64,
     pub lease_expires_at_ms: i64,
+    pub kind: JobKind,
+    pub execution_key: String,
+    /// The signed receipt of what was approved (execute jobs).
+    pub receipt: Option<String>,
+    /// The precondition of the executor's preview, to re-check before acting.
+    pub preview_state: Option<String>,
+}
+
+/// What an executor's dry run says will change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewReport {
+    pub before: String,
+    pub after: String,
+    /// An opaque precondition (a row version, an ETag), at most 200 characters.
+    pub state: String,
+}
+
+/// A heartbeat's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub lease_expires_at_ms: i64,
+    /// The job's run was revoked: finish or stop, but start nothing new.
+    pub cancel_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +77,8 @@ pub struct CompleteRequest {
     pub status: String,
     pub result: Value,
     pub retryable: bool,
+    /// A preview job's report (required when it succeeded).
+    pub preview: Option<PreviewReport>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,18 +127,49 @@ fn failure_data(j: &JobRow, public_url: &str) -> Value {
     d
 }
 
+pub const MAX_PREVIEW_STATE_CHARS: usize = 200;
+
+/// An executor's preview, checked like an agent's (bounded, no secrets: a
+/// reviewer reads it), and its diff computed off the async workers.
+async fn checked_preview_diff(p: &PreviewReport) -> Result<String> {
+    if p.state.chars().count() > MAX_PREVIEW_STATE_CHARS {
+        return Err(Error::BadRequest(format!(
+            "preview.state must be at most {MAX_PREVIEW_STATE_CHARS} characters"
+        )));
+    }
+    for (field, text) in [
+        ("preview.before", &p.before),
+        ("preview.after", &p.after),
+        ("preview.state", &p.state),
+    ] {
+        if text.len() > super::proposals::MAX_PREVIEW_BYTES {
+            return Err(Error::BadRequest(format!(
+                "{field} must be at most {} bytes",
+                super::proposals::MAX_PREVIEW_BYTES
+            )));
+        }
+        if let Some(kind) = crate::secrets::secret_kind(text) {
+            return Err(Error::BadRequest(format!(
+                "{field} looks like a secret ({kind}): keep secrets out of what reviewers read"
+            )));
+        }
+    }
+    super::proposals::diff_json(p.before.clone(), p.after.clone()).await
+}
+
 /// A claim, with its limits checked.
 #[derive(Clone)]
 struct Claim {
     exec: ExecutorPrincipal,
     tools: Vec<String>,
+    kinds: Vec<JobKind>,
     max: i64,
     lease_secs: i64,
 }
 
 async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
     let now = tx.now_ms();
-    let candidates = jobs::claimable_rows(&mut tx.conn, &c.exec.env, &c.tools, now, c.max).await?;
+    let candidates = jobs::claimable_rows(&mut tx.conn, &c.exec.env, &c.tools, &c.kinds, now, c.max).await?;
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
@@ -127,17 +186,24 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
         .await?
         .into_iter()
         .collect();
-    let running: Vec<String> = candidates
-        .iter()
-        .filter(|j| leased.contains_key(&j.id))
-        .map(|j| j.proposal_id.clone())
-        .collect();
-    let facts: HashMap<String, proposals::RunFacts> =
+    let of_kind = |kind: JobKind| -> Vec<String> {
+        candidates
+            .iter()
+            .filter(|j| j.kind == kind && leased.contains_key(&j.id))
+            .map(|j| j.proposal_id.clone())
+            .collect()
+    };
+    // An execution moves its proposal to running; a preview leaves it previewing.
+    let (running, previewing) = (of_kind(JobKind::Execute), of_kind(JobKind::Preview));
+    let mut facts: HashMap<String, proposals::RunFacts> =
         proposals::transition_many_returning(&mut tx.conn, &running, Status::Queued, Status::Running)
             .await?
             .into_iter()
             .map(|f| (f.id.clone(), f))
             .collect();
+    for f in proposals::run_facts(&mut tx.conn, &previewing).await? {
+        facts.insert(f.id.clone(), f);
+    }
     let mut out = Vec::with_capacity(leased.len());
     for j in candidates {
         let (Some(lease_id), Some(p)) = (leased.get(&j.id).cloned(), facts.get(&j.proposal_id)) else {
@@ -148,15 +214,19 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
             .tool(j.tool.clone())
             .subject(j.proposal_id.clone())
             .scope(c.exec.scope())
-            .details(serde_json::json!({ "job": j.id, "lease": lease_id, "attempt": j.attempt + 1 }));
+            .details(serde_json::json!({
+                "job": j.id, "kind": j.kind, "lease": lease_id, "attempt": j.attempt + 1,
+            }));
         ev.args_hash = Some(p.args_hash.clone());
         ev.idempotency_key = p.idempotency_key.clone();
         tx.audit(ev);
-        tx.notify(Notice::Proposal {
-            id: j.proposal_id.clone(),
-            tenant: j.tenant.clone(),
-            status: Status::Running,
-        });
+        if j.kind == JobKind::Execute {
+            tx.notify(Notice::Proposal {
+                id: j.proposal_id.clone(),
+                tenant: j.tenant.clone(),
+                status: Status::Running,
+            });
+        }
         out.push(ClaimedJob {
             job_id: j.id,
             lease_id,
@@ -168,9 +238,28 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
             idempotency_key: p.idempotency_key.clone(),
             attempt: j.attempt + 1,
             lease_expires_at_ms: until,
+            kind: j.kind,
+            execution_key: j.execution_key,
+            receipt: j.receipt,
+            preview_state: p.preview_state.clone(),
         });
     }
     Ok(out)
+}
+
+/// Cancel a proposal's jobs no executor holds yet (its run was revoked, or
+/// the agent withdrew a proposal still previewing).
+pub(super) async fn cancel_unclaimed(tx: &mut Tx<'_>, proposal_id: &str) -> Result<usize> {
+    let now = tx.now_ms();
+    let mut n = 0;
+    for j in jobs::of_proposal(&mut tx.conn, proposal_id).await? {
+        if matches!(j.state, JobState::Queued | JobState::Held)
+            && jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Cancelled, now).await?
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 async fn heartbeat_in(
@@ -179,7 +268,7 @@ async fn heartbeat_in(
     job_id: String,
     lease_id: String,
     secs: i64,
-) -> Result<i64> {
+) -> Result<Heartbeat> {
     let j = jobs::get_for_update(&mut tx.conn, &job_id)
         .await?
         .filter(|j| exec.serves(j))
@@ -189,7 +278,10 @@ async fn heartbeat_in(
     if !jobs::extend_lease(&mut tx.conn, &j.id, &lease_id, now, until).await? {
         return Err(Error::InvalidTransition("this lease is no longer held".into()));
     }
-    Ok(until)
+    Ok(Heartbeat {
+        lease_expires_at_ms: until,
+        cancel_requested: jobs::run_revoked(&mut tx.conn, &j.id).await?,
+    })
 }
 
 /// A completion reported one by one (failures, and successes the finisher
@@ -205,6 +297,87 @@ struct Completing {
     result: String,
     body: String,
     public_url: String,
+    /// A successful preview's report and the diff computed from it.
+    preview: Option<(PreviewReport, String)>,
+}
+
+/// A preview job's outcome: the proposal becomes decidable with the
+/// executor's description, or fails, or waits for the retry.
+async fn finish_preview_in(
+    tx: &mut Tx<'_>,
+    c: &Completing,
+    j: &JobRow,
+    state: JobState,
+    next: Option<i64>,
+    now: i64,
+) -> Result<Completion> {
+    let mut p = proposals::get_for_update(&mut tx.conn, &j.proposal_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let action = match state {
+        JobState::Succeeded => {
+            let (report, diff) = c
+                .preview
+                .as_ref()
+                .ok_or_else(|| Error::internal("a successful preview without its report"))?;
+            let hash = super::proposals::content_hash(
+                &p.tool,
+                &p.args,
+                Some(&report.before),
+                Some(&report.after),
+                Some(&report.state),
+            );
+            let done = proposals::PreviewDone {
+                before: &report.before,
+                after: &report.after,
+                state: &report.state,
+                diff,
+                content_hash: &hash,
+                by: &c.exec.name,
+                at: now,
+            };
+            if !proposals::record_preview(&mut tx.conn, &p.id, &done).await? {
+                return Err(Error::InvalidTransition(format!(
+                    "the proposal is {} now: its preview is no longer wanted",
+                    p.status
+                )));
+            }
+            p.status = Status::Pending;
+            super::proposals::announce_pending(tx, &p, &c.public_url).await?;
+            "preview.computed"
+        }
+        JobState::Failed => {
+            proposals::close(&mut tx.conn, &p.id, Status::Previewing, Status::Failed, now).await?;
+            p.status = Status::Failed;
+            "preview.failed"
+        }
+        _ => "preview.retry",
+    };
+    let mut ev = AuditDraft::new(c.exec.actor(), action)
+        .tenant(j.tenant.clone())
+        .tool(j.tool.clone())
+        .subject(j.proposal_id.clone())
+        .scope(c.exec.scope())
+        .status(c.req.status.clone())
+        .details(serde_json::json!({ "job": j.id, "lease": c.req.lease_id, "attempt": j.attempt }));
+    ev.duration_ms = j.leased_at.map(|t| now - t);
+    ev.args_hash = Some(p.args_hash.clone());
+    tx.audit(ev);
+    tx.notify(Notice::Proposal {
+        id: p.id.clone(),
+        tenant: p.tenant.clone(),
+        status: p.status,
+    });
+    if next.is_some() {
+        tx.notify(Notice::JobReady { env: j.env.clone() });
+    }
+    Ok(Completion {
+        job_id: j.id.clone(),
+        state,
+        proposal_status: p.status,
+        attempt: j.attempt,
+        next_attempt_at_ms: next,
+    })
 }
 
 async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
@@ -242,6 +415,17 @@ async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
             .into(),
         ));
     }
+    match (j.kind, c.succeeded, c.preview.is_some()) {
+        (JobKind::Preview, true, false) => {
+            return Err(Error::BadRequest(
+                "a preview job completes with preview: {before, after, state}".into(),
+            ))
+        }
+        (JobKind::Execute, _, true) => {
+            return Err(Error::BadRequest("only a preview job takes a preview".into()));
+        }
+        _ => {}
+    }
     let retry = !c.succeeded && c.req.retryable && j.attempt < j.max_attempts;
     let (state, next) = if c.succeeded {
         (JobState::Succeeded, None)
@@ -257,6 +441,9 @@ async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
     };
     if !moved {
         return Err(Error::InvalidTransition("this lease is no longer held".into()));
+    }
+    if j.kind == JobKind::Preview {
+        return finish_preview_in(tx, &c, &j, state, next, now).await;
     }
     let p = proposals::transition_returning(&mut tx.conn, &j.proposal_id, Status::Running, state.proposal_status())
         .await?
@@ -304,7 +491,10 @@ pub(super) async fn expire_overdue(tx: &mut Tx<'_>, public_url: &str) -> Result<
         if !jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Expired, now).await? {
             continue;
         }
-        let was = j.state.proposal_status();
+        let (was, reason) = match j.kind {
+            JobKind::Execute => (j.state.proposal_status(), "approved but not run in time"),
+            JobKind::Preview => (Status::Previewing, "the executor's preview did not come in time"),
+        };
         proposals::transition(&mut tx.conn, &j.proposal_id, was, Status::Expired).await?;
         tx.audit(
             AuditDraft::new("system", "proposal.expired")
@@ -312,7 +502,7 @@ pub(super) async fn expire_overdue(tx: &mut Tx<'_>, public_url: &str) -> Result<
                 .tool(j.tool.clone())
                 .subject(j.proposal_id.clone())
                 .status("expired")
-                .details(serde_json::json!({ "was": j.state, "job": j.id, "reason": "approved but not run in time" })),
+                .details(serde_json::json!({ "was": j.state, "job": j.id, "reason": reason })),
         );
         let data = notice_data(&j.proposal_id, &j.tool, &j.tenant, &j.env, public_url);
         super::notify::emit(tx, "proposal.expired", data).await?;
@@ -344,7 +534,17 @@ pub(super) async fn reoffer_lost(tx: &mut Tx<'_>, policy: &Policy, public_url: &
         if !done {
             continue;
         }
-        proposals::transition(&mut tx.conn, &j.proposal_id, Status::Running, to.proposal_status()).await?;
+        let status = match (j.kind, last) {
+            (JobKind::Execute, _) => {
+                proposals::transition(&mut tx.conn, &j.proposal_id, Status::Running, to.proposal_status()).await?;
+                to.proposal_status()
+            }
+            (JobKind::Preview, true) => {
+                proposals::close(&mut tx.conn, &j.proposal_id, Status::Previewing, Status::Failed, now).await?;
+                Status::Failed
+            }
+            (JobKind::Preview, false) => Status::Previewing,
+        };
         if last {
             super::notify::emit(tx, "job.failed", failure_data(&j, public_url)).await?;
             super::breakers::check_route(tx, policy, &j.route).await?;
@@ -362,7 +562,7 @@ pub(super) async fn reoffer_lost(tx: &mut Tx<'_>, policy: &Policy, public_url: &
         tx.notify(Notice::Proposal {
             id: j.proposal_id.clone(),
             tenant: j.tenant.clone(),
-            status: to.proposal_status(),
+            status,
         });
         moved += 1;
     }
@@ -383,9 +583,16 @@ impl Core {
         if tools.is_empty() {
             return Ok(Vec::new());
         }
+        let kinds = req.kinds.clone().unwrap_or_else(|| vec![JobKind::Execute]);
+        if kinds.is_empty() {
+            return Err(Error::BadRequest(
+                "kinds must name at least one of preview, execute".into(),
+            ));
+        }
         let c = Claim {
             exec: exec.clone(),
             tools,
+            kinds,
             max,
             lease_secs,
         };
@@ -413,7 +620,15 @@ impl Core {
 
     async fn claimable(&self, c: &Claim) -> Result<bool> {
         let now = self.now_ms();
-        let rows = jobs::claimable_rows(&mut self.store.reader().await?.conn(), &c.exec.env, &c.tools, now, 1).await?;
+        let rows = jobs::claimable_rows(
+            &mut self.store.reader().await?.conn(),
+            &c.exec.env,
+            &c.tools,
+            &c.kinds,
+            now,
+            1,
+        )
+        .await?;
         Ok(!rows.is_empty())
     }
 
@@ -424,7 +639,7 @@ impl Core {
         job_id: &str,
         lease_id: &str,
         lease_secs: Option<i64>,
-    ) -> Result<i64> {
+    ) -> Result<Heartbeat> {
         let secs = range("lease_seconds", lease_secs, 60, 1, MAX_LEASE_SECS)?;
         let (exec, job_id, lease_id) = (exec.clone(), job_id.to_owned(), lease_id.to_owned());
         self.store
@@ -444,17 +659,30 @@ impl Core {
                 )))
             }
         };
-        let body = canonical_json(&serde_json::json!({
+        let mut body = serde_json::json!({
             "lease_id": req.lease_id,
             "status": req.status,
             "result": req.result,
             "retryable": req.retryable,
-        }));
+        });
+        if let Some(p) = &req.preview {
+            body["preview"] = serde_json::json!({ "before": p.before, "after": p.after, "state": p.state });
+        }
+        let body = canonical_json(&body);
         let result = canonical_json(&req.result);
         if result.len() > MAX_RESULT_BYTES {
             return Err(Error::BadRequest("result must be at most 16 KiB of JSON".into()));
         }
-        if succeeded {
+        let preview = match (&req.preview, succeeded) {
+            (Some(p), true) => Some((p.clone(), checked_preview_diff(p).await?)),
+            (Some(_), false) => {
+                return Err(Error::BadRequest(
+                    "a failed preview reports why in result, not a preview".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        if succeeded && preview.is_none() {
             // The common case, finished together with others waiting (see
             // `finishing`); anything it does not take is answered below.
             let s = super::finishing::Success {
@@ -479,6 +707,7 @@ impl Core {
             result,
             body,
             public_url: self.settings.public_url.clone(),
+            preview,
         };
         self.store.write(move |tx| Box::pin(complete_in(tx, c))).await
     }

@@ -24,6 +24,7 @@ mod jobs;
 mod notify;
 mod people;
 mod proposals;
+mod receipts;
 mod release;
 mod review;
 mod runs;
@@ -35,7 +36,7 @@ pub use controls::{Banner, BannerKind};
 pub use credentials::{Credential, NewKey};
 pub use decisions::DecideRequest;
 pub use history::{AuditLogPage, HistoryEntry, HistoryPage, HistoryQuery};
-pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Completion};
+pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Completion, Heartbeat, PreviewReport};
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
 pub use proposals::{ProposalOut, ProposeRequest};
@@ -174,6 +175,8 @@ pub struct Core {
     settings: Settings,
     policy: RwLock<Arc<Policy>>,
     keyring: RwLock<Keyring>,
+    /// The key that signs approval receipts now.
+    receipt_key: RwLock<Option<crate::receipts::ReceiptKey>>,
     /// Gathers executors' successes into shared writes.
     finisher: finishing::Finisher,
 }
@@ -192,8 +195,10 @@ impl Core {
             settings,
             policy: RwLock::new(Arc::new(policy)),
             keyring: RwLock::new(Keyring::default()),
+            receipt_key: RwLock::new(None),
         });
         core.load_keyring().await?;
+        core.load_receipt_keys().await?;
         Ok(core)
     }
 

@@ -12,7 +12,7 @@ use crate::store::queries::notify::{self, OutboxRow, WebhookRow};
 use crate::store::Tx;
 use serde_json::{json, Value};
 
-pub const EVENTS: [&str; 9] = [
+pub const EVENTS: [&str; 10] = [
     "proposal.pending",
     "proposal.decided",
     "proposal.expired",
@@ -22,6 +22,7 @@ pub const EVENTS: [&str; 9] = [
     "breakglass.used",
     "breakglass.ended",
     "policy.changed",
+    "reviewer.changed",
 ];
 
 /// How long a delivery attempt may take before another process retries it.
@@ -68,6 +69,7 @@ fn slack_text(event: &str, data: &Value) -> String {
         ),
         "breakglass.used" => format!("Break-glass approval by {} of {}.", s("by"), s("tool")),
         "breakglass.ended" => format!("Break-glass ended ({}).", s("how")),
+        "reviewer.changed" => format!("{} was {} by {}.", s("user"), s("change"), s("by")),
         "policy.changed" => format!(
             "The loaded policy changed (sha256 {}).",
             s("hash").chars().take(12).collect::<String>()

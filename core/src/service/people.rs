@@ -91,6 +91,25 @@ fn check_access(roles: &Roles, tenants: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Record a change to who may review, tell the webhooks (`reviewer.changed`),
+/// and keep it on the person for the review page to show for a day.
+async fn reviewer_changed(tx: &mut Tx<'_>, user: &UserRow, actor: &str, what: &str, tenants: &[String]) -> Result<()> {
+    let change = users::ReviewChange {
+        user_id: user.id.clone(),
+        at: tx.now_ms(),
+        by: actor.strip_prefix("user:").unwrap_or(actor).to_owned(),
+        what: what.to_owned(),
+    };
+    users::mark_review_change(&mut tx.conn, &change).await?;
+    tracing::warn!(user = %user.username, by = %change.by, what, "who may review changed");
+    super::notify::emit(
+        tx,
+        "reviewer.changed",
+        serde_json::json!({ "user": user.username, "by": change.by, "change": what, "tenants": tenants }),
+    )
+    .await
+}
+
 async fn add_user_in(tx: &mut Tx<'_>, actor: String, row: UserRow, roles: Roles, tenants: Vec<String>) -> Result<()> {
     if users::by_name(&mut tx.conn, &row.username).await?.is_some() {
         return Err(Error::BadRequest(format!("user {} already exists", row.username)));
@@ -99,10 +118,13 @@ async fn add_user_in(tx: &mut Tx<'_>, actor: String, row: UserRow, roles: Roles,
     users::set_roles(&mut tx.conn, &row.id, &roles).await?;
     users::set_tenants(&mut tx.conn, &row.id, &tenants).await?;
     tx.audit(
-        AuditDraft::new(actor, "user.added")
+        AuditDraft::new(actor.clone(), "user.added")
             .subject(row.id.clone())
             .details(serde_json::json!({ "username": row.username, "roles": roles.names(), "tenants": tenants })),
     );
+    if roles.reviewer {
+        reviewer_changed(tx, &row, &actor, "added as a reviewer", &tenants).await?;
+    }
     Ok(())
 }
 
@@ -147,35 +169,58 @@ async fn record_logout_in(tx: &mut Tx<'_>, actor: String, id: String) -> Result<
     Ok(())
 }
 
+/// The person and whether (and where) they review now.
+async fn reviewer_now(tx: &mut Tx<'_>, id: &str) -> Result<(UserRow, Option<Vec<String>>)> {
+    let user = users::by_id(&mut tx.conn, id).await?.ok_or(Error::NotFound)?;
+    let (roles, tenants) = users::access_of(&mut tx.conn, id).await?;
+    Ok((user, roles.reviewer.then_some(tenants)))
+}
+
 async fn set_disabled_in(tx: &mut Tx<'_>, actor: String, id: String, disabled: bool) -> Result<()> {
     let now = tx.now_ms();
+    let (user, reviews) = reviewer_now(tx, &id).await?;
     if !users::set_disabled(&mut tx.conn, &id, disabled, now).await? {
         return Err(Error::NotFound);
     }
-    tx.audit(AuditDraft::new(actor, if disabled { "user.disabled" } else { "user.enabled" }).subject(id));
+    tx.audit(AuditDraft::new(actor.clone(), if disabled { "user.disabled" } else { "user.enabled" }).subject(id));
+    if let (false, true, Some(tenants)) = (disabled, user.disabled, reviews) {
+        reviewer_changed(tx, &user, &actor, "re-enabled", &tenants).await?;
+    }
     Ok(())
 }
 
 async fn reset_password_in(tx: &mut Tx<'_>, actor: String, id: String, hash: String) -> Result<()> {
     let now = tx.now_ms();
+    let (user, reviews) = reviewer_now(tx, &id).await?;
     if !users::set_password(&mut tx.conn, &id, &hash, now).await? {
         return Err(Error::NotFound);
     }
-    tx.audit(AuditDraft::new(actor, "user.password_reset").subject(id));
+    tx.audit(AuditDraft::new(actor.clone(), "user.password_reset").subject(id));
+    // Whoever knows the new password can now approve as this person.
+    if let Some(tenants) = reviews {
+        reviewer_changed(tx, &user, &actor, "password reset", &tenants).await?;
+    }
     Ok(())
 }
 
 async fn set_access_in(tx: &mut Tx<'_>, actor: String, id: String, roles: Roles, tenants: Vec<String>) -> Result<()> {
-    if users::by_id(&mut tx.conn, &id).await?.is_none() {
-        return Err(Error::NotFound);
-    }
+    let (user, before) = reviewer_now(tx, &id).await?;
     users::set_roles(&mut tx.conn, &id, &roles).await?;
     users::set_tenants(&mut tx.conn, &id, &tenants).await?;
     tx.audit(
-        AuditDraft::new(actor, "user.access_changed")
+        AuditDraft::new(actor.clone(), "user.access_changed")
             .subject(id)
             .details(serde_json::json!({ "roles": roles.names(), "tenants": tenants })),
     );
+    let gained = match &before {
+        _ if !roles.reviewer => None,
+        None => Some("granted the reviewer role"),
+        Some(had) if tenants.iter().any(|t| !had.contains(t)) => Some("granted a tenant to review"),
+        Some(_) => None,
+    };
+    if let Some(what) = gained {
+        reviewer_changed(tx, &user, &actor, what, &tenants).await?;
+    }
     Ok(())
 }
 

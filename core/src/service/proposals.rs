@@ -2,15 +2,16 @@
 //! with their diff, approved at once when the policy says so; read, waited on
 //! and cancelled by the run that made them.
 
-use super::release::release_approved;
+use super::receipts::Signer;
+use super::release::{release_approved, Approved};
 use super::runs::{decide_for_run, refuse, route_of, why_unpaid};
 use super::waiting::Waiter;
 use super::{review_url, Core, RunPrincipal};
 use crate::audit::{canonical_json, hash_json, hash_parts, AuditDraft};
 use crate::error::{Error, Result};
 use crate::ids::{new_id, IdempotencyKey};
-use crate::lifecycle::Status;
-use crate::policy::{Decision, Policy, ToolKind};
+use crate::lifecycle::{JobKind, JobState, Status};
+use crate::policy::{Decision, Policy, PreviewBy, ToolKind};
 use crate::secrets::{find_secret, secret_kind};
 use crate::store::queries::jobs::{self, JobRow};
 use crate::store::queries::proposals::{self, DecisionRow, ProposalRow};
@@ -50,6 +51,34 @@ struct Prepared {
     cost_usd: f64,
 }
 
+/// The diff a reviewer reads, as stored: computed on the blocking pool, not
+/// on the async workers, so a large preview does not stall other requests.
+pub(super) async fn diff_json(before: String, after: String) -> Result<String> {
+    let lines = tokio::task::spawn_blocking(move || crate::diff::compute(&before, &after))
+        .await
+        .map_err(|e| Error::internal(format!("computing a diff: {e}")))?;
+    Ok(serde_json::to_string(&lines)?)
+}
+
+/// What a reviewer approves, as one hash: the tool, the exact args, the
+/// preview shown and the executor's precondition for it. A decision carries
+/// it back; anything changed since is refused.
+pub(super) fn content_hash(
+    tool: &str,
+    args: &str,
+    before: Option<&str>,
+    after: Option<&str>,
+    state: Option<&str>,
+) -> String {
+    hash_parts(&[
+        tool,
+        args,
+        before.unwrap_or("\u{0}"),
+        after.unwrap_or("\u{0}"),
+        state.unwrap_or("\u{0}"),
+    ])
+}
+
 fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<Prepared> {
     let route = route_of(policy, run)?;
     let decision = decide_for_run(policy, route, run, &req.tool)?;
@@ -57,6 +86,17 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
         tool: req.tool.clone(),
         route: route.name.clone(),
     })?;
+    // Where the executor describes the change, the agent may not.
+    if tool.preview == PreviewBy::Executor && req.preview.is_some() {
+        return Err(Error::InvalidArgs {
+            tool: tool.name.clone(),
+            fields: [(
+                "preview".to_owned(),
+                "is computed by the executor for this tool: do not send it".to_owned(),
+            )]
+            .into(),
+        });
+    }
     if let Err(fields) = tool.args.validate(&req.args) {
         return Err(Error::InvalidArgs {
             tool: tool.name.clone(),
@@ -115,12 +155,12 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
     };
     let args_canonical = canonical_json(&req.args);
     let (before, after) = req.preview.clone().unzip();
-    let content_hash = hash_parts(&[
-        &tool.name,
-        &args_canonical,
-        before.as_deref().unwrap_or("\u{0}"),
-        after.as_deref().unwrap_or("\u{0}"),
-    ]);
+    let content_hash = content_hash(&tool.name, &args_canonical, before.as_deref(), after.as_deref(), None);
+    // A gated action whose executor describes the change waits for that first.
+    let status = match decision {
+        Decision::RequireApproval { .. } if tool.preview == PreviewBy::Executor => Status::Previewing,
+        _ => Status::Pending,
+    };
     let diff = match (&before, &after) {
         (Some(b), Some(a)) => Some(serde_json::to_string(&crate::diff::compute(b, a))?),
         _ => None,
@@ -140,13 +180,13 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
             args: args_canonical,
             args_hash: hash_json(&req.args),
             content_hash,
-            idempotency_key: key.map(|k| k.as_str().to_owned()),
+            idempotency_key: key.as_ref().map(|k| k.as_str().to_owned()),
             reason,
             preview_before: before,
             preview_after: after,
             diff,
             on_behalf_of: None,
-            status: Status::Pending,
+            status,
             approvals_required,
             approvals: 0,
             destructive: tool.destructive,
@@ -155,6 +195,10 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
             expires_at: 0,
             decided_at: None,
             execute_by: None,
+            preview_state: None,
+            preview_by: None,
+            preview_at: None,
+            idempotency_scope: key.is_some().then(|| format!("{}/{}", run.tenant, run.env)),
         },
         decision,
         cost_usd: tool.cost_usd,
@@ -170,6 +214,49 @@ struct NewProposal {
     prepared: Result<Prepared>,
     switch: Option<String>,
     public_url: String,
+    signer: Signer,
+}
+
+/// The dry-run job of a proposal whose executor describes the change.
+fn preview_job(p: &ProposalRow, preview_within_seconds: i64, max_attempts: i64, now: i64) -> JobRow {
+    let id = new_id("job");
+    JobRow {
+        execution_key: format!("exk_{id}"),
+        id,
+        proposal_id: p.id.clone(),
+        tenant: p.tenant.clone(),
+        env: p.env.clone(),
+        route: p.route.clone(),
+        tool: p.tool.clone(),
+        state: JobState::Queued,
+        attempt: 0,
+        max_attempts,
+        lease_id: None,
+        lease_expires_at: None,
+        leased_at: None,
+        available_at: now,
+        execute_by: now + preview_within_seconds * 1000,
+        result: None,
+        completion: None,
+        created_at: now,
+        finished_at: None,
+        kind: JobKind::Preview,
+        receipt: None,
+    }
+}
+
+/// Tell the people who review the tenant that a proposal waits for them.
+pub(super) async fn announce_pending(tx: &mut Tx<'_>, r: &ProposalRow, public_url: &str) -> Result<()> {
+    super::notify::emit(
+        tx,
+        "proposal.pending",
+        serde_json::json!({
+            "proposal": r.id, "tool": r.tool, "tenant": r.tenant, "env": r.env, "route": r.route,
+            "approvals_required": r.approvals_required, "destructive": r.destructive,
+            "review_url": review_url(public_url, &r.id),
+        }),
+    )
+    .await
 }
 
 /// What the transaction made of it.
@@ -187,6 +274,7 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
         prepared,
         switch,
         public_url,
+        signer,
     } = n;
     let mut p = match prepared {
         Ok(p) => p,
@@ -234,19 +322,20 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
     let mut job = None;
     if p.decision == Decision::Allow {
         // Not gated by the policy (a read tool, or an explicit auto_approve).
-        job = Some(release_approved(tx, &policy, &mut p.row, "policy: no approval required", Vec::new()).await?);
+        let approved = Approved {
+            why: "policy: no approval required",
+            approvals: &[],
+            break_glass: false,
+        };
+        job = Some(release_approved(tx, &policy, &signer, &mut p.row, approved).await?);
+    } else if p.row.status == Status::Previewing {
+        // Reviewers are told once the executor has described the change.
+        let pj = preview_job(&p.row, tool.preview_within_seconds, tool.max_attempts, now);
+        jobs::insert(&mut tx.conn, &pj).await?;
+        tx.notify(Notice::JobReady { env: pj.env.clone() });
+        job = Some(pj);
     } else {
-        let r = &p.row;
-        super::notify::emit(
-            tx,
-            "proposal.pending",
-            serde_json::json!({
-                "proposal": r.id, "tool": r.tool, "tenant": r.tenant, "env": r.env, "route": r.route,
-                "approvals_required": r.approvals_required, "destructive": r.destructive,
-                "review_url": review_url(&public_url, &r.id),
-            }),
-        )
-        .await?;
+        announce_pending(tx, &p.row, &public_url).await?;
     }
     tx.notify(Notice::Proposal {
         id: p.row.id.clone(),
@@ -264,10 +353,15 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
 /// first proposal; anything else is a conflict, recorded.
 async fn replay_in(tx: &mut Tx<'_>, run: &RunPrincipal, tool: &str, new: ProposalRow) -> Result<Outcome<Created>> {
     let key = new.idempotency_key.clone().unwrap_or_default();
-    let existing = proposals::by_idempotency_key(&mut tx.conn, &run.run_id, &key)
+    let scope = new.idempotency_scope.clone().unwrap_or_default();
+    let existing = proposals::by_idempotency_key(&mut tx.conn, &scope, &run.run_id, &key)
         .await?
         .ok_or_else(|| Error::internal("an idempotency conflict without its proposal"))?;
     if existing.tool == new.tool && existing.args_hash == new.args_hash {
+        if existing.run_id != run.run_id {
+            // A retry from a new run of the same action: that run may follow it.
+            proposals::record_replay(&mut tx.conn, &existing.id, &run.run_id).await?;
+        }
         return Ok(Outcome::Done(Created {
             row: existing,
             replayed: true,
@@ -291,11 +385,15 @@ async fn cancel_in(tx: &mut Tx<'_>, run: RunPrincipal, id: String) -> Result<Pro
         .filter(|p| p.run_id == run.run_id && p.tenant == run.tenant)
         .ok_or(Error::NotFound)?;
     let now_ms = tx.now_ms();
-    if !proposals::close(&mut tx.conn, &id, Status::Cancelled, now_ms).await? {
+    let undecided = matches!(p.status, Status::Pending | Status::Previewing);
+    if !undecided || !proposals::close(&mut tx.conn, &id, p.status, Status::Cancelled, now_ms).await? {
         return Err(Error::InvalidTransition(format!(
             "only a pending proposal can be cancelled; this one is {}",
             p.status
         )));
+    }
+    if p.status == Status::Previewing {
+        super::jobs::cancel_unclaimed(tx, &p.id).await?;
     }
     p.status = Status::Cancelled;
     tx.audit(
@@ -325,6 +423,7 @@ impl Core {
             run: run.clone(),
             tool: req.tool,
             public_url: self.settings.public_url.clone(),
+            signer: self.receipt_signer()?,
         };
         let c = self.store.write_or_refuse(move |tx| Box::pin(create_in(tx, n))).await?;
         if c.replayed {
@@ -354,12 +453,18 @@ impl Core {
         })
     }
 
-    /// A proposal as its own run sees it; any other id is not found.
+    /// A proposal as its own run sees it (or a run that replayed it); any
+    /// other id is not found.
     pub async fn proposal_for_run(&self, run: &RunPrincipal, id: &str) -> Result<ProposalOut> {
-        let row = proposals::get(&mut self.store.reader().await?.conn(), id)
+        let mut r = self.store.reader().await?;
+        let row = proposals::get(&mut r.conn(), id)
             .await?
-            .filter(|p| p.run_id == run.run_id && p.tenant == run.tenant)
+            .filter(|p| p.tenant == run.tenant && p.env == run.env)
             .ok_or(Error::NotFound)?;
+        if row.run_id != run.run_id && !proposals::replayed_by(&mut r.conn(), &row.id, &run.run_id).await? {
+            return Err(Error::NotFound);
+        }
+        drop(r);
         self.proposal_out(row).await
     }
 
@@ -370,7 +475,7 @@ impl Core {
         let mut waiter = Waiter::new(self.subscribe(), timeout, self.recheck());
         loop {
             let out = self.proposal_for_run(run, id).await?;
-            if out.row.status != Status::Pending || waiter.expired() {
+            if !matches!(out.row.status, Status::Pending | Status::Previewing) || waiter.expired() {
                 return Ok(out);
             }
             waiter
@@ -397,7 +502,7 @@ pub(super) async fn expire_pending(tx: &mut Tx<'_>, public_url: &str) -> Result<
     let now = tx.now_ms();
     let mut moved = 0;
     for p in proposals::pending_expired(&mut tx.conn, now, 200).await? {
-        if !proposals::close(&mut tx.conn, &p.id, Status::Expired, now).await? {
+        if !proposals::close(&mut tx.conn, &p.id, Status::Pending, Status::Expired, now).await? {
             continue;
         }
         tx.audit(

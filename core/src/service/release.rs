@@ -3,24 +3,44 @@
 //! breaker covers it; held jobs are queued once nothing holds them. This
 //! module owns approved -> held | queued.
 
-use crate::audit::AuditDraft;
+use super::receipts::Signer;
+use crate::audit::{hash_parts, AuditDraft};
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
-use crate::lifecycle::{JobState, Status};
+use crate::lifecycle::{JobKind, JobState, Status};
 use crate::policy::Policy;
+use crate::receipts::{execution_key, ReceiptApproval, ReceiptClaims};
 use crate::store::queries::jobs::{self, JobRow};
-use crate::store::queries::proposals::ProposalRow;
+use crate::store::queries::proposals::{DecisionRow, ProposalRow};
 use crate::store::queries::{controls, proposals};
 use crate::store::{Notice, Tx};
 
-/// Put an approved proposal on the executor queue (or hold it), in the
-/// caller's transaction. `row` is updated to its new status.
+/// Why an approved proposal is released, and by whose approvals.
+pub(super) struct Approved<'a> {
+    pub why: &'a str,
+    /// The approvals that reached the threshold (none: the policy gates nothing).
+    pub approvals: &'a [DecisionRow],
+    pub break_glass: bool,
+}
+
+/// The SHA-256 of the preview the reviewers saw, as a receipt names it.
+fn preview_sha256(row: &ProposalRow) -> Option<String> {
+    match (&row.preview_before, &row.preview_after) {
+        (Some(b), Some(a)) => Some(hash_parts(&[b, a])),
+        _ => None,
+    }
+}
+
+/// Put an approved proposal on the executor queue (or hold it), with its
+/// signed receipt, in the caller's transaction. `row` is updated to its new
+/// status.
 pub(super) async fn release_approved(
     tx: &mut Tx<'_>,
     policy: &Policy,
+    signer: &Signer,
     row: &mut ProposalRow,
-    why: &str,
-    approval_ids: Vec<String>,
+    approved: Approved<'_>,
 ) -> Result<JobRow> {
     let tool = policy.tool(&row.tool).ok_or(Error::NotFound)?;
     let now = tx.now_ms();
@@ -48,8 +68,40 @@ pub(super) async fn release_approved(
     row.status = state.proposal_status();
     row.decided_at = Some(now);
     row.execute_by = Some(execute_by);
+    let job_id = new_id("job");
+    let exec_key = execution_key(
+        row.idempotency_scope.as_deref(),
+        row.idempotency_key.as_deref(),
+        &job_id,
+    );
+    let claims = ReceiptClaims {
+        iss: signer.issuer.clone(),
+        jti: job_id.clone(),
+        sub: row.id.clone(),
+        tenant: row.tenant.clone(),
+        env: row.env.clone(),
+        tool: row.tool.clone(),
+        args: serde_json::from_str(&row.args)?,
+        execution_key: exec_key.clone(),
+        approvals: approved
+            .approvals
+            .iter()
+            .map(|d| ReceiptApproval {
+                user: d.username.clone(),
+                at: rfc3339(d.decided_at),
+                passkey: false,
+            })
+            .collect(),
+        auto_approved: approved.approvals.is_empty(),
+        break_glass: approved.break_glass,
+        preview_sha256: preview_sha256(row),
+        preview_state: row.preview_state.clone(),
+        policy_sha256: policy.hash.clone(),
+        iat: now / 1000,
+        exp: execute_by / 1000,
+    };
     let job = JobRow {
-        id: new_id("job"),
+        id: job_id,
         proposal_id: row.id.clone(),
         tenant: row.tenant.clone(),
         env: row.env.clone(),
@@ -67,6 +119,9 @@ pub(super) async fn release_approved(
         completion: None,
         created_at: now,
         finished_at: None,
+        kind: JobKind::Execute,
+        execution_key: exec_key,
+        receipt: Some(signer.key.sign(&claims)?),
     };
     jobs::insert(&mut tx.conn, &job).await?;
     let action = if held.is_some() {
@@ -78,8 +133,11 @@ pub(super) async fn release_approved(
         .tenant(row.tenant.clone())
         .tool(row.tool.clone())
         .subject(row.id.clone())
-        .details(serde_json::json!({ "job": job.id, "why": why, "held_by": held, "execute_by": execute_by }));
-    ev.approval_ids = approval_ids;
+        .details(serde_json::json!({
+            "job": job.id, "why": approved.why, "held_by": held, "execute_by": execute_by,
+            "execution_key": job.execution_key, "receipt_key": signer.key.id,
+        }));
+    ev.approval_ids = approved.approvals.iter().map(|d| d.id.clone()).collect();
     ev.args_hash = Some(row.args_hash.clone());
     ev.idempotency_key = row.idempotency_key.clone();
     tx.audit(ev);

@@ -10,7 +10,7 @@ use crate::policy::render_template;
 use crate::roles::Role;
 use crate::store::queries::jobs::{self, JobRow};
 use crate::store::queries::proposals::{self, DecisionRow, ProposalRow};
-use crate::store::queries::users;
+use crate::store::queries::users::{self, ReviewChange};
 
 const QUEUE_LIMIT: i64 = 200;
 
@@ -35,7 +35,13 @@ pub struct ReviewData {
     /// This person decides under break-glass.
     pub break_glass: bool,
     pub now_ms: i64,
+    /// Who of those who decided became a reviewer (or had their access or
+    /// password changed) within the last day: a co-approver should know.
+    pub recent_review_changes: Vec<ReviewChange>,
 }
+
+/// How long a change to who may review stays marked beside their decisions.
+pub const REVIEW_CHANGE_SHOWN_MS: i64 = 24 * 3600 * 1000;
 
 impl Core {
     /// Pending proposals of the person's tenants, oldest first.
@@ -59,6 +65,11 @@ impl Core {
         let decisions = proposals::decisions_of(&mut r.conn(), &p.id).await?;
         let job = jobs::by_proposal(&mut r.conn(), &p.id).await?;
         let reviewers = users::with_role_in_tenant(&mut r.conn(), Role::Reviewer, &p.tenant).await?;
+        let admins = users::ids_with_role(&mut r.conn(), Role::Admin).await?;
+        let now = self.now_ms();
+        let deciders: Vec<String> = decisions.iter().map(|d| d.user_id.clone()).collect();
+        let recent_review_changes =
+            users::review_changes_since(&mut r.conn(), &deciders, now - REVIEW_CHANGE_SHOWN_MS).await?;
         drop(r);
         let policy = self.policy();
         let tool = policy.tool(&p.tool);
@@ -70,8 +81,8 @@ impl Core {
             approvals_required: p.approvals_required,
             decisions: &decided,
         };
-        let now = self.now_ms();
         let tenant = [p.tenant.clone()];
+        let admin_reviewers = policy.people.admins_may_review;
         let may = |user_id: &str, username: &str| {
             may_decide(
                 &facts,
@@ -81,6 +92,8 @@ impl Core {
                     is_reviewer: true,
                     tenants: &tenant,
                     break_glass: false,
+                    is_admin: admins.iter().any(|a| a == user_id),
+                    admins_may_review: admin_reviewers,
                 },
             )
             .is_ok()
@@ -96,6 +109,8 @@ impl Core {
                     is_reviewer: person.roles.reviewer,
                     tenants: &person.tenants,
                     break_glass,
+                    is_admin: person.roles.admin,
+                    admins_may_review: admin_reviewers,
                 },
             )
             .err()
@@ -133,6 +148,7 @@ impl Core {
             eligible,
             break_glass,
             now_ms: now,
+            recent_review_changes,
         })
     }
 }

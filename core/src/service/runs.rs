@@ -6,9 +6,11 @@ use super::{Core, RunPrincipal, ServicePrincipal};
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
 use crate::ids::{new_id, parse_username};
+use crate::lifecycle::{JobKind, JobState, Status};
 use crate::policy::{Budgets, Decision, Denial, Policy, Route};
 use crate::store::queries::runs::{self, RunRow};
-use crate::store::{Outcome, Tx};
+use crate::store::queries::{jobs, proposals};
+use crate::store::{Notice, Outcome, Tx};
 use crate::tokens::RunClaims;
 use std::sync::Arc;
 
@@ -142,20 +144,68 @@ pub(super) async fn refuse<T>(
         let streak = runs::add_denial(&mut tx.conn, &run.run_id).await?;
         if streak >= policy.breakers.run_denials {
             let reason = format!("circuit breaker: {streak} denials in a row");
-            let now_ms = tx.now_ms();
-            if runs::revoke(&mut tx.conn, &run.run_id, now_ms, &reason).await? {
+            if revoke_cascade(tx, &run.run_id, &run.tenant, "system", &reason).await? {
                 tracing::warn!(run = %run.run_id, streak, "run revoked by its circuit breaker");
-                tx.audit(
-                    AuditDraft::new("system", "run.revoked")
-                        .tenant(run.tenant.clone())
-                        .subject(run.run_id.clone())
-                        .status("breaker")
-                        .details(serde_json::json!({ "reason": reason })),
-                );
             }
         }
     }
     Ok(Outcome::Refused(err))
+}
+
+/// Revoke a run: its token stops at once, its proposals still open
+/// (previewing, pending) and its jobs no executor holds yet are cancelled,
+/// each audited with the reason. Running jobs finish; their heartbeats say
+/// `cancel_requested`. False if the run was already revoked.
+pub(super) async fn revoke_cascade(
+    tx: &mut Tx<'_>,
+    run_id: &str,
+    tenant: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<bool> {
+    let now = tx.now_ms();
+    if !runs::revoke(&mut tx.conn, run_id, now, reason).await? {
+        return Ok(false);
+    }
+    tx.audit(
+        AuditDraft::new(actor, "run.revoked")
+            .tenant(tenant)
+            .subject(run_id)
+            .status(if actor == super::SYSTEM_ACTOR { "breaker" } else { "ok" })
+            .details(serde_json::json!({ "reason": reason })),
+    );
+    let why = format!("its run was revoked: {reason}");
+    let mut cancelled = Vec::new();
+    for p in proposals::open_of_run(&mut tx.conn, run_id).await? {
+        if proposals::close(&mut tx.conn, &p.id, p.status, Status::Cancelled, now).await? {
+            super::jobs::cancel_unclaimed(tx, &p.id).await?;
+            cancelled.push((p.id, p.tool));
+        }
+    }
+    for j in jobs::unclaimed_of_run(&mut tx.conn, run_id).await? {
+        if j.kind == JobKind::Execute && jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Cancelled, now).await?
+        {
+            let from = j.state.proposal_status();
+            proposals::transition(&mut tx.conn, &j.proposal_id, from, Status::Cancelled).await?;
+            cancelled.push((j.proposal_id, j.tool));
+        }
+    }
+    for (id, tool) in cancelled {
+        tx.audit(
+            AuditDraft::new(actor, "proposal.cancelled")
+                .tenant(tenant)
+                .tool(tool)
+                .subject(id.clone())
+                .status("cancelled")
+                .details(serde_json::json!({ "reason": why, "run": run_id })),
+        );
+        tx.notify(Notice::Proposal {
+            id,
+            tenant: tenant.to_owned(),
+            status: Status::Cancelled,
+        });
+    }
+    Ok(true)
 }
 
 /// A check, with what was decided before the transaction.
@@ -230,16 +280,9 @@ async fn record_mint(tx: &mut Tx<'_>, row: RunRow, actor: String, scope: String)
 
 async fn revoke_in(tx: &mut Tx<'_>, actor: String, run_id: String, reason: String) -> Result<()> {
     let row = runs::get(&mut tx.conn, &run_id).await?.ok_or(Error::NotFound)?;
-    let now_ms = tx.now_ms();
-    if !runs::revoke(&mut tx.conn, &run_id, now_ms, &reason).await? {
+    if !revoke_cascade(tx, &run_id, &row.tenant, &actor, &reason).await? {
         return Err(Error::InvalidTransition(format!("run {run_id} is already revoked")));
     }
-    tx.audit(
-        AuditDraft::new(actor, "run.revoked")
-            .tenant(row.tenant)
-            .subject(run_id)
-            .details(serde_json::json!({ "reason": reason })),
-    );
     Ok(())
 }
 
@@ -324,7 +367,8 @@ impl Core {
         runs::recent(&mut self.store.reader().await?.conn(), limit).await
     }
 
-    /// Revoke a run: its token stops working at once.
+    /// Revoke a run: its token stops working at once, and its work not yet
+    /// begun is cancelled.
     pub async fn revoke_run(&self, by: &super::Admin, run_id: &str, reason: &str) -> Result<()> {
         let (actor, run_id, reason) = (by.actor().to_owned(), run_id.to_owned(), reason.to_owned());
         self.store

@@ -275,6 +275,10 @@ async fn run_and_proposal(s: &Store) -> super::queries::proposals::ProposalRow {
         expires_at: 100,
         decided_at: None,
         execute_by: None,
+        preview_state: None,
+        preview_by: None,
+        preview_at: None,
+        idempotency_scope: Some("acme/prod".into()),
     }
 }
 

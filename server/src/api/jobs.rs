@@ -6,7 +6,7 @@ use super::types::{ClaimBody, ClaimResponse, CompleteBody, CompleteResponse, Hea
 use axum::extract::{Path, State};
 use axum::Json;
 use countersign_core::clock::rfc3339;
-use countersign_core::service::{ClaimRequest, CompleteRequest, Core};
+use countersign_core::service::{ClaimRequest, CompleteRequest, Core, PreviewReport};
 use std::sync::Arc;
 
 /// Claim jobs of the key's env and tools, long-polling up to `wait_seconds`.
@@ -34,6 +34,7 @@ pub async fn claim(
                 max: body.max,
                 lease_seconds: body.lease_seconds,
                 wait_seconds: body.wait_seconds,
+                kinds: body.kinds.map(|ks| ks.into_iter().map(Into::into).collect()),
             },
         )
         .await?;
@@ -62,11 +63,12 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<HeartbeatBody>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    let until = core.heartbeat(&exec, &id, &body.lease_id, body.lease_seconds).await?;
+    let hb = core.heartbeat(&exec, &id, &body.lease_id, body.lease_seconds).await?;
     Ok(Json(HeartbeatResponse {
         job_id: id,
         lease_id: body.lease_id,
-        lease_expires_at: rfc3339(until),
+        lease_expires_at: rfc3339(hb.lease_expires_at_ms),
+        cancel_requested: hb.cancel_requested,
     }))
 }
 
@@ -99,6 +101,11 @@ pub async fn complete(
                 status: body.status,
                 result: body.result,
                 retryable: body.retryable,
+                preview: body.preview.map(|p| PreviewReport {
+                    before: p.before,
+                    after: p.after,
+                    state: p.state,
+                }),
             },
         )
         .await?;

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         ErrorBody, ErrorInner, MintRunBody, MintRunResponse, Budgets, CheckBody, CheckResponse, PreviewBody,
         ProposeBody, ProposalResponse, Approval, DecisionBody, ExecutionBody, ClaimBody, ClaimResponse, JobBody,
-        HeartbeatBody, HeartbeatResponse, CompleteBody, CompleteResponse,
+        HeartbeatBody, HeartbeatResponse, CompleteBody, CompleteResponse, PreviewReportBody, JobKindBody,
     )),
     modifiers(&BearerAuth),
     tags(

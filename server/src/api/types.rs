@@ -111,8 +111,11 @@ pub struct DecisionBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExecutionBody {
-    /// `queued`, `held`, `running`, `succeeded`, `failed` or `expired`.
+    /// `queued`, `held`, `running`, `succeeded`, `failed`, `expired` or
+    /// `cancelled`.
     pub status: String,
+    /// `execute`, or `preview` while the executor's dry run is the only job.
+    pub kind: String,
     pub attempts: i64,
     #[schema(value_type = Object)]
     pub result: Value,
@@ -122,8 +125,8 @@ pub struct ExecutionBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProposalResponse {
     pub id: String,
-    /// `pending`, `approved`, `queued`, `running`, `succeeded`, `failed`,
-    /// `rejected`, `expired` or `cancelled`.
+    /// `previewing`, `pending`, `approved`, `queued`, `running`, `succeeded`,
+    /// `failed`, `rejected`, `expired` or `cancelled`.
     pub status: String,
     pub tool: String,
     pub tenant: String,
@@ -139,6 +142,10 @@ pub struct ProposalResponse {
     pub idempotency_key: Option<String>,
     pub decisions: Vec<DecisionBody>,
     pub execution: Option<ExecutionBody>,
+    /// Who described the change: `executor` (a dry run, by `preview_by`) or
+    /// `agent` (not checked); null when there is no preview.
+    pub preview_source: Option<String>,
+    pub preview_by: Option<String>,
 }
 
 impl From<ProposalOut> for ProposalResponse {
@@ -170,6 +177,7 @@ impl From<ProposalOut> for ProposalResponse {
                     countersign_core::lifecycle::JobState::Leased => "running".into(),
                     other => other.to_string(),
                 },
+                kind: j.kind.to_string(),
                 attempts: j.attempt,
                 result: j
                     .result
@@ -178,6 +186,12 @@ impl From<ProposalOut> for ProposalResponse {
                     .unwrap_or(Value::Null),
                 finished_at: j.finished_at.map(rfc3339),
             }),
+            preview_source: match (&p.preview_by, &p.preview_before) {
+                (Some(_), _) => Some("executor".into()),
+                (None, Some(_)) => Some("agent".into()),
+                (None, None) => None,
+            },
+            preview_by: p.preview_by.clone(),
             id: p.id,
             status: p.status.to_string(),
             tool: p.tool,
@@ -213,6 +227,26 @@ pub struct ClaimBody {
     pub lease_seconds: Option<i64>,
     /// Long-poll for up to this many seconds (0–60, default 0).
     pub wait_seconds: Option<i64>,
+    /// `execute` (the default) and/or `preview`.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub kinds: Option<Vec<JobKindBody>>,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKindBody {
+    Preview,
+    Execute,
+}
+
+impl From<JobKindBody> for countersign_core::lifecycle::JobKind {
+    fn from(k: JobKindBody) -> Self {
+        match k {
+            JobKindBody::Preview => Self::Preview,
+            JobKindBody::Execute => Self::Execute,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -229,6 +263,15 @@ pub struct JobBody {
     pub idempotency_key: Option<String>,
     pub attempt: i64,
     pub lease_expires_at: String,
+    /// `execute`, or `preview` (compute what would change; act on nothing).
+    pub kind: String,
+    /// The same for every attempt, unique across the deployment: deduplicate
+    /// side effects on it.
+    pub execution_key: String,
+    /// The signed receipt of what was approved (a JWS, EdDSA); null for previews.
+    pub receipt: Option<String>,
+    /// The precondition the executor's preview recorded; re-check it before acting.
+    pub preview_state: Option<String>,
 }
 
 impl From<ClaimedJob> for JobBody {
@@ -244,6 +287,10 @@ impl From<ClaimedJob> for JobBody {
             idempotency_key: j.idempotency_key,
             attempt: j.attempt,
             lease_expires_at: rfc3339(j.lease_expires_at_ms),
+            kind: j.kind.to_string(),
+            execution_key: j.execution_key,
+            receipt: j.receipt,
+            preview_state: j.preview_state,
         }
     }
 }
@@ -265,6 +312,8 @@ pub struct HeartbeatResponse {
     pub job_id: String,
     pub lease_id: String,
     pub lease_expires_at: String,
+    /// The job's run was revoked: finish or stop, but start nothing new.
+    pub cancel_requested: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -278,6 +327,18 @@ pub struct CompleteBody {
     pub result: Value,
     #[serde(default)]
     pub retryable: bool,
+    /// A preview job's report when it succeeded.
+    pub preview: Option<PreviewReportBody>,
+}
+
+/// What an executor's dry run says will change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewReportBody {
+    pub before: String,
+    pub after: String,
+    /// An opaque precondition (a row version, an ETag), at most 200 characters.
+    pub state: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

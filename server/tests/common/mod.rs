@@ -12,7 +12,7 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use server::startup::{start, AppConfig, RunningApp};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -200,4 +200,51 @@ pub fn refund(key: &str) -> Value {
         "idempotency_key": key,
         "reason": "Double charge on invoice 7731"
     })
+}
+
+/// A local webhook receiver that records what it is sent.
+pub struct Receiver {
+    pub got: Arc<Mutex<Vec<(String, String)>>>,
+    pub task: tokio::task::JoinHandle<()>,
+    pub port: u16,
+}
+
+impl Receiver {
+    pub async fn start(port: u16) -> Receiver {
+        let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let g = g.clone();
+                async move {
+                    let sig = headers
+                        .get("x-countersign-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    g.lock().unwrap().push((sig, body));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { got, task, port }
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+    pub async fn wait_for(&self, n: usize) -> Vec<(String, String)> {
+        for _ in 0..200 {
+            if self.got.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.got.lock().unwrap().clone()
+    }
 }

@@ -80,7 +80,7 @@ pub async fn reset_breaker(conn: &mut Conn<'_>, route: &str) -> Result<bool> {
 /// The outcomes of a route's most recent finished jobs, newest first.
 pub async fn recent_outcomes(conn: &mut Conn<'_>, route: &str, limit: i64) -> Result<Vec<JobState>> {
     Ok(on!(conn, c => sqlx::query_scalar::<_, JobState>(
-        "SELECT state FROM jobs WHERE route = $1 AND finished_at IS NOT NULL AND state IN ('succeeded', 'failed') \
+        "SELECT state FROM jobs WHERE route = $1 AND finished_at IS NOT NULL AND state IN ('succeeded', 'failed') AND kind = 'execute' \
          ORDER BY finished_at DESC LIMIT $2")
         .bind(route).bind(limit).fetch_all(&mut **c).await?))
 }

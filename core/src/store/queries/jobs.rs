@@ -1,5 +1,5 @@
 use crate::error::{Error, Result};
-use crate::lifecycle::{job_can_transition, JobState};
+use crate::lifecycle::{job_can_transition, JobKind, JobState};
 use crate::store::on;
 use crate::store::Conn;
 
@@ -23,21 +23,28 @@ pub struct JobRow {
     pub completion: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    pub kind: JobKind,
+    /// The same for every attempt, unique across the deployment.
+    pub execution_key: String,
+    /// The signed receipt of what was approved (execute jobs).
+    pub receipt: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "id, proposal_id, tenant, env, route, tool, state, attempt, max_attempts, lease_id, \
-     lease_expires_at, leased_at, available_at, execute_by, result, completion, created_at, finished_at";
+     lease_expires_at, leased_at, available_at, execute_by, result, completion, created_at, finished_at, kind, \
+     execution_key, receipt";
 
 pub async fn insert(conn: &mut Conn<'_>, j: &JobRow) -> Result<()> {
     let sql = format!(
-        "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18, $19, $20, $21)"
     );
     on!(conn, c => {
         sqlx::query(&sql)
             .bind(&j.id).bind(&j.proposal_id).bind(&j.tenant).bind(&j.env).bind(&j.route).bind(&j.tool)
             .bind(j.state).bind(j.attempt).bind(j.max_attempts).bind(&j.lease_id).bind(j.lease_expires_at).bind(j.leased_at)
             .bind(j.available_at).bind(j.execute_by).bind(&j.result).bind(&j.completion).bind(j.created_at)
-            .bind(j.finished_at)
+            .bind(j.finished_at).bind(j.kind).bind(&j.execution_key).bind(&j.receipt)
             .execute(&mut **c).await?;
     });
     Ok(())
@@ -52,8 +59,17 @@ pub async fn get_for_update(conn: &mut Conn<'_>, id: &str) -> Result<Option<JobR
     Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
 }
 
-pub async fn by_proposal(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Option<JobRow>> {
+/// Every job of a proposal (its preview and its execution).
+pub async fn of_proposal(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Vec<JobRow>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE proposal_id = $1");
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(proposal_id).fetch_all(&mut **c).await?))
+}
+
+/// A proposal's job: the execution once there is one, else its preview.
+pub async fn by_proposal(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Option<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE proposal_id = $1 ORDER BY CASE kind WHEN 'execute' THEN 0 ELSE 1 END LIMIT 1"
+    );
     Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(proposal_id).fetch_optional(&mut **c).await?))
 }
 
@@ -67,7 +83,8 @@ pub async fn by_proposals(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Job
         for id in ids {
             sep.push_bind(id.clone());
         }
-        sep.push_unseparated(")");
+        // Previews first: a caller keeping one job per proposal keeps the execution.
+        sep.push_unseparated(") ORDER BY CASE kind WHEN 'execute' THEN 1 ELSE 0 END");
         qb.build_query_as::<JobRow>().fetch_all(&mut **c).await?
     }))
 }
@@ -82,25 +99,30 @@ pub struct ClaimableRow {
     pub route: String,
     pub tool: String,
     pub attempt: i64,
+    pub kind: JobKind,
+    pub execution_key: String,
+    pub receipt: Option<String>,
 }
 
-/// Queued jobs of `env` and `tools` that may run now, oldest first, from the
+/// Queued jobs of `env`, `tools` and `kinds` that may run now, oldest first, from the
 /// queue's index alone. PostgreSQL locks them and skips rows other claimers
 /// hold.
 pub async fn claimable_rows(
     conn: &mut Conn<'_>,
     env: &str,
     tools: &[String],
+    kinds: &[JobKind],
     now: i64,
     limit: i64,
 ) -> Result<Vec<ClaimableRow>> {
-    if tools.is_empty() {
+    if tools.is_empty() || kinds.is_empty() {
         return Ok(Vec::new());
     }
     let lock = conn.dialect().lock_skipping_locked();
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new(
-            "SELECT id, proposal_id, tenant, env, route, tool, attempt FROM jobs WHERE state = 'queued' AND env = ");
+            "SELECT id, proposal_id, tenant, env, route, tool, attempt, kind, execution_key, receipt FROM jobs \
+             WHERE state = 'queued' AND env = ");
         qb.push_bind(env.to_owned());
         qb.push(" AND available_at <= ").push_bind(now);
         qb.push(" AND tool IN (");
@@ -108,7 +130,11 @@ pub async fn claimable_rows(
         for t in tools {
             sep.push_bind(t.clone());
         }
-        sep.push_unseparated(") ORDER BY available_at, id LIMIT ");
+        sep.push_unseparated(")");
+        if kinds.len() == 1 {
+            qb.push(" AND kind = ").push_bind(kinds[0]);
+        }
+        qb.push(" ORDER BY available_at, id LIMIT ");
         qb.push_bind(limit);
         qb.push(lock);
         qb.build_query_as::<ClaimableRow>().fetch_all(&mut **c).await?
@@ -200,7 +226,8 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new(
             "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
-             p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id WHERE j.id IN (");
+             p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id \
+             WHERE j.kind = 'execute' AND j.id IN (");
         let mut sep = qb.separated(", ");
         for id in super::padded(ids, pad).iter() {
             sep.push_bind(id.clone());
@@ -256,7 +283,40 @@ pub async fn requeue(
     Ok(n == 1)
 }
 
+/// Replace a job's receipt (tests of an executor that must refuse a forged one).
+#[cfg(any(test, feature = "testing"))]
+pub async fn set_receipt(conn: &mut Conn<'_>, id: &str, receipt: &str) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE jobs SET receipt = $1 WHERE id = $2").bind(receipt).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
 /// Held jobs (approved while a switch or breaker covered them).
+/// Jobs of a run not yet claimed (held or queued), with their proposal's status.
+pub async fn unclaimed_of_run(conn: &mut Conn<'_>, run_id: &str) -> Result<Vec<JobRow>> {
+    let cols = JOB_COLUMNS
+        .split(", ")
+        .map(|c| format!("j.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cols} FROM jobs j JOIN proposals p ON p.id = j.proposal_id \
+         WHERE p.run_id = $1 AND j.state IN ('held', 'queued')"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(run_id).fetch_all(&mut **c).await?))
+}
+
+/// Whether the run behind a job was revoked (its holder should stop).
+pub async fn run_revoked(conn: &mut Conn<'_>, job_id: &str) -> Result<bool> {
+    Ok(on!(conn, c => sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT r.revoked_at FROM jobs j JOIN proposals p ON p.id = j.proposal_id JOIN runs r ON r.id = p.run_id \
+         WHERE j.id = $1")
+        .bind(job_id).fetch_optional(&mut **c).await?)
+    .flatten()
+    .is_some())
+}
+
 pub async fn held(conn: &mut Conn<'_>, limit: i64) -> Result<Vec<JobRow>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'held' ORDER BY created_at LIMIT $1");
     Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(limit).fetch_all(&mut **c).await?))

@@ -89,3 +89,50 @@ pub async fn retire_signing_keys_before(conn: &mut Conn<'_>, keep_id: &str, befo
         "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND id <> $2 AND created_at < $3")
         .bind(now).bind(keep_id).bind(before).execute(&mut **c).await?.rows_affected()))
 }
+
+/// A receipt signing key as stored; the private key never appears in `Debug`.
+#[derive(Clone, sqlx::FromRow)]
+pub struct ReceiptKeyRow {
+    pub id: String,
+    pub private_key: String,
+    pub public_key: String,
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for ReceiptKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptKeyRow")
+            .field("id", &self.id)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current key and the retired ones still published at `now`, newest first.
+pub async fn receipt_keys(conn: &mut Conn<'_>, now: i64) -> Result<Vec<ReceiptKeyRow>> {
+    Ok(on!(conn, c => sqlx::query_as::<_, ReceiptKeyRow>(
+        "SELECT id, private_key, public_key, retired_at FROM receipt_keys \
+         WHERE retired_at IS NULL OR serve_until > $1 ORDER BY created_at DESC, id DESC")
+        .bind(now).fetch_all(&mut **c).await?))
+}
+
+pub async fn insert_receipt_key(
+    conn: &mut Conn<'_>,
+    id: &str,
+    private_hex: &str,
+    public_x: &str,
+    now: i64,
+) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("INSERT INTO receipt_keys (id, private_key, public_key, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id).bind(private_hex).bind(public_x).bind(now).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+/// Retire every current key but `keep`; each stays published until `serve_until`.
+pub async fn retire_receipt_keys(conn: &mut Conn<'_>, keep: &str, now: i64, serve_until: i64) -> Result<u64> {
+    Ok(on!(conn, c => sqlx::query(
+        "UPDATE receipt_keys SET retired_at = $1, serve_until = $2 WHERE retired_at IS NULL AND id <> $3")
+        .bind(now).bind(serve_until).bind(keep).execute(&mut **c).await?.rows_affected()))
+}

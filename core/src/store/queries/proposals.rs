@@ -30,21 +30,32 @@ pub struct ProposalRow {
     pub expires_at: i64,
     pub decided_at: Option<i64>,
     pub execute_by: Option<i64>,
+    /// The executor's precondition for its preview (`preview = "executor"`).
+    pub preview_state: Option<String>,
+    /// The executor (key name) that computed the preview, and when; None: the
+    /// agent described it (or nobody did).
+    pub preview_by: Option<String>,
+    pub preview_at: Option<i64>,
+    /// Where the idempotency key is unique: `tenant/env`.
+    pub idempotency_scope: Option<String>,
 }
 
 pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, args_hash, content_hash, \
      idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
-     approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by";
+     approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by, preview_state, \
+     preview_by, preview_at, idempotency_scope";
 
-/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$24`.
-const PROPOSAL_VALUES: usize = 24;
+/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$28`.
+const PROPOSAL_VALUES: usize = 28;
 
-/// The insert of a proposal unless its run used the idempotency key; written
+/// The insert of a proposal unless its idempotency key was used in its scope
+/// (or, for rows older than the tenant + env scope, in its run); written
 /// once, not at every request.
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    let values: Vec<String> = (1..=PROPOSAL_VALUES).map(|i| format!("${i}")).collect();
     format!(
-        "INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT (run_id, idempotency_key) DO NOTHING"
+        "INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ({}) ON CONFLICT DO NOTHING",
+        values.join(", ")
     )
 });
 
@@ -58,7 +69,7 @@ static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Bind a proposal's 24 values onto a query, in `PROPOSAL_COLUMNS` order.
+/// Bind a proposal's 28 values onto a query, in `PROPOSAL_COLUMNS` order.
 macro_rules! bind_proposal {
     ($query:expr, $p:expr) => {
         $query
@@ -86,6 +97,10 @@ macro_rules! bind_proposal {
             .bind($p.expires_at)
             .bind($p.decided_at)
             .bind($p.execute_by)
+            .bind(&$p.preview_state)
+            .bind(&$p.preview_by)
+            .bind($p.preview_at)
+            .bind(&$p.idempotency_scope)
     };
 }
 
@@ -158,9 +173,69 @@ pub async fn get_for_update(conn: &mut Conn<'_>, id: &str) -> Result<Option<Prop
     Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(id).fetch_optional(&mut **c).await?))
 }
 
-pub async fn by_idempotency_key(conn: &mut Conn<'_>, run_id: &str, key: &str) -> Result<Option<ProposalRow>> {
-    let sql = format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE run_id = $1 AND idempotency_key = $2");
-    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(run_id).bind(key).fetch_optional(&mut **c).await?))
+/// The proposal that used `key` in `scope` (or, for rows older than the
+/// tenant + env scope, in `run_id`).
+pub async fn by_idempotency_key(
+    conn: &mut Conn<'_>,
+    scope: &str,
+    run_id: &str,
+    key: &str,
+) -> Result<Option<ProposalRow>> {
+    let sql = format!(
+        "SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE idempotency_key = $1 AND (idempotency_scope = $2 OR run_id = $3) \
+         ORDER BY created_at LIMIT 1"
+    );
+    Ok(
+        on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(key).bind(scope).bind(run_id)
+        .fetch_optional(&mut **c).await?),
+    )
+}
+
+/// Let `run_id` read a proposal of another run it replayed.
+pub async fn record_replay(conn: &mut Conn<'_>, proposal_id: &str, run_id: &str) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("INSERT INTO proposal_replays (proposal_id, run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(proposal_id).bind(run_id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
+
+/// Whether `run_id` replayed the proposal (and so may read it).
+pub async fn replayed_by(conn: &mut Conn<'_>, proposal_id: &str, run_id: &str) -> Result<bool> {
+    Ok(on!(conn, c => sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM proposal_replays WHERE proposal_id = $1 AND run_id = $2")
+        .bind(proposal_id).bind(run_id).fetch_one(&mut **c).await?)
+        > 0)
+}
+
+/// A run's proposals still open: previewing or pending.
+pub async fn open_of_run(conn: &mut Conn<'_>, run_id: &str) -> Result<Vec<ProposalRow>> {
+    let sql =
+        format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE run_id = $1 AND status IN ('previewing', 'pending')");
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(run_id).fetch_all(&mut **c).await?))
+}
+
+/// What an executor's preview says, recorded on a previewing proposal, which
+/// becomes pending (decidable). False if it was no longer previewing.
+#[derive(Debug, Clone)]
+pub struct PreviewDone<'a> {
+    pub before: &'a str,
+    pub after: &'a str,
+    pub state: &'a str,
+    pub diff: &'a str,
+    pub content_hash: &'a str,
+    pub by: &'a str,
+    pub at: i64,
+}
+
+pub async fn record_preview(conn: &mut Conn<'_>, id: &str, p: &PreviewDone<'_>) -> Result<bool> {
+    check_move(Status::Previewing, Status::Pending)?;
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE proposals SET status = 'pending', preview_before = $1, preview_after = $2, preview_state = $3, \
+         diff = $4, content_hash = $5, preview_by = $6, preview_at = $7 WHERE id = $8 AND status = 'previewing'")
+        .bind(p.before).bind(p.after).bind(p.state).bind(p.diff).bind(p.content_hash).bind(p.by).bind(p.at).bind(id)
+        .execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
 }
 
 /// Refuse a move the lifecycle does not have: a bug, never an input.
@@ -172,13 +247,13 @@ fn check_move(from: Status, to: Status) -> Result<()> {
     }
 }
 
-/// End a pending proposal (`to`: rejected, cancelled or expired), recording
-/// when; false if it was no longer pending.
-pub async fn close(conn: &mut Conn<'_>, id: &str, to: Status, now: i64) -> Result<bool> {
-    check_move(Status::Pending, to)?;
+/// End an undecided proposal (`from` previewing or pending; `to`: rejected,
+/// cancelled, expired or failed), recording when; false if it had moved on.
+pub async fn close(conn: &mut Conn<'_>, id: &str, from: Status, to: Status, now: i64) -> Result<bool> {
+    check_move(from, to)?;
     let n = on!(conn, c => sqlx::query(
-        "UPDATE proposals SET status = $1, decided_at = COALESCE(decided_at, $2) WHERE id = $3 AND status = 'pending'")
-        .bind(to).bind(now).bind(id).execute(&mut **c).await?.rows_affected());
+        "UPDATE proposals SET status = $1, decided_at = COALESCE(decided_at, $2) WHERE id = $3 AND status = $4")
+        .bind(to).bind(now).bind(id).bind(from).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
 
@@ -197,6 +272,26 @@ pub struct RunFacts {
     pub args: String,
     pub args_hash: String,
     pub idempotency_key: Option<String>,
+    pub preview_state: Option<String>,
+}
+
+const RUN_FACTS: &str = "id, args, args_hash, idempotency_key, preview_state";
+
+/// The run facts of proposals whose status does not change at claim
+/// (previews).
+pub async fn run_facts(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<RunFacts>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {RUN_FACTS} FROM proposals WHERE id IN ("));
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(")");
+        qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
+    }))
 }
 
 /// `UPDATE proposals SET status = <to> WHERE status = <from> AND id IN (<ids>`
@@ -231,7 +326,7 @@ pub async fn transition_many_returning(
     }
     let pad = conn.dialect().pads_lists();
     Ok(on!(conn, c => {
-        let mut qb = status_update!(from, to, ids, pad, ") RETURNING id, args, args_hash, idempotency_key");
+        let mut qb = status_update!(from, to, ids, pad, format!(") RETURNING {RUN_FACTS}"));
         qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
     }))
 }

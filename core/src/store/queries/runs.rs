@@ -100,6 +100,13 @@ pub async fn revoke(conn: &mut Conn<'_>, id: &str, now: i64, reason: &str) -> Re
     Ok(n == 1)
 }
 
+/// Runs a service key minted that are not revoked.
+pub async fn live_of_key(conn: &mut Conn<'_>, key_id: &str) -> Result<Vec<String>> {
+    Ok(on!(conn, c => sqlx::query_scalar::<_, String>(
+        "SELECT id FROM runs WHERE service_key_id = $1 AND revoked_at IS NULL")
+        .bind(key_id).fetch_all(&mut **c).await?))
+}
+
 pub async fn recent(conn: &mut Conn<'_>, limit: i64) -> Result<Vec<RunRow>> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC LIMIT $1");
     Ok(on!(conn, c => sqlx::query_as::<_, RunRow>(&sql).bind(limit).fetch_all(&mut **c).await?))

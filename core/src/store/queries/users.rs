@@ -15,6 +15,44 @@ pub struct UserRow {
 
 const USER_COLUMNS: &str = "id, username, password_hash, disabled, sessions_valid_after, created_at";
 
+/// The last change to whether, and where, a person may review.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReviewChange {
+    pub user_id: String,
+    pub at: i64,
+    pub by: String,
+    /// `added`, `access changed`, `password reset`, `re-enabled`.
+    pub what: String,
+}
+
+pub async fn mark_review_change(conn: &mut Conn<'_>, c: &ReviewChange) -> Result<()> {
+    on!(conn, cn => {
+        sqlx::query("UPDATE users SET review_changed_at = $1, review_changed_by = $2, review_change = $3 WHERE id = $4")
+            .bind(c.at).bind(&c.by).bind(&c.what).bind(&c.user_id).execute(&mut **cn).await?;
+    });
+    Ok(())
+}
+
+/// The review changes of these people made at or after `since`.
+pub async fn review_changes_since(conn: &mut Conn<'_>, ids: &[String], since: i64) -> Result<Vec<ReviewChange>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT id AS user_id, review_changed_at AS at, review_changed_by AS by, review_change AS what FROM users \
+             WHERE review_changed_at IS NOT NULL AND review_changed_at >= ");
+        qb.push_bind(since);
+        qb.push(" AND id IN (");
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        sep.push_unseparated(")");
+        qb.build_query_as::<ReviewChange>().fetch_all(&mut **c).await?
+    }))
+}
+
 pub async fn insert_user(conn: &mut Conn<'_>, u: &UserRow) -> Result<()> {
     let sql = format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)");
     on!(conn, c => {
@@ -79,6 +117,14 @@ pub async fn set_roles(conn: &mut Conn<'_>, user_id: &str, roles: &Roles) -> Res
         }
     });
     Ok(())
+}
+
+/// Everyone holding `role`, by id.
+pub async fn ids_with_role(conn: &mut Conn<'_>, role: Role) -> Result<Vec<String>> {
+    Ok(
+        on!(conn, c => sqlx::query_scalar::<_, String>("SELECT user_id FROM user_roles WHERE role = $1")
+        .bind(role).fetch_all(&mut **c).await?),
+    )
 }
 
 /// Active users holding `role` in `tenant`, by name.

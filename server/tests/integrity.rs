@@ -1,0 +1,663 @@
+//! Approval integrity, black-box on SQLite and PostgreSQL: previews computed
+//! by the executor, signed receipts, execution keys, idempotency per tenant
+//! and env, revocation that cancels work, and admins kept from reviewing.
+
+mod common;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use countersign_core::lifecycle::{Status, Verdict};
+use countersign_core::policy::{load_policy, Policy};
+use countersign_core::service::{Admin, DecideRequest, Person};
+use countersign_core::testing::TestDb;
+use countersign_core::Error;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::process::Command;
+
+const EXECUTOR: &str = env!("CARGO_BIN_EXE_reference-executor");
+
+fn policy(extra: &str) -> Policy {
+    let src = format!(
+        "{}\n{extra}\n{}",
+        include_str!("../../examples/policy.toml"),
+        r#"
+[tools."record.update"]
+kind = "write"
+preview = "executor"
+preview_within_seconds = 30
+undo = "Update it back"
+blast_radius = "1 record of {tenant}"
+args.record_id = { type = "string", pattern = "^R-[0-9]{1,6}$" }
+args.text = { type = "string", max_len = 100 }
+
+[tools."note.write"]
+kind = "write"
+undo = "Delete the note"
+blast_radius = "1 note"
+args.text = { type = "string", max_len = 100 }
+
+[routes."records"]
+allow_tools = ["record.update", "note.write"]
+require_approval = ["record.update"]
+auto_approve = ["note.write"]
+budgets = { steps = 1000, seconds = 86400, usd = 100.0 }
+"#
+    );
+    load_policy(&src).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn update(key: &str) -> Value {
+    json!({ "tool": "record.update", "args": { "record_id": "R-7", "text": "hello" }, "idempotency_key": key })
+}
+
+fn note(key: &str) -> Value {
+    json!({ "tool": "note.write", "args": { "text": "remember" }, "idempotency_key": key })
+}
+
+fn approve(id: &str, hash: &str) -> DecideRequest {
+    DecideRequest {
+        proposal_id: id.into(),
+        verdict: Verdict::Approve,
+        comment: String::new(),
+        content_hash: hash.into(),
+        view_ms: Some(5000),
+    }
+}
+
+async fn approve_as(t: &TestApp, who: &Person, id: &str) -> Result<Status, Error> {
+    let hash = t.inspect().proposal(id).await.unwrap().unwrap().content_hash;
+    t.core().decide(who, approve(id, &hash)).await
+}
+
+async fn claim(t: &TestApp, key: &str, body: Value) -> Vec<Value> {
+    let r = t.post("/api/v1/jobs/claim", key, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["jobs"].as_array().unwrap().clone()
+}
+
+async fn complete(t: &TestApp, key: &str, job: &Value, body: Value) -> Reply {
+    let mut body = body;
+    body["lease_id"] = job["lease_id"].clone();
+    t.post(
+        &format!("/api/v1/jobs/{}/complete", job["job_id"].as_str().unwrap()),
+        key,
+        body,
+    )
+    .await
+}
+
+/// The reference executor, run once against this server with its own effects database.
+fn run_executor(t: &TestApp, key: &str, effects: &str) -> String {
+    let out = Command::new(EXECUTOR)
+        .args(["--url", &t.app.url(), "--db", effects, "--once"])
+        .env("COUNTERSIGN_EXECUTOR_KEY", key)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// `reference-executor verify`: the same check the executor makes before acting.
+fn verify_with_executor(t: &TestApp, receipt: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(EXECUTOR)
+        .args(["--url", &t.app.url(), "verify"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(receipt.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn effects_of(url: &str) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT execution_key, tool FROM effects")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+fn temp_sqlite(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("countersign-integrity-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/{name}.db", dir.display());
+    (dir, url)
+}
+
+/// Verify a JWS with ed25519-dalek alone (not the JWT library that signed
+/// it): the signature over `header.payload` with the JWKS key its `kid` names.
+fn verify_independently(token: &str, jwks: &Value) -> Value {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a compact JWS");
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the receipt's key is published");
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+    key.verify_strict(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .expect("the signature verifies");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+}
+
+async fn an_executor_previewed_tool_goes_previewing_pending_approved_executed(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let exec = t.executor_key("prod", &["record.update"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+
+    // The agent may not describe the change itself.
+    let mut with_preview = update("u-agent");
+    with_preview["preview"] = json!({ "before": "x", "after": "y" });
+    let r = t.post("/api/v1/proposals", &token, with_preview).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_args"));
+    assert!(
+        r.body["error"]["details"]["fields"]["preview"].is_string(),
+        "{}",
+        r.body
+    );
+
+    let r = t.post("/api/v1/proposals", &token, update("u-1")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "previewing");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+
+    // Not decidable yet, and an executor that asks only for executions gets nothing.
+    let e = approve_as(&t, &alice, &id).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Forbidden(m) if m.contains("still computing")),
+        "{e:?}"
+    );
+    assert!(claim(&t, &exec, json!({})).await.is_empty());
+
+    let jobs = claim(&t, &exec, json!({ "kinds": ["preview"] })).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["kind"], "preview");
+    assert_eq!(jobs[0]["receipt"], Value::Null, "a dry run carries no receipt");
+    let r = complete(
+        &t,
+        &exec,
+        &jobs[0],
+        json!({ "status": "succeeded", "preview": { "before": "text: old", "after": "text: hello", "state": "v3" } }),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["proposal_status"], "pending");
+
+    let review = t.core().review_for(&alice, &id).await.unwrap();
+    assert_eq!(review.proposal.preview_by.as_deref(), Some("exec-prod"));
+    assert_eq!(review.proposal.preview_state.as_deref(), Some("v3"));
+    assert!(review.diff.is_some());
+    assert_eq!(approve_as(&t, &alice, &id).await.unwrap(), Status::Queued);
+
+    let jobs = claim(&t, &exec, json!({ "kinds": ["preview", "execute"] })).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0]["kind"].as_str(), jobs[0]["preview_state"].as_str()),
+        (Some("execute"), Some("v3"))
+    );
+    let jwks = t
+        .send(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    let claims = verify_independently(jobs[0]["receipt"].as_str().unwrap(), &jwks);
+    assert_eq!(claims["preview_state"], "v3");
+    assert!(claims["preview_sha256"].is_string());
+    let r = complete(
+        &t,
+        &exec,
+        &jobs[0],
+        json!({ "status": "succeeded", "result": { "ok": true } }),
+    )
+    .await;
+    assert_eq!(r.body["proposal_status"], "succeeded", "{}", r.body);
+    let agent_view = t.get(&format!("/api/v1/proposals/{id}"), &token).await.body;
+    assert_eq!(
+        (agent_view["status"].as_str(), agent_view["preview_source"].as_str()),
+        (Some("succeeded"), Some("executor"))
+    );
+}
+
+async fn a_preview_nobody_computes_expires_the_proposal(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    let r = t.post("/api/v1/proposals", &token, update("u-1")).await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    t.advance(31);
+    assert!(t.core().sweep().await.unwrap() >= 1);
+    let p = t.inspect().proposal(&id).await.unwrap().unwrap();
+    assert_eq!(p.status, Status::Expired);
+    let exec = t.executor_key("prod", &["record.update"]).await;
+    assert!(claim(&t, &exec, json!({ "kinds": ["preview"] })).await.is_empty());
+}
+
+async fn the_world_changing_after_the_preview_fails_with_stale_preview_and_nothing_done(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let exec = t.executor_key("prod", &["record.update"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    let (dir, effects) = temp_sqlite("effects");
+    let id = t.post("/api/v1/proposals", &token, update("u-1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run_executor(&t, &exec, &effects);
+    assert!(out.contains("kind \"preview\""), "{out}");
+    assert_eq!(approve_as(&t, &alice, &id).await.unwrap(), Status::Queued);
+    // Someone else changes the record between the review and the execution.
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&effects).await.unwrap();
+        sqlx::query("INSERT INTO records (name, body, version) VALUES ('record.update:R-7', 'text: changed', 1)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let out = run_executor(&t, &exec, &effects);
+    assert!(out.contains("kind \"execute\""), "{out}");
+    let p = t.get(&format!("/api/v1/proposals/{id}"), &token).await.body;
+    assert_eq!(p["status"], "failed", "{p}");
+    assert_eq!(p["execution"]["result"]["code"], "stale_preview", "{p}");
+    assert!(effects_of(&effects).await.is_empty(), "nothing was done");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn a_receipt_verifies_independently_and_forged_ones_are_refused_by_the_executor(db: &TestDb) {
+    let t = spawn(db).await;
+    let (alice, bob) = (
+        t.person("alice", &["reviewer"], &["acme"]).await,
+        t.person("bob", &["reviewer"], &["acme"]).await,
+    );
+    let exec = t.executor_key("prod", &["refund.create"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, refund("r-1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve_as(&t, &alice, &id).await.unwrap();
+    approve_as(&t, &bob, &id).await.unwrap();
+    let jobs = claim(&t, &exec, json!({})).await;
+    let receipt = jobs[0]["receipt"].as_str().unwrap().to_owned();
+    let jwks = t
+        .send(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    let c = verify_independently(&receipt, &jwks);
+    assert_eq!(c["jti"], jobs[0]["job_id"]);
+    assert_eq!(c["sub"], id.as_str());
+    assert_eq!((c["tenant"].as_str(), c["env"].as_str()), (Some("acme"), Some("prod")));
+    assert_eq!(c["args"], jobs[0]["args"]);
+    assert_eq!(c["execution_key"], jobs[0]["execution_key"]);
+    let approvers: Vec<&str> = c["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(approvers, ["alice", "bob"]);
+    assert_eq!(
+        (c["auto_approved"].as_bool(), c["break_glass"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(c["policy_sha256"], t.core().policy().hash.as_str());
+    let p = t.inspect().proposal(&id).await.unwrap().unwrap();
+    assert_eq!(
+        c["exp"].as_i64().unwrap(),
+        p.execute_by.unwrap() / 1000,
+        "exp is the execute-by deadline"
+    );
+
+    let (ok, out) = verify_with_executor(&t, &receipt);
+    assert!(ok, "{out}");
+    // One changed byte of the payload: the signature no longer verifies.
+    let mut forged = receipt.clone().into_bytes();
+    let at = receipt.find('.').unwrap() + 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let (ok, out) = verify_with_executor(&t, &String::from_utf8(forged).unwrap());
+    assert!(!ok && out.contains("refused"), "{out}");
+    // Signed by a key the server never published.
+    let mut claims: countersign_core::receipts::ReceiptClaims =
+        serde_json::from_value(verify_independently(&receipt, &jwks)).unwrap();
+    let stranger = countersign_core::receipts::ReceiptKey::generate().unwrap();
+    let (ok, out) = verify_with_executor(&t, &stranger.sign(&claims).unwrap());
+    assert!(!ok && out.contains("unknown signing key"), "{out}");
+    // Signed by the server's own key but past its deadline.
+    claims.exp = chrono_now() - 60;
+    let key = t.inspect().current_receipt_key().await.unwrap();
+    let (ok, out) = verify_with_executor(&t, &key.sign(&claims).unwrap());
+    assert!(!ok && out.contains("xpired"), "{out}");
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn the_executor_does_not_act_on_a_receipt_changed_in_the_queue(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["note.write"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    let r = t.post("/api/v1/proposals", &token, note("n-1")).await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let job = t.inspect().job_of(&id).await.unwrap().unwrap();
+    let mut receipt = job.receipt.clone().unwrap();
+    let last = receipt.pop().unwrap();
+    receipt.push(if last == 'A' { 'B' } else { 'A' });
+    t.inspect().tamper_receipt(&job.id, &receipt).await.unwrap();
+    let (dir, effects) = temp_sqlite("effects");
+    let out = run_executor(&t, &exec, &effects);
+    assert!(out.contains("refusing"), "{out}");
+    assert!(effects_of(&effects).await.is_empty(), "nothing was done");
+    let p = t.get(&format!("/api/v1/proposals/{id}"), &token).await.body;
+    assert_eq!(
+        (p["status"].as_str(), p["execution"]["result"]["code"].as_str()),
+        (Some("failed"), Some("receipt_invalid"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn after_a_receipt_key_rotation_old_receipts_still_verify(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["note.write"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    t.post("/api/v1/proposals", &token, note("n-1")).await;
+    let before = t.inspect().current_receipt_key().await.unwrap();
+    let new_id = t.core().rotate_receipt_key(&Admin::cli()).await.unwrap();
+    assert_ne!(new_id, before.id);
+    t.post("/api/v1/proposals", &token, note("n-2")).await;
+    let jobs = claim(&t, &exec, json!({ "max": 10 })).await;
+    assert_eq!(jobs.len(), 2);
+    let jwks = t
+        .send(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&before.id.as_str()) && kids.contains(&new_id.as_str()),
+        "{kids:?}"
+    );
+    for j in &jobs {
+        verify_independently(j["receipt"].as_str().unwrap(), &jwks);
+        let (ok, out) = verify_with_executor(&t, j["receipt"].as_str().unwrap());
+        assert!(ok, "{out}");
+    }
+}
+
+async fn two_tenants_with_the_same_idempotency_key_both_execute(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["note.write"]).await;
+    let (_, acme) = t.run("acme", "prod", "records", None).await;
+    let (_, globex) = t.run("globex", "prod", "records", None).await;
+    assert_eq!(
+        t.post("/api/v1/proposals", &acme, note("same-key")).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        t.post("/api/v1/proposals", &globex, note("same-key")).await.status,
+        StatusCode::CREATED
+    );
+    let jobs = claim(&t, &exec, json!({ "max": 10 })).await;
+    assert_eq!(jobs.len(), 2);
+    assert_ne!(jobs[0]["execution_key"], jobs[1]["execution_key"]);
+    // Hand them back (lease expiry) and let the reference executor act on both.
+    t.advance(61);
+    t.core().sweep().await.unwrap();
+    let (dir, effects) = temp_sqlite("effects");
+    run_executor(&t, &exec, &effects);
+    assert_eq!(effects_of(&effects).await.len(), 2, "both tenants' actions were done");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn a_retry_in_a_new_run_replays_the_first_proposal(db: &TestDb) {
+    let t = spawn(db).await;
+    let (_, first) = t.run("acme", "prod", "support/send", None).await;
+    let a = t.post("/api/v1/proposals", &first, close_ticket("k-restart")).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let id = a.body["id"].as_str().unwrap();
+    let (_, second) = t.run("acme", "prod", "support/send", None).await;
+    let b = t.post("/api/v1/proposals", &second, close_ticket("k-restart")).await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.body);
+    assert_eq!(b.headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(b.body["id"], id);
+    assert_eq!(
+        t.get(&format!("/api/v1/proposals/{id}"), &second).await.status,
+        StatusCode::OK,
+        "the retrying run may follow it"
+    );
+    let mut other = close_ticket("k-restart");
+    other["args"]["ticket_id"] = json!("T-1");
+    let c = t.post("/api/v1/proposals", &second, other).await;
+    assert_eq!((c.status, c.code()), (StatusCode::CONFLICT, "idempotency_conflict"));
+    // Another env is another scope.
+    let (_, staging) = t.run("acme", "staging", "support/send", None).await;
+    assert_eq!(
+        t.post("/api/v1/proposals", &staging, close_ticket("k-restart"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(t.inspect().count_pending().await.unwrap(), 2);
+}
+
+async fn revoking_a_run_cancels_its_pending_proposal_and_queued_job(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["note.write", "record.update"]).await;
+    let (run_id, token) = t.run("acme", "prod", "records", None).await;
+    let pending = t.post("/api/v1/proposals", &token, update("u-1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let queued = t.post("/api/v1/proposals", &token, note("n-1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.core()
+        .revoke_run(&Admin::cli(), &run_id, "prompt injection seen")
+        .await
+        .unwrap();
+    for id in [&pending, &queued] {
+        assert_eq!(
+            t.inspect().proposal(id).await.unwrap().unwrap().status,
+            Status::Cancelled
+        );
+    }
+    assert!(
+        claim(&t, &exec, json!({ "kinds": ["preview", "execute"], "max": 10 }))
+            .await
+            .is_empty(),
+        "nothing reaches an executor"
+    );
+    let mut reasons = Vec::new();
+    t.core()
+        .export_audit(0, |e| {
+            if e.action == "proposal.cancelled" {
+                reasons.push(e.details.clone());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(reasons.len(), 2);
+    assert!(
+        reasons.iter().all(|d| d.contains("prompt injection seen")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        t.post("/api/v1/proposals", &token, note("n-2")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn a_revoked_keys_tokens_answer_401_and_running_jobs_hear_of_it(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["note.write"]).await;
+    let key = t.service_key("acme", "prod").await;
+    let r = t.post("/api/v1/runs", &key, json!({ "route": "records" })).await;
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    t.post("/api/v1/proposals", &token, note("n-1")).await;
+    let jobs = claim(&t, &exec, json!({})).await;
+    let path = format!("/api/v1/jobs/{}/heartbeat", jobs[0]["job_id"].as_str().unwrap());
+    let body = json!({ "lease_id": jobs[0]["lease_id"] });
+    assert_eq!(t.post(&path, &exec, body.clone()).await.body["cancel_requested"], false);
+    let key_id = t
+        .core()
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.kind == countersign_core::tokens::KeyKind::Service)
+        .unwrap()
+        .id;
+    t.core().revoke_key(&Admin::cli(), &key_id).await.unwrap();
+    let r = t.post("/api/v1/proposals", &token, note("n-2")).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    let hb = t.post(&path, &exec, body).await;
+    assert_eq!(hb.status, StatusCode::OK);
+    assert_eq!(hb.body["cancel_requested"], true, "{}", hb.body);
+}
+
+async fn an_admin_who_reviews_is_refused_unless_the_policy_allows_it(db: &TestDb) {
+    let t = spawn(db).await;
+    let adam = t.person("adam", &["admin", "reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, close_ticket("k")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = approve_as(&t, &adam, &id).await.unwrap_err();
+    assert!(matches!(&e, Error::Forbidden(m) if m.contains("admin role")), "{e:?}");
+    assert!(t
+        .core()
+        .review_for(&adam, &id)
+        .await
+        .unwrap()
+        .why_not
+        .unwrap()
+        .contains("admin role"));
+
+    let db2 = if db.is_postgres() {
+        TestDb::postgres().await
+    } else {
+        TestDb::sqlite().await
+    };
+    let t = spawn_with(&db2, policy("[people]\nadmins_may_review = true"), |_| {}).await;
+    assert_eq!(t.core().policy().warnings.len(), 1, "policy check warns");
+    let adam = t.person("adam", &["admin", "reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, close_ticket("k")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(approve_as(&t, &adam, &id).await.unwrap(), Status::Queued);
+}
+
+async fn granting_reviewer_fires_the_webhook_and_marks_the_approval(db: &TestDb) {
+    let t = spawn(db).await;
+    let rx = Receiver::start(0).await;
+    t.core()
+        .add_webhook(&Admin::cli(), &rx.url(), &["reviewer.changed".into()], "json")
+        .await
+        .unwrap();
+    let adam = t.person("adam", &["admin"], &[]).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, refund("r-1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The admin makes a second account and grants it reviewer of acme.
+    let by = Admin::person(&adam).unwrap();
+    let sock = t
+        .core()
+        .add_user(
+            &by,
+            countersign_core::service::NewUser {
+                username: "sock".into(),
+                password: PASSWORD.into(),
+                roles: vec!["auditor".into()],
+                tenants: vec!["acme".into()],
+            },
+        )
+        .await
+        .unwrap();
+    t.core()
+        .set_access(&by, &sock.id, &["reviewer".into()], &["acme".into()])
+        .await
+        .unwrap();
+    // alice (made by the command line) and sock (made reviewer by adam).
+    let got = rx.wait_for(2).await;
+    let events: Vec<Value> = got.iter().map(|(_, b)| serde_json::from_str(b).unwrap()).collect();
+    assert!(events.iter().all(|e| e["type"] == "reviewer.changed"), "{events:?}");
+    let sock_event = events
+        .iter()
+        .find(|e| e["data"]["user"] == "sock")
+        .expect("the grant is announced");
+    assert_eq!(sock_event["data"]["by"], "adam");
+    assert_eq!(sock_event["data"]["change"], "granted the reviewer role");
+    let sock = t
+        .core()
+        .person_for_session(&sock.id, t.now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    approve_as(&t, &sock, &id).await.unwrap();
+    let review = t.core().review_for(&alice, &id).await.unwrap();
+    let view = app::functions::views::review(review, t.core().settings().quick_decision_ms);
+    let note = view.decisions[0].note.clone().expect("the approval is marked");
+    assert!(
+        note.contains("reviewer since") && note.contains("granted the reviewer role by adam"),
+        "{note}"
+    );
+}
+
+countersign_core::store_tests!(
+    an_executor_previewed_tool_goes_previewing_pending_approved_executed,
+    a_preview_nobody_computes_expires_the_proposal,
+    the_world_changing_after_the_preview_fails_with_stale_preview_and_nothing_done,
+    a_receipt_verifies_independently_and_forged_ones_are_refused_by_the_executor,
+    the_executor_does_not_act_on_a_receipt_changed_in_the_queue,
+    after_a_receipt_key_rotation_old_receipts_still_verify,
+    two_tenants_with_the_same_idempotency_key_both_execute,
+    a_retry_in_a_new_run_replays_the_first_proposal,
+    revoking_a_run_cancels_its_pending_proposal_and_queued_job,
+    a_revoked_keys_tokens_answer_401_and_running_jobs_hear_of_it,
+    an_admin_who_reviews_is_refused_unless_the_policy_allows_it,
+    granting_reviewer_fires_the_webhook_and_marks_the_approval,
+);
