@@ -10,8 +10,11 @@
 //! - the server's peak RSS.
 //!
 //! `--smoke` runs each part for a moment and checks the counts (CI).
+//! `--attacks` measures what an attacker's bursts get instead (see attacks.rs).
 //! `DATABASE_URL=postgres://…/postgres` benchmarks PostgreSQL instead: a fresh
 //! database is created on that server and dropped afterwards.
+
+mod attacks;
 
 use serde_json::{json, Value};
 use sqlx::Connection;
@@ -81,6 +84,10 @@ struct Opts {
     /// CI's few-second run: every part for a moment, counts checked.
     #[arg(long)]
     smoke: bool,
+    /// Measure what an attacker's bursts get (sign-in guesses, worst-case
+    /// previews, anonymous floods) instead of throughput.
+    #[arg(long)]
+    attacks: bool,
     /// Keep the database (and a PostgreSQL database) afterwards, for EXPLAIN.
     #[arg(long)]
     keep: bool,
@@ -649,12 +656,8 @@ struct Reviewer {
     base: String,
 }
 
-async fn sign_in(base: &str, name: &str) -> Result<Reviewer, String> {
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
+/// The CSRF token of a fresh sign-in page (and its session, in `http`'s jar).
+async fn login_csrf(http: &reqwest::Client, base: &str) -> Result<String, String> {
     let page = http
         .get(format!("{base}/login"))
         .send()
@@ -664,13 +667,32 @@ async fn sign_in(base: &str, name: &str) -> Result<Reviewer, String> {
         .await
         .unwrap_or_default();
     let at = page.find("name=\"csrf\" value=\"").ok_or("no CSRF token on /login")? + 19;
-    let csrf = page[at..].split('"').next().unwrap_or_default().to_owned();
+    Ok(page[at..].split('"').next().unwrap_or_default().to_owned())
+}
+
+async fn sign_in(base: &str, name: &str) -> Result<Reviewer, String> {
+    sign_in_as(base, name, PASSWORD, None).await
+}
+
+async fn sign_in_as(
+    base: &str,
+    name: &str,
+    password: &str,
+    from: Option<std::net::IpAddr>,
+) -> Result<Reviewer, String> {
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(from)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let csrf = login_csrf(&http, base).await?;
     let r = http
         .post(format!("{base}/api/login"))
         .header("origin", base)
         .form(&[
             ("username", name),
-            ("password", PASSWORD),
+            ("password", password),
             ("csrf", &csrf),
             ("next", "/"),
         ])
@@ -878,6 +900,30 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
         format!("{}\n{BENCH_POLICY}", include_str!("../examples/policy.toml")),
     )
     .map_err(|e| e.to_string())?;
+
+    if o.attacks {
+        cli(o, db, &["migrate"], None)?;
+        for name in ["rita", "gus", "vic", "val", "vin", "viv", "vera"] {
+            cli(
+                o,
+                db,
+                &["user", "add", name, "--role", "reviewer", "--tenant", "acme"],
+                Some(&format!("{PASSWORD}\n")),
+            )?;
+        }
+        let key = cli(
+            o,
+            db,
+            &[
+                "key", "create", "service", "--tenant", "acme", "--env", "prod", "--name", "bench",
+            ],
+            None,
+        )?;
+        let server = start_server(o, db, &policy).await?;
+        let mut rows = attacks::run(&server, &key, o.seconds).await?;
+        rows.insert(0, row("store", backend, ""));
+        return Ok(rows);
+    }
 
     eprintln!("• bare SQLite inserts (the machine's limit)");
     let (single, batched) = bare_sqlite(&db.dir, if o.smoke { 0.2 } else { 3.0 }).await?;

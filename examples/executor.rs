@@ -7,8 +7,9 @@
 //! - computes a **preview** (a dry run) for preview jobs: the record before
 //!   and after, and the record's version as the precondition (`state`);
 //! - for execute jobs, **verifies the receipt** against the server's JWKS
-//!   (signature, `exp`, env, tool, job) and refuses to act on anything that
-//!   fails; acts only on the receipt's args;
+//!   (signature, `exp`; env and tool against its own `--env` and `--tools`,
+//!   never against what the queue says; job) and refuses to act on anything
+//!   that fails; acts only on the receipt's args;
 //! - refuses a **stale preview**: if the record changed since the reviewer
 //!   saw the preview, it does nothing and reports `stale_preview`;
 //! - acts **once per execution key**: the effects table's primary key is the
@@ -18,7 +19,8 @@
 //! ```sh
 //! export COUNTERSIGN_EXECUTOR_KEY=$(countersign key create executor --env prod \
 //!     --tools ticket.close,email.send --name reference --policy examples/policy.toml)
-//! cargo run -p server --bin reference-executor -- --url http://127.0.0.1:3000
+//! cargo run -p server --bin reference-executor -- --url http://127.0.0.1:3000 \
+//!     --env prod --tools ticket.close,email.send
 //! ```
 //!
 //! The key comes from the environment, never an argument (arguments leak into
@@ -58,8 +60,24 @@ struct Options {
     /// Claim only execute jobs (an executor that knows nothing of previews).
     #[arg(long)]
     no_previews: bool,
+    /// The env this executor acts in: a receipt for any other is refused.
+    #[arg(long, env = "COUNTERSIGN_ENV")]
+    env: String,
+    /// The tools this executor implements (comma-separated): it claims only
+    /// these, and refuses a receipt for any other.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tools: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+impl Options {
+    fn serves(&self) -> Serves<'_> {
+        Serves {
+            env: &self.env,
+            tools: &self.tools,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -120,8 +138,15 @@ impl Jwks {
         Ok(())
     }
 
-    /// The receipt's claims if its signature, `exp`, job, env and tool hold.
-    async fn verify(&mut self, http: &reqwest::Client, token: &str, job: &Value) -> Result<Receipt, String> {
+    /// The receipt's claims if its signature and `exp` hold, it is for this
+    /// executor's env and one of its tools, and it names the job delivered.
+    async fn verify(
+        &mut self,
+        http: &reqwest::Client,
+        serves: &Serves<'_>,
+        token: &str,
+        job: &Value,
+    ) -> Result<Receipt, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWS: {e}"))?;
         if header.alg != Algorithm::EdDSA {
             return Err(format!("signed with {:?}, not EdDSA", header.alg));
@@ -137,6 +162,20 @@ impl Jwks {
         let r = jsonwebtoken::decode::<Receipt>(token, key, &v)
             .map_err(|e| format!("the receipt does not verify: {e}"))?
             .claims;
+        // What this executor is for, from its own configuration: the queue
+        // (what the receipt is there to check) has no say in it.
+        if r.env != serves.env {
+            return Err(format!(
+                "the receipt is for env {}, this executor acts in {}",
+                r.env, serves.env
+            ));
+        }
+        if !serves.tools.contains(&r.tool) {
+            return Err(format!(
+                "the receipt is for tool {}, which this executor does not serve",
+                r.tool
+            ));
+        }
         let expect = |field: &str, got: &str| -> Result<(), String> {
             match job[field].as_str() {
                 Some(want) if want != got => Err(format!("the receipt is for {field} {got}, the job says {want}")),
@@ -150,6 +189,12 @@ impl Jwks {
         expect("execution_key", &r.execution_key)?;
         Ok(r)
     }
+}
+
+/// What this executor is configured to act on.
+struct Serves<'a> {
+    env: &'a str,
+    tools: &'a [String],
 }
 
 /// The record a tool call touches: the value of its first `*_id` arg (a
@@ -194,11 +239,29 @@ async fn preview(db: &SqlitePool, job: &Value) -> Result<Value, sqlx::Error> {
 
 /// Act on the receipt's args, once per execution key, unless the record
 /// changed since the preview. Returns the result to report and whether the
-/// job failed (not retryable).
+/// job failed (not retryable). All in one transaction of the executor's own
+/// database: first "was this execution key already done?" (a redelivery
+/// after a crash between acting and reporting must answer "done", not
+/// "stale": the action itself changed the record), then the precondition,
+/// then the effect.
 async fn perform(db: &SqlitePool, job: &Value, r: &Receipt) -> Result<(Value, bool), sqlx::Error> {
     let name = subject(&r.tool, &r.args);
     let mut tx = db.begin().await?;
-    let (_, version) = record(db, &name).await?;
+    let done_before: Option<(String,)> = sqlx::query_as("SELECT job_id FROM effects WHERE execution_key = $1")
+        .bind(&r.execution_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if done_before.is_some() {
+        return Ok((
+            json!({ "effect": "already done", "execution_key": r.execution_key, "record": name }),
+            false,
+        ));
+    }
+    let version: i64 = sqlx::query_as::<_, (i64,)>("SELECT version FROM records WHERE name = $1")
+        .bind(&name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map_or(0, |(v,)| v);
     if let Some(state) = r.preview_state.as_deref() {
         if state != format!("v{version}") {
             return Ok((
@@ -207,32 +270,25 @@ async fn perform(db: &SqlitePool, job: &Value, r: &Receipt) -> Result<(Value, bo
             ));
         }
     }
-    let done = sqlx::query(
-        "INSERT INTO effects (execution_key, tool, args, job_id, attempt) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (execution_key) DO NOTHING",
-    )
-    .bind(&r.execution_key)
-    .bind(&r.tool)
-    .bind(r.args.to_string())
-    .bind(&r.jti)
-    .bind(job["attempt"].as_i64())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if done == 1 {
-        sqlx::query(
-            "INSERT INTO records (name, body, version) VALUES ($1, $2, 1) \
-             ON CONFLICT (name) DO UPDATE SET body = excluded.body, version = records.version + 1",
-        )
-        .bind(&name)
-        .bind(applied(&r.tool, &r.args))
+    sqlx::query("INSERT INTO effects (execution_key, tool, args, job_id, attempt) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&r.execution_key)
+        .bind(&r.tool)
+        .bind(r.args.to_string())
+        .bind(&r.jti)
+        .bind(job["attempt"].as_i64())
         .execute(&mut *tx)
         .await?;
-    }
+    sqlx::query(
+        "INSERT INTO records (name, body, version) VALUES ($1, $2, 1) \
+         ON CONFLICT (name) DO UPDATE SET body = excluded.body, version = records.version + 1",
+    )
+    .bind(&name)
+    .bind(applied(&r.tool, &r.args))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
-    let effect = if done == 1 { "performed" } else { "already done" };
     Ok((
-        json!({ "effect": effect, "execution_key": r.execution_key, "record": name }),
+        json!({ "effect": "performed", "execution_key": r.execution_key, "record": name }),
         false,
     ))
 }
@@ -289,7 +345,7 @@ async fn handle(db: &SqlitePool, http: &reqwest::Client, jwks: &mut Jwks, o: &Op
         };
     }
     let receipt = match job["receipt"].as_str() {
-        Some(t) => jwks.verify(http, t, job).await,
+        Some(t) => jwks.verify(http, &o.serves(), t, job).await,
         None => Err("the job carries no receipt".into()),
     };
     let receipt = match receipt {
@@ -323,7 +379,7 @@ async fn run(o: Options) -> Result<(), String> {
         let mut token = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut token).map_err(|e| e.to_string())?;
         let expect = json!({ "job_id": job });
-        return match jwks.verify(&http, token.trim(), &expect).await {
+        return match jwks.verify(&http, &o.serves(), token.trim(), &expect).await {
             Ok(r) => {
                 println!("valid {} for {} ({}): {}", r.jti, r.sub, r.tool, r.args);
                 Ok(())
@@ -341,7 +397,9 @@ async fn run(o: Options) -> Result<(), String> {
     };
     println!("reference-executor: claiming from {}", o.url);
     loop {
-        let claim = json!({ "max": o.max, "lease_seconds": o.lease_seconds, "wait_seconds": 20, "kinds": kinds });
+        let claim = json!({
+            "tools": o.tools, "max": o.max, "lease_seconds": o.lease_seconds, "wait_seconds": 20, "kinds": kinds,
+        });
         let jobs = match call(&http, &o, &key, "/api/v1/jobs/claim", claim).await {
             Ok((200, body)) => body["jobs"].as_array().cloned().unwrap_or_default(),
             Ok((status, body)) => {

@@ -194,6 +194,20 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// Carry on from an event already verified: `seq` and its hash.
+    pub fn resume(seq: i64, hash: &str, checked: u64) -> ChainVerifier {
+        ChainVerifier {
+            expected_seq: seq + 1,
+            prev_hash: hash.to_owned(),
+            checked,
+        }
+    }
+
+    /// The last event verified so far: its seq and hash.
+    pub fn position(&self) -> (i64, &str) {
+        (self.expected_seq - 1, &self.prev_hash)
+    }
+
     pub fn check(&mut self, e: &AuditEvent) -> Result<(), ChainBreak> {
         let brk = |reason: String| ChainBreak {
             seq: Some(e.seq),

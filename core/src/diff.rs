@@ -33,13 +33,29 @@ pub struct Line {
 /// At most this many lines are kept; a longer diff is cut with a marker line.
 const MAX_LINES: usize = 2000;
 
+/// Changed words are marked only within a changed block of at most this
+/// many lines a side: a reviewer reads a few changed lines word by word, and
+/// a word diff of two large blocks costs far more than the line diff.
+const MAX_INLINE_BLOCK: usize = 64;
+
+/// The line diff of `before` and `after`. Its cost is bounded: the line diff
+/// gives up refining after 100 ms (a coarser but correct diff), words are
+/// marked only in small changed blocks, and at most `MAX_LINES` lines are
+/// kept.
 pub fn compute(before: &str, after: &str) -> Vec<Line> {
     let diff = TextDiff::configure()
-        .timeout(std::time::Duration::from_millis(200))
+        .timeout(std::time::Duration::from_millis(100))
         .diff_lines(before, after);
     let mut out = Vec::new();
     for op in diff.ops() {
-        for change in diff.iter_inline_changes(op) {
+        let (old, new) = (op.old_range().len(), op.new_range().len());
+        let changes: Box<dyn Iterator<Item = similar::InlineChange<'_, str>>> =
+            if old <= MAX_INLINE_BLOCK && new <= MAX_INLINE_BLOCK {
+                Box::new(diff.iter_inline_changes(op))
+            } else {
+                Box::new(diff.iter_changes(op).map(similar::InlineChange::from))
+            };
+        for change in changes {
             if out.len() == MAX_LINES {
                 out.push(Line {
                     tag: Tag::Equal,
@@ -91,6 +107,19 @@ mod tests {
         assert!(d[1].spans.iter().any(|s| s.emph && s.text == "closed"), "{:?}", d[1]);
         assert_eq!(d[2].old_no, Some(2));
         assert_eq!(d[2].new_no, Some(2));
+    }
+
+    #[test]
+    fn a_large_changed_block_is_shown_by_line_without_a_word_diff_and_cut() {
+        let side = |tag: char| (0..4800u32).map(|i| format!("{tag}{i:x}\n")).collect::<String>();
+        let d = compute(&side('a'), &side('b'));
+        assert_eq!(d.len(), MAX_LINES + 1, "cut, with a marker line");
+        assert!(d.last().unwrap().spans[0].text.contains("cut"));
+        assert!(
+            d.iter().all(|l| l.spans.iter().all(|s| !s.emph)),
+            "no word marks in a 4,800-line block"
+        );
+        assert!(d[..MAX_LINES].iter().all(|l| l.tag != Tag::Equal));
     }
 
     #[test]

@@ -53,6 +53,28 @@ pub fn parse_slug(what: &str, s: &str) -> Result<String, String> {
     }
 }
 
+/// Whether `s` is a tool name: lowercase words of letters, digits and `_`
+/// joined by dots (`ticket.close`), at most 100 characters. Checked before a
+/// name a caller sent goes anywhere (logs, audit, queries).
+pub fn is_tool_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.split('.').all(|w| {
+            w.starts_with(|c: char| c.is_ascii_lowercase())
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
+/// A tool name a caller sent, checked.
+pub fn parse_tool_name(s: &str) -> Result<&str, String> {
+    if is_tool_name(s) {
+        Ok(s)
+    } else {
+        Err("tool must be lowercase words of letters, digits and '_' joined by dots, at most 100 characters".into())
+    }
+}
+
 /// A person's login name.
 pub fn parse_username(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -89,6 +111,17 @@ mod tests {
         assert!(IdempotencyKey::parse(&"x".repeat(200)).is_ok());
         assert!(IdempotencyKey::parse("tab\there").is_err());
         assert!(IdempotencyKey::parse("é").is_err());
+    }
+
+    #[test]
+    fn tool_names_are_dotted_lowercase_words() {
+        assert!(is_tool_name("ticket.close"));
+        assert!(is_tool_name("kb.search_v2"));
+        assert!(!is_tool_name("Ticket.close"));
+        assert!(!is_tool_name("ticket..close"));
+        assert!(!is_tool_name("ticket.close\nINFO forged"));
+        assert!(!is_tool_name(""));
+        assert!(!is_tool_name(&"a".repeat(101)));
     }
 
     #[test]

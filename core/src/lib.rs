@@ -20,6 +20,7 @@ pub mod diff;
 pub mod error;
 pub mod ids;
 pub mod lifecycle;
+pub mod limits;
 pub mod passwords;
 pub mod policy;
 pub mod receipts;

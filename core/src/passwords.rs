@@ -1,11 +1,13 @@
 //! Passwords: argon2id with OWASP's parameters (m = 19 MiB, t = 2, p = 1),
-//! hashed on the blocking pool with bounded concurrency so a burst of logins
-//! cannot starve the async workers or exhaust memory.
+//! hashed on a few threads of their own (`limits::Workers`) with a bounded
+//! line, so a burst of logins can neither starve the async workers nor grow
+//! memory (each hash holds 19 MiB while it runs).
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use crate::limits::Workers;
+use argon2::password_hash::{rand_core::OsRng, Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
-use tokio::sync::Semaphore;
 
 use super::error::{Error, Result};
 
@@ -36,10 +38,42 @@ fn hash_blocking(pw: &str) -> Result<String> {
         .map_err(|e| Error::internal(format!("hashing a password: {e}")))
 }
 
-fn verify_blocking(pw: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| argon2().verify_password(pw.as_bytes(), &h).is_ok())
-        .unwrap_or(false)
+/// The most memory a stored hash may ask a check for (64 MiB): hashes are
+/// ours, but a bad row must not make a check allocate without bound.
+const MAX_BLOCKS: usize = 64 * 1024;
+
+thread_local! {
+    /// Each password thread's argon2 memory, kept between checks: a fixed
+    /// 19 MiB per thread rather than a fresh allocation per check, which the
+    /// allocator would keep resident a few times over.
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Recompute the hash of `pw` with the stored hash's algorithm, version,
+/// parameters and salt, and compare in constant time (`Output`'s `==`).
+fn verify_blocking(pw: &str, stored: &str) -> bool {
+    let check = || -> Option<bool> {
+        let h = PasswordHash::new(stored).ok()?;
+        let expected = h.hash?;
+        let algorithm = Algorithm::try_from(h.algorithm).ok()?;
+        let version = h.version.map(Version::try_from).transpose().ok()?.unwrap_or_default();
+        let params = Params::try_from(&h).ok()?;
+        if params.block_count() > MAX_BLOCKS {
+            return None;
+        }
+        let mut salt = [0u8; 64];
+        let salt = h.salt?.decode_b64(&mut salt).ok()?;
+        let mut out = vec![0u8; expected.len()];
+        BLOCKS.with(|blocks| {
+            let mut blocks = blocks.borrow_mut();
+            blocks.resize(params.block_count(), Block::default());
+            Argon2::new(algorithm, version, params.clone())
+                .hash_password_into_with_memory(pw.as_bytes(), salt, &mut out, &mut blocks[..params.block_count()])
+                .ok()
+        })?;
+        Some(Output::new(&out).ok()? == expected)
+    };
+    check().unwrap_or(false)
 }
 
 /// A hash of a password nobody has, verified against when the user does not
@@ -49,31 +83,38 @@ fn decoy_hash() -> &'static str {
     H.get_or_init(|| hash_blocking("decoy-password-nobody-has").unwrap_or_default())
 }
 
+/// At most this many password checks wait for a turn at once, beyond those
+/// running; more are refused at once (never an unbounded wait).
+const MAX_WAITING: usize = 32;
+
 #[derive(Clone)]
 pub struct Passwords {
-    permits: Arc<Semaphore>,
+    /// `concurrency` threads (each check holds one core for ~50 ms and
+    /// 19 MiB), and `MAX_WAITING` places in the line.
+    workers: Arc<Workers>,
 }
 
 impl Passwords {
     pub fn new(concurrency: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            workers: Arc::new(Workers::new("argon2", concurrency, concurrency.max(1) + MAX_WAITING)),
         }
     }
 
+    /// Run `f` on a password thread when one is free; `RateLimited` when the
+    /// line is full.
+    async fn in_turn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.workers.run(f).await
+    }
+
     pub async fn hash(&self, pw: String) -> Result<String> {
-        let _permit = self.permits.acquire().await.map_err(Error::internal)?;
-        tokio::task::spawn_blocking(move || hash_blocking(&pw))
-            .await
-            .map_err(Error::internal)?
+        self.in_turn(move || hash_blocking(&pw)).await?
     }
 
     /// `hash` None means the user does not exist: a decoy is checked instead.
-    pub async fn verify(&self, pw: String, hash: Option<String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || match hash {
+    /// `RateLimited` when too many checks wait already.
+    pub async fn verify(&self, pw: String, hash: Option<String>) -> Result<bool> {
+        self.in_turn(move || match hash {
             Some(h) => verify_blocking(&pw, &h),
             None => {
                 verify_blocking(&pw, decoy_hash());
@@ -81,7 +122,6 @@ impl Passwords {
             }
         })
         .await
-        .unwrap_or(false)
     }
 }
 
@@ -94,9 +134,59 @@ mod tests {
         let p = Passwords::new(2);
         let h = p.hash("correct horse battery".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(p.verify("correct horse battery".into(), Some(h.clone())).await);
-        assert!(!p.verify("wrong horse battery".into(), Some(h)).await);
-        assert!(!p.verify("anything at all".into(), None).await);
+        assert!(p.verify("correct horse battery".into(), Some(h.clone())).await.unwrap());
+        assert!(!p.verify("wrong horse battery".into(), Some(h)).await.unwrap());
+        assert!(!p.verify("anything at all".into(), None).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_line_is_refused_at_once_not_queued() {
+        let p = Passwords::new(1);
+        let h = p.hash("correct horse battery".into()).await.unwrap();
+        let tasks: Vec<_> = (0..MAX_WAITING + 20)
+            .map(|_| {
+                let (p, h) = (p.clone(), h.clone());
+                tokio::spawn(async move { p.verify("wrong horse battery".into(), Some(h)).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Err(Error::RateLimited { .. })) {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "beyond the line's length, checks are refused");
+    }
+
+    #[test]
+    fn a_hash_made_by_the_argon2_crate_verifies_and_a_changed_one_does_not() {
+        let h = hash_blocking("correct horse battery").unwrap();
+        assert!(verify_blocking("correct horse battery", &h));
+        assert!(!verify_blocking("correct horse batterz", &h));
+        // The standard verifier agrees with ours.
+        use argon2::password_hash::PasswordVerifier;
+        let parsed = PasswordHash::new(&h).unwrap();
+        assert!(argon2().verify_password(b"correct horse battery", &parsed).is_ok());
+        // A hash of other parameters (as an older policy would have made) too.
+        let old = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"another password here", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
+        assert!(verify_blocking("another password here", &old));
+        assert!(!verify_blocking("another password herE", &old));
+        // Anything else is a refusal, never a panic.
+        for bad in [
+            "",
+            "$argon2id$",
+            "$argon2id$v=19$m=99999999,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
+            "plain",
+        ] {
+            assert!(!verify_blocking("x", bad), "{bad}");
+        }
     }
 
     #[test]

@@ -170,6 +170,7 @@ async fn serve(db: String, args: ServeArgs) -> CliResult {
         session_absolute: args.session_absolute,
         secure_cookies: args.secure_cookies(),
         read_connections: args.read_connections,
+        sign_in_sessions_per_minute: args.sign_in_sessions_per_minute,
         ..AppConfig::new(db.clone(), policy)
     };
     let app = startup::start(cfg).await?;
@@ -345,11 +346,18 @@ fn policy(c: PolicyCommand) -> CliResult {
     match c {
         PolicyCommand::Check { file } => {
             let p = read_policy(&file)?;
+            for w in &p.warnings {
+                match w.line {
+                    Some(l) => println!("{}:{l}: {}", file.display(), w.message),
+                    None => println!("{}: {}", file.display(), w.message),
+                }
+            }
             println!(
-                "{}: ok ({} tools, {} routes, sha256 {})",
+                "{}: ok ({} tools, {} routes, {} warnings, sha256 {})",
                 file.display(),
                 p.tools.len(),
                 p.routes.len(),
+                p.warnings.len(),
                 &p.hash[..16]
             );
             Ok(ExitCode::SUCCESS)

@@ -125,6 +125,10 @@ pub struct ServeArgs {
     /// Read connections in the pool.
     #[arg(long, env = "COUNTERSIGN_READ_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub read_connections: u32,
+    /// Sign-in sessions one address may start a minute (each is a write;
+    /// people behind one NAT share it).
+    #[arg(long, env = "COUNTERSIGN_SIGN_IN_SESSIONS_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sign_in_sessions_per_minute: u32,
 }
 
 impl ServeArgs {

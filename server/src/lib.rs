@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod notify;
 pub mod ops;
 pub mod sessions;

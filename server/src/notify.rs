@@ -38,6 +38,8 @@ pub async fn deliver_due(core: &Core, http: &reqwest::Client) -> usize {
     delivered
 }
 
+/// The error is text on purpose: it is stored as the delivery's last error
+/// and shown to admins, never matched on.
 async fn send(core: &Core, http: &reqwest::Client, d: &Delivery) -> Result<(), String> {
     let signature = sign_webhook(&d.secret, core.now_ms() / 1000, &d.payload);
     let res = http

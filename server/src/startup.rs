@@ -51,6 +51,8 @@ pub struct AppConfig {
     pub session_absolute: i64,
     pub secure_cookies: bool,
     pub read_connections: u32,
+    /// Sign-in sessions one address may start a minute.
+    pub sign_in_sessions_per_minute: u32,
     pub clock: SharedClock,
     /// How often the sweeper expires and re-offers.
     pub sweep_every: Duration,
@@ -71,6 +73,7 @@ impl AppConfig {
             session_absolute: 43_200,
             secure_cookies: false,
             read_connections: 8,
+            sign_in_sessions_per_minute: 30,
             clock: Arc::new(SystemClock),
             sweep_every: Duration::from_secs(1),
             wait_recheck: Duration::from_secs(5),
@@ -158,6 +161,9 @@ pub async fn open_core(cfg: &AppConfig, public_url: String) -> Result<Arc<Core>,
         ..Settings::default()
     };
     let core = Core::open(db, cfg.policy.clone(), settings).await?;
+    for w in &cfg.policy.warnings {
+        tracing::warn!(line = w.line, "policy: {}", w.message);
+    }
     core.record_policy_load(SYSTEM_ACTOR).await?;
     Ok(core)
 }
@@ -186,7 +192,6 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
         .route("/readyz", get(ops::readyz))
         .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/metrics", get(ops::metrics_text))
-        .route("/events", get(web::events))
         .route("/export/history.csv", get(web::export_history))
         .route("/export/history.jsonl", get(web::export_history))
         .with_state(core.clone());
@@ -196,6 +201,7 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
         .precompressed_gzip();
 
     let sessions = DbSessions::open(&core).await?;
+    let sessions_for_streams = sessions.clone();
     let deleter = sessions.clone();
     tokio::spawn(async move {
         use tower_sessions::session_store::ExpiredDeletion;
@@ -212,11 +218,20 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
     let guard = web::GuardState {
         core: core.clone(),
         public_origin: origin,
+        new_sessions: Arc::new(crate::limits::PerAddress::per_minute(cfg.sign_in_sessions_per_minute)),
     };
+    let stream = Router::new()
+        .route("/events", get(web::events))
+        .with_state(web::StreamState {
+            core: core.clone(),
+            sessions: sessions_for_streams,
+            open: Arc::default(),
+        });
 
     Ok(Router::new()
         .merge(api::router(core.clone()))
         .merge(edges)
+        .merge(stream)
         .nest_service("/pkg", assets)
         .merge(pages)
         .layer(middleware::from_fn_with_state(guard, web::browser_guard))

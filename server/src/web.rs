@@ -81,6 +81,15 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
 pub struct GuardState {
     pub core: Arc<Core>,
     pub public_origin: String,
+    /// How many sign-in sessions an address may start.
+    pub new_sessions: Arc<crate::limits::PerAddress>,
+}
+
+/// The address a request came from (the connection's peer).
+fn peer(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// Sign-in for pages; same-origin and a session-bound CSRF token for every
@@ -106,9 +115,22 @@ pub async fn browser_guard(State(g): State<GuardState>, session: Session, req: R
                 Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "session store unavailable"),
             }
         }
-        // Every page carries a CSRF token: make sure the session has one
-        // before the page renders, so its cookie goes out with this response.
-        if !path.starts_with("/api/") && csrf_token(&session).await.is_err() {
+        // A session is made only where one is needed: the sign-in page (its
+        // form carries a CSRF token), and for people signed in. A visitor's
+        // other requests (a 404, a scan) write nothing; and an address may
+        // start only so many sign-in sessions a minute.
+        let signed_in = matches!(person_of(&g.core, &session).await, Ok(Some(_)));
+        if path == "/login" && !signed_in && session.id().is_none() {
+            if let Some(ip) = peer(&req) {
+                if !g.new_sessions.allow(ip) {
+                    return refuse(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many sign-in pages from this address: wait a minute",
+                    );
+                }
+            }
+        }
+        if (path == "/login" || signed_in) && !path.starts_with("/api/") && csrf_token(&session).await.is_err() {
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "session store unavailable");
         }
         return next.run(req).await;
@@ -153,16 +175,78 @@ async fn signed_in(core: &Core, session: &Session) -> Result<Person, Response> {
     }
 }
 
+/// What the live stream needs: the core, the session store (to see a
+/// session end), and how many streams each person holds.
+#[derive(Clone)]
+pub struct StreamState {
+    pub core: Arc<Core>,
+    pub sessions: crate::sessions::DbSessions,
+    pub open: Arc<countersign_core::limits::Slots>,
+}
+
+/// At most this many live streams per person (tabs, devices).
+const STREAMS_PER_PERSON: usize = 4;
+/// How often a stream checks that its session is still good.
+const STREAM_RECHECK: Duration = Duration::from_secs(5);
+
 /// Server-sent events: "changed" whenever a proposal of one of the person's
-/// tenants (or a control) changes. Pages refetch on each.
-pub async fn events(State(core): State<Arc<Core>>, session: Session) -> Response {
-    let person = match signed_in(&core, &session).await {
+/// tenants (or a control) changes. Pages refetch on each. The stream ends
+/// when the session does (sign-out, disabled, password reset, the absolute
+/// timeout), and follows changes to the person's tenants.
+pub async fn events(State(s): State<StreamState>, session: Session) -> Response {
+    let person = match signed_in(&s.core, &session).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    Sse::new(change_stream(core, person))
+    let Some(slot) = s.open.take(&person.id, STREAMS_PER_PERSON) else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many live streams open for this person",
+        );
+    };
+    let login_at: i64 = session
+        .get(app::functions::ssr::SESSION_LOGIN_AT)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let Some(id) = session.id() else {
+        return refuse(StatusCode::UNAUTHORIZED, "sign in first");
+    };
+    let check = SessionCheck {
+        core: s.core.clone(),
+        sessions: s.sessions.clone(),
+        id,
+        login_at,
+    };
+    Sse::new(change_stream(s.core, person, check, slot))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// Whether a stream's session is still good, and as whom.
+struct SessionCheck {
+    core: Arc<Core>,
+    sessions: crate::sessions::DbSessions,
+    id: tower_sessions::session::Id,
+    login_at: i64,
+}
+
+impl SessionCheck {
+    async fn person(&self, user_id: &str) -> Option<Person> {
+        use tower_sessions::SessionStore;
+        let absolute = self.core.settings().session_absolute_secs * 1000;
+        if self.core.now_ms() - self.login_at > absolute {
+            return None;
+        }
+        // Signed out (the record deleted) or expired: the stream ends.
+        self.sessions.load(&self.id).await.ok().flatten()?;
+        self.core
+            .person_for_session(user_id, self.login_at)
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 /// What a page hears on the live stream: a proposal changed, the controls
@@ -189,13 +273,30 @@ fn change_event(c: &Change) -> Event {
         .unwrap_or_else(|_| Event::default().event("message").data("{\"lagged\":true}"))
 }
 
-fn change_stream(core: Arc<Core>, person: Person) -> impl Stream<Item = Result<Event, Infallible>> {
+fn change_stream(
+    core: Arc<Core>,
+    person: Person,
+    check: SessionCheck,
+    slot: countersign_core::limits::Slot,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut rx = core.subscribe();
-    let everything = person.roles.admin;
+    let mut person = person;
+    let mut recheck = tokio::time::interval(STREAM_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     async_stream::stream! {
+        let _slot = slot;
         loop {
-            let change = match rx.recv().await {
-                Ok(Notice::Proposal { tenant, id, status }) if everything || person.sees_tenant(&tenant) => {
+            let notice = tokio::select! {
+                n = rx.recv() => n,
+                _ = recheck.tick() => {
+                    match check.person(&person.id).await {
+                        Some(p) => { person = p; continue; }
+                        None => break,
+                    }
+                }
+            };
+            let change = match notice {
+                Ok(Notice::Proposal { tenant, id, status }) if person.roles.admin || person.sees_tenant(&tenant) => {
                     Change::Proposal { proposal: id, status }
                 }
                 Ok(Notice::Controls) => Change::Controls { controls: true },

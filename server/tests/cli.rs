@@ -124,6 +124,27 @@ fn the_example_policy_checks_and_passes_its_tests() {
 }
 
 #[test]
+fn policy_check_warns_when_admins_may_review() {
+    let s = Sandbox::new();
+    let example = std::fs::read_to_string(POLICY).unwrap();
+    let lenient = s.file(
+        "lenient.toml",
+        &format!("{example}\n[people]\nadmins_may_review = true\n"),
+    );
+    let o = s.run(&["policy", "check", &lenient], None);
+    assert!(o.status.success(), "a warning is not an error: {}", out(&o));
+    let text = out(&o);
+    let line = example.lines().count() + 3;
+    assert!(
+        text.contains(&format!("lenient.toml:{line}: warning: admins_may_review = true")),
+        "{text}"
+    );
+    assert!(text.contains("1 warnings"), "{text}");
+    let o = s.run(&["policy", "check", POLICY], None);
+    assert!(out(&o).contains("0 warnings"), "{}", out(&o));
+}
+
+#[test]
 fn a_failing_policy_test_fails_the_command() {
     let s = Sandbox::new();
     let tests = s.file(

@@ -92,7 +92,7 @@ async fn every_switch_kind_refuses_new_work_blocks_approvals_holds_claims_and_re
             matches!(&e, Error::Forbidden(m) if m.contains("kill switch")),
             "{scope}: {e:?}"
         );
-        let banners = t.core().banners().await.unwrap();
+        let banners = t.core().banners(Some(&alice)).await.unwrap();
         assert!(banners.iter().any(|b| b.kind == BannerKind::Switch), "{scope}");
         t.core()
             .set_switch(&admin, scope, target, false, "resolved")
@@ -213,7 +213,7 @@ async fn a_failing_route_trips_its_breaker_until_an_admin_resets_it(db: &TestDb)
     assert_eq!(breakers.len(), 1, "{breakers:?}");
     assert!(t
         .core()
-        .banners()
+        .banners(Some(&t.person("watcher", &["reviewer"], &["acme"]).await))
         .await
         .unwrap()
         .iter()
@@ -251,17 +251,26 @@ async fn break_glass_lets_an_admin_approve_a_destructive_action_alone_and_says_s
     );
     let b = t
         .core()
-        .start_break_glass(&root, PASSWORD, "payment provider outage", "INC-42", 30)
+        .start_break_glass(&root, PASSWORD, "payment provider outage", "INC-42", 30, "127.0.0.1")
         .await
         .unwrap();
+    // Break-glass is of the session that started it.
+    assert!(
+        t.core().break_glass_of(&root).await.unwrap().is_none(),
+        "another session has none"
+    );
+    let root = countersign_core::service::Person {
+        break_glass_session: Some(b.id.clone()),
+        ..root
+    };
     assert!(
         t.core()
-            .banners()
+            .banners(Some(&root))
             .await
             .unwrap()
             .iter()
             .any(|b| b.kind == BannerKind::BreakGlass),
-        "everyone sees it"
+        "the banner says so"
     );
     assert_eq!(
         t.core()
@@ -297,27 +306,34 @@ async fn break_glass_needs_the_password_an_admin_and_at_most_an_hour(db: &TestDb
     let alice = t.person("alice", &["reviewer"], &["acme"]).await;
     let e = t
         .core()
-        .start_break_glass(&root, "not my password", "payment provider outage", "INC-1", 10)
+        .start_break_glass(
+            &root,
+            "not my password",
+            "payment provider outage",
+            "INC-1",
+            10,
+            "127.0.0.1",
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Forbidden(m) if m.contains("password")));
     assert_eq!(
         t.core()
-            .start_break_glass(&alice, PASSWORD, "payment provider outage", "INC-1", 10)
+            .start_break_glass(&alice, PASSWORD, "payment provider outage", "INC-1", 10, "127.0.0.1")
             .await
             .map(|_| ()),
         Err(Error::Forbidden("only admins may do this".into()))
     );
     assert_eq!(
         t.core()
-            .start_break_glass(&root, PASSWORD, "payment provider outage", "INC-1", 61)
+            .start_break_glass(&root, PASSWORD, "payment provider outage", "INC-1", 61, "127.0.0.1")
             .await
             .map(|_| ()),
         Err(Error::BadRequest("break-glass lasts 1 to 60 minutes".into()))
     );
     assert_eq!(
         t.core()
-            .start_break_glass(&root, PASSWORD, "short", "INC-1", 10)
+            .start_break_glass(&root, PASSWORD, "short", "INC-1", 10, "127.0.0.1")
             .await
             .map(|_| ()),
         Err(Error::BadRequest("say why, in 10 to 500 characters".into())),
@@ -325,7 +341,7 @@ async fn break_glass_needs_the_password_an_admin_and_at_most_an_hour(db: &TestDb
     );
     assert_eq!(
         t.core()
-            .start_break_glass(&root, PASSWORD, "payment provider outage", "", 10)
+            .start_break_glass(&root, PASSWORD, "payment provider outage", "", 10, "127.0.0.1")
             .await
             .map(|_| ()),
         Err(Error::BadRequest(
@@ -349,10 +365,15 @@ async fn break_glass_needs_the_password_an_admin_and_at_most_an_hour(db: &TestDb
 async fn break_glass_ends_by_itself(db: &TestDb) {
     let t = spawn(db).await;
     let root = t.person("root", &["admin"], &[]).await;
-    t.core()
-        .start_break_glass(&root, PASSWORD, "payment provider outage", "INC-2", 5)
+    let b = t
+        .core()
+        .start_break_glass(&root, PASSWORD, "payment provider outage", "INC-2", 5, "127.0.0.1")
         .await
         .unwrap();
+    let root = countersign_core::service::Person {
+        break_glass_session: Some(b.id),
+        ..root
+    };
     t.advance(4 * 60);
     assert!(t.core().break_glass_of(&root).await.unwrap().is_some());
     t.advance(61);
@@ -363,7 +384,7 @@ async fn break_glass_ends_by_itself(db: &TestDb) {
     assert_eq!(t.core().sweep().await.unwrap(), 1, "the sweeper records the end");
     assert!(!t
         .core()
-        .banners()
+        .banners(Some(&root))
         .await
         .unwrap()
         .iter()

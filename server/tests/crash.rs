@@ -154,6 +154,7 @@ async fn a_killed_executors_job_returns_and_runs_once(db: &TestDb) {
     // The first executor acts, then stalls before reporting; it is killed.
     let mut dying = Command::new(EXECUTOR)
         .args(["--url", &server.url, "--db", &effects, "--lease", "2", "--stall", "600"])
+        .args(["--env", "prod", "--tools", "note.write"])
         .env("COUNTERSIGN_EXECUTOR_KEY", &exec)
         .stdout(Stdio::piped())
         .spawn()
@@ -174,6 +175,7 @@ async fn a_killed_executors_job_returns_and_runs_once(db: &TestDb) {
     // executor with the same effects table finishes it without acting again.
     let second = Command::new(EXECUTOR)
         .args(["--url", &server.url, "--db", &effects, "--once"])
+        .args(["--env", "prod", "--tools", "note.write"])
         .env("COUNTERSIGN_EXECUTOR_KEY", &exec)
         .output()
         .unwrap();

@@ -3,10 +3,8 @@
 
 mod common;
 use common::*;
-use countersign_core::lifecycle::Verdict;
 use countersign_core::policy::load_policy;
 use countersign_core::service::Admin;
-use countersign_core::service::DecideRequest;
 use countersign_core::testing::TestDb;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -352,21 +350,7 @@ async fn pending_and_approved_but_unrun_proposals_expire(db: &TestDb) {
     t.advance(3000);
     t.core().sweep().await.unwrap();
     assert_eq!(stored_status(&t, &pending).await, "expired");
-    let hash = t.inspect().proposal(&pending).await.unwrap().unwrap().content_hash;
-    let e = t
-        .core()
-        .decide(
-            &alice,
-            DecideRequest {
-                proposal_id: pending,
-                verdict: Verdict::Approve,
-                comment: String::new(),
-                content_hash: hash,
-                view_ms: None,
-            },
-        )
-        .await
-        .unwrap_err();
+    let e = t.approve_as(&alice, &pending).await.unwrap_err();
     assert!(e.to_string().contains("expired"), "{e}");
 }
 
@@ -421,7 +405,8 @@ async fn an_approval_while_a_route_switch_is_on_is_held_then_released(db: &TestD
         .as_str()
         .unwrap()
         .to_owned();
-    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
+    // Another tenant's switch (a tenant someone has) covers nothing here.
+    t.person("carol", &["reviewer"], &["globex"]).await;
     t.core()
         .set_switch(
             &Admin::cli(),
@@ -432,19 +417,7 @@ async fn an_approval_while_a_route_switch_is_on_is_held_then_released(db: &TestD
         )
         .await
         .unwrap();
-    t.core()
-        .decide(
-            &alice,
-            DecideRequest {
-                proposal_id: id.clone(),
-                verdict: Verdict::Approve,
-                comment: String::new(),
-                content_hash: hash,
-                view_ms: None,
-            },
-        )
-        .await
-        .unwrap();
+    t.approve_as(&alice, &id).await.unwrap();
     assert_eq!(
         claim(&t, &key, json!({})).await.len(),
         1,
@@ -461,7 +434,6 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
         .as_str()
         .unwrap()
         .to_owned();
-    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
     let poller = {
         let (t, key) = (t.clone(), key.clone());
         tokio::spawn(async move {
@@ -470,19 +442,7 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    t.core()
-        .decide(
-            &alice,
-            DecideRequest {
-                proposal_id: id.clone(),
-                verdict: Verdict::Approve,
-                comment: String::new(),
-                content_hash: hash,
-                view_ms: None,
-            },
-        )
-        .await
-        .unwrap();
+    t.approve_as(&alice, &id).await.unwrap();
     let committed = Instant::now();
     let (jobs, returned) = poller.await.unwrap();
     assert_eq!(jobs.len(), 1);

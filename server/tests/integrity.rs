@@ -6,9 +6,9 @@ mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
-use countersign_core::lifecycle::{Status, Verdict};
+use countersign_core::lifecycle::Status;
 use countersign_core::policy::{load_policy, Policy};
-use countersign_core::service::{Admin, DecideRequest, Person};
+use countersign_core::service::Admin;
 use countersign_core::testing::TestDb;
 use countersign_core::Error;
 use reqwest::StatusCode;
@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use std::process::Command;
 
 const EXECUTOR: &str = env!("CARGO_BIN_EXE_reference-executor");
+/// The env and tools the reference executor is configured to serve here.
+const SERVES: [&str; 4] = ["--env", "prod", "--tools", "record.update,refund.create,note.write"];
 
 fn policy(extra: &str) -> Policy {
     let src = format!(
@@ -55,21 +57,6 @@ fn note(key: &str) -> Value {
     json!({ "tool": "note.write", "args": { "text": "remember" }, "idempotency_key": key })
 }
 
-fn approve(id: &str, hash: &str) -> DecideRequest {
-    DecideRequest {
-        proposal_id: id.into(),
-        verdict: Verdict::Approve,
-        comment: String::new(),
-        content_hash: hash.into(),
-        view_ms: Some(5000),
-    }
-}
-
-async fn approve_as(t: &TestApp, who: &Person, id: &str) -> Result<Status, Error> {
-    let hash = t.inspect().proposal(id).await.unwrap().unwrap().content_hash;
-    t.core().decide(who, approve(id, &hash)).await
-}
-
 async fn claim(t: &TestApp, key: &str, body: Value) -> Vec<Value> {
     let r = t.post("/api/v1/jobs/claim", key, body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -91,6 +78,7 @@ async fn complete(t: &TestApp, key: &str, job: &Value, body: Value) -> Reply {
 fn run_executor(t: &TestApp, key: &str, effects: &str) -> String {
     let out = Command::new(EXECUTOR)
         .args(["--url", &t.app.url(), "--db", effects, "--once"])
+        .args(SERVES)
         .env("COUNTERSIGN_EXECUTOR_KEY", key)
         .output()
         .unwrap();
@@ -105,9 +93,16 @@ fn run_executor(t: &TestApp, key: &str, effects: &str) -> String {
 
 /// `reference-executor verify`: the same check the executor makes before acting.
 fn verify_with_executor(t: &TestApp, receipt: &str) -> (bool, String) {
+    verify_serving(t, receipt, SERVES)
+}
+
+/// `reference-executor verify` by an executor configured with `serves`.
+fn verify_serving(t: &TestApp, receipt: &str, serves: [&str; 4]) -> (bool, String) {
     use std::io::Write;
     let mut child = Command::new(EXECUTOR)
-        .args(["--url", &t.app.url(), "verify"])
+        .args(["--url", &t.app.url()])
+        .args(serves)
+        .arg("verify")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -193,7 +188,7 @@ async fn an_executor_previewed_tool_goes_previewing_pending_approved_executed(db
     let id = r.body["id"].as_str().unwrap().to_owned();
 
     // Not decidable yet, and an executor that asks only for executions gets nothing.
-    let e = approve_as(&t, &alice, &id).await.unwrap_err();
+    let e = t.approve_as(&alice, &id).await.unwrap_err();
     assert!(
         matches!(&e, Error::Forbidden(m) if m.contains("still computing")),
         "{e:?}"
@@ -218,7 +213,7 @@ async fn an_executor_previewed_tool_goes_previewing_pending_approved_executed(db
     assert_eq!(review.proposal.preview_by.as_deref(), Some("exec-prod"));
     assert_eq!(review.proposal.preview_state.as_deref(), Some("v3"));
     assert!(review.diff.is_some());
-    assert_eq!(approve_as(&t, &alice, &id).await.unwrap(), Status::Queued);
+    assert_eq!(t.approve_as(&alice, &id).await.unwrap(), Status::Queued);
 
     let jobs = claim(&t, &exec, json!({ "kinds": ["preview", "execute"] })).await;
     assert_eq!(jobs.len(), 1);
@@ -273,7 +268,7 @@ async fn the_world_changing_after_the_preview_fails_with_stale_preview_and_nothi
         .to_owned();
     let out = run_executor(&t, &exec, &effects);
     assert!(out.contains("kind \"preview\""), "{out}");
-    assert_eq!(approve_as(&t, &alice, &id).await.unwrap(), Status::Queued);
+    assert_eq!(t.approve_as(&alice, &id).await.unwrap(), Status::Queued);
     // Someone else changes the record between the review and the execution.
     {
         use sqlx::Connection;
@@ -304,8 +299,8 @@ async fn a_receipt_verifies_independently_and_forged_ones_are_refused_by_the_exe
         .as_str()
         .unwrap()
         .to_owned();
-    approve_as(&t, &alice, &id).await.unwrap();
-    approve_as(&t, &bob, &id).await.unwrap();
+    t.approve_as(&alice, &id).await.unwrap();
+    t.approve_as(&bob, &id).await.unwrap();
     let jobs = claim(&t, &exec, json!({})).await;
     let receipt = jobs[0]["receipt"].as_str().unwrap().to_owned();
     let jwks = t
@@ -339,6 +334,12 @@ async fn a_receipt_verifies_independently_and_forged_ones_are_refused_by_the_exe
 
     let (ok, out) = verify_with_executor(&t, &receipt);
     assert!(ok, "{out}");
+    // A genuine receipt, but for a tool or env this executor is not for:
+    // it checks its own configuration, not what the queue says.
+    let (ok, out) = verify_serving(&t, &receipt, ["--env", "prod", "--tools", "note.write"]);
+    assert!(!ok && out.contains("does not serve"), "{out}");
+    let (ok, out) = verify_serving(&t, &receipt, ["--env", "staging", "--tools", "refund.create"]);
+    assert!(!ok && out.contains("this executor acts in staging"), "{out}");
     // One changed byte of the payload: the signature no longer verifies.
     let mut forged = receipt.clone().into_bytes();
     let at = receipt.find('.').unwrap() + 10;
@@ -480,19 +481,32 @@ async fn revoking_a_run_cancels_its_pending_proposal_and_queued_job(db: &TestDb)
     let t = spawn_with(db, policy(""), |_| {}).await;
     let exec = t.executor_key("prod", &["note.write", "record.update"]).await;
     let (run_id, token) = t.run("acme", "prod", "records", None).await;
-    let pending = t.post("/api/v1/proposals", &token, update("u-1")).await.body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let queued = t.post("/api/v1/proposals", &token, note("n-1")).await.body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id_of = |r: Reply| r.body["id"].as_str().unwrap().to_owned();
+    // One proposal waits for a person (its preview delivered), one still
+    // waits for its preview, one is approved at once and queued.
+    let pending = id_of(t.post("/api/v1/proposals", &token, update("u-1")).await);
+    let jobs = claim(&t, &exec, json!({ "kinds": ["preview"] })).await;
+    let preview = json!({ "status": "succeeded", "preview": { "before": "a", "after": "b", "state": "v1" } });
+    assert_eq!(
+        complete(&t, &exec, &jobs[0], preview).await.body["proposal_status"],
+        "pending"
+    );
+    let mut second = update("u-2");
+    second["args"]["record_id"] = json!("R-8");
+    let previewing = id_of(t.post("/api/v1/proposals", &token, second).await);
+    let queued = id_of(t.post("/api/v1/proposals", &token, note("n-1")).await);
+    for (id, want) in [
+        (&pending, Status::Pending),
+        (&previewing, Status::Previewing),
+        (&queued, Status::Queued),
+    ] {
+        assert_eq!(t.inspect().proposal(id).await.unwrap().unwrap().status, want);
+    }
     t.core()
         .revoke_run(&Admin::cli(), &run_id, "prompt injection seen")
         .await
         .unwrap();
-    for id in [&pending, &queued] {
+    for id in [&pending, &previewing, &queued] {
         assert_eq!(
             t.inspect().proposal(id).await.unwrap().unwrap().status,
             Status::Cancelled
@@ -514,7 +528,7 @@ async fn revoking_a_run_cancels_its_pending_proposal_and_queued_job(db: &TestDb)
         })
         .await
         .unwrap();
-    assert_eq!(reasons.len(), 2);
+    assert_eq!(reasons.len(), 3);
     assert!(
         reasons.iter().all(|d| d.contains("prompt injection seen")),
         "{reasons:?}"
@@ -561,7 +575,7 @@ async fn an_admin_who_reviews_is_refused_unless_the_policy_allows_it(db: &TestDb
         .as_str()
         .unwrap()
         .to_owned();
-    let e = approve_as(&t, &adam, &id).await.unwrap_err();
+    let e = t.approve_as(&adam, &id).await.unwrap_err();
     assert!(matches!(&e, Error::Forbidden(m) if m.contains("admin role")), "{e:?}");
     assert!(t
         .core()
@@ -585,7 +599,7 @@ async fn an_admin_who_reviews_is_refused_unless_the_policy_allows_it(db: &TestDb
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(approve_as(&t, &adam, &id).await.unwrap(), Status::Queued);
+    assert_eq!(t.approve_as(&adam, &id).await.unwrap(), Status::Queued);
 }
 
 async fn granting_reviewer_fires_the_webhook_and_marks_the_approval(db: &TestDb) {
@@ -637,7 +651,7 @@ async fn granting_reviewer_fires_the_webhook_and_marks_the_approval(db: &TestDb)
         .await
         .unwrap()
         .unwrap();
-    approve_as(&t, &sock, &id).await.unwrap();
+    t.approve_as(&sock, &id).await.unwrap();
     let review = t.core().review_for(&alice, &id).await.unwrap();
     let view = app::functions::views::review(review, t.core().settings().quick_decision_ms);
     let note = view.decisions[0].note.clone().expect("the approval is marked");

@@ -287,9 +287,19 @@ pub async fn start_break_glass(
 ) -> Result<String, AppError> {
     let _ = csrf;
     let (core, me, _) = admin().await?;
+    let addr = leptos_axum::extract::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .await
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|_| "unknown".into());
     let b = core
-        .start_break_glass(&me, &password, &reason, &incident, minutes)
+        .start_break_glass(&me, &password, &reason, &incident, minutes, &addr)
         .await?;
+    // Break-glass belongs to this session alone.
+    super::ssr::session()
+        .await?
+        .insert(super::ssr::SESSION_BREAK_GLASS, &b.id)
+        .await
+        .map_err(|_| AppError::Internal)?;
     Ok(format!(
         "Break-glass is on until {}.",
         countersign_core::clock::rfc3339(b.ends_at)

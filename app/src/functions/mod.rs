@@ -23,6 +23,8 @@ pub mod ssr {
     pub const SESSION_USER: &str = "uid";
     pub const SESSION_LOGIN_AT: &str = "login_at";
     pub const SESSION_CSRF: &str = "csrf";
+    /// The break-glass this session started (break-glass is of a session).
+    pub const SESSION_BREAK_GLASS: &str = "break_glass";
 
     pub fn core() -> Result<Arc<Core>, AppError> {
         use_context::<Arc<Core>>().ok_or_else(|| {
@@ -51,7 +53,10 @@ pub mod ssr {
             return Ok(None);
         }
         match core.person_for_session(&uid, login_at).await? {
-            Some(p) => Ok(Some(p)),
+            Some(mut p) => {
+                p.break_glass_session = s.get(SESSION_BREAK_GLASS).await.map_err(|_| AppError::Internal)?;
+                Ok(Some(p))
+            }
             None => {
                 let _ = s.flush().await;
                 Ok(None)

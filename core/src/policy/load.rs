@@ -176,12 +176,7 @@ impl Problems<'_> {
     }
 }
 
-fn is_tool_name(s: &str) -> bool {
-    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$").expect("static regex"))
-        .is_match(s)
-        && s.len() <= 100
-}
+use crate::ids::is_tool_name;
 
 fn is_route_name(s: &str) -> bool {
     static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();

@@ -67,7 +67,92 @@ impl ArgsSchema {
     }
 }
 
+/// What the string check refuses besides the policy's pattern: control
+/// characters other than newline and tab (Unicode `Cc`), as a JSON Schema
+/// pattern.
+pub const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f]*$";
+
+/// A JSON number that is an integer, however it is written (`5`, `5.0`).
+fn integer(v: &Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+}
+
+impl ArgsSchema {
+    /// `args` with each integer field written as an integer (`5.0` becomes
+    /// `5`), so that one value has one canonical form and one hash. Call it
+    /// on args that `validate` accepted.
+    pub fn normalized(&self, args: &Value) -> Value {
+        let mut out = args.clone();
+        if let Some(obj) = out.as_object_mut() {
+            for (name, field) in &self.fields {
+                if let (FieldType::Integer { .. }, Some(v)) = (&field.ty, obj.get_mut(name)) {
+                    if let Some(i) = integer(v) {
+                        *v = Value::from(i);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// These args as a JSON Schema (2020-12): what `validate` accepts, for
+    /// the API document (and, later, the MCP gateway's tools list). A closed object; an optional
+    /// field may also be null.
+    pub fn json_schema(&self) -> Value {
+        let properties: serde_json::Map<String, Value> = self
+            .fields
+            .iter()
+            .map(|(name, f)| (name.clone(), f.ty.json_schema(!f.required)))
+            .collect();
+        let required: Vec<&String> = self.fields.iter().filter(|(_, f)| f.required).map(|(n, _)| n).collect();
+        serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": properties,
+            "required": required,
+        })
+    }
+}
+
 impl FieldType {
+    fn json_schema(&self, nullable: bool) -> Value {
+        let ty = |t: &str| {
+            if nullable {
+                serde_json::json!([t, "null"])
+            } else {
+                serde_json::json!(t)
+            }
+        };
+        match self {
+            FieldType::String { max_len, pattern } => {
+                let mut s = serde_json::json!({
+                    "type": ty("string"),
+                    "maxLength": max_len,
+                    "pattern": NO_CONTROL_PATTERN,
+                });
+                if let Some(re) = pattern {
+                    s["allOf"] = serde_json::json!([{ "pattern": re.as_str() }]);
+                }
+                s
+            }
+            FieldType::Integer { min, max } => {
+                serde_json::json!({ "type": ty("integer"), "minimum": min, "maximum": max })
+            }
+            FieldType::Enum { values } => {
+                let mut all: Vec<Value> = values.iter().map(|v| Value::from(v.as_str())).collect();
+                if nullable {
+                    all.push(Value::Null);
+                }
+                serde_json::json!({ "enum": all })
+            }
+            FieldType::Boolean => serde_json::json!({ "type": ty("boolean") }),
+        }
+    }
+
     fn check(&self, v: &Value) -> Result<(), String> {
         match self {
             FieldType::String { max_len, pattern } => {
@@ -87,10 +172,7 @@ impl FieldType {
                 Ok(())
             }
             FieldType::Integer { min, max } => {
-                let i = v
-                    .as_i64()
-                    .filter(|_| v.is_i64() || v.is_u64())
-                    .ok_or("must be an integer")?;
+                let i = integer(v).ok_or("must be an integer")?;
                 if i < *min || i > *max {
                     return Err(format!("must be between {min} and {max}"));
                 }
@@ -174,6 +256,43 @@ mod tests {
         ArgsSchema { fields }
     }
 
+    /// The JSON Schema says what `validate` does: checked with an
+    /// independent validator on values either side of every rule. (`5.0`
+    /// is an integer to JSON Schema 2020-12 and to `validate`, see
+    /// `an_integer_written_with_a_point_is_one_integer`; this validator
+    /// reads it otherwise, so it is left out here.)
+    #[test]
+    fn the_json_schema_accepts_exactly_what_validate_accepts() {
+        let s = schema();
+        let js = jsonschema::validator_for(&s.json_schema()).unwrap();
+        for args in [
+            json!({"ticket_id": "T-1"}),
+            json!({"ticket_id": "T-12", "reason": "done", "amount": 5, "currency": "EUR", "notify": true}),
+            json!({"ticket_id": "T-1", "reason": null, "currency": null}),
+            json!({"ticket_id": "T-1", "reason": "line\nand\ttab"}),
+            json!({"ticket_id": "T-1", "reason": "bell\u{7}"}),
+            json!({"ticket_id": "T-1", "reason": "\u{85}x"}),
+            json!({"ticket_id": "T-1", "reason": "ten chars!"}),
+            json!({"ticket_id": "T-1", "reason": "eleven chars"}),
+            json!({"ticket_id": "T-1", "amount": 0}),
+            json!({"ticket_id": "T-1", "amount": 100}),
+            json!({"ticket_id": "T-1", "amount": 101}),
+            json!({"ticket_id": "T-1", "amount": 1.5}),
+            json!({"ticket_id": "T-1", "amount": 1e300}),
+            json!({"ticket_id": "T-1", "currency": "GBP"}),
+            json!({"ticket_id": "T-1", "notify": "yes"}),
+            json!({"ticket_id": "X-1"}),
+            json!({"ticket_id": "T-12345678901"}),
+            json!({"ticket_id": null}),
+            json!({}),
+            json!({"ticket_id": "T-1", "admin": true}),
+            json!([]),
+            json!("T-1"),
+        ] {
+            assert_eq!(js.is_valid(&args), s.validate(&args).is_ok(), "{args}");
+        }
+    }
+
     #[test]
     fn valid_args_pass() {
         let s = schema();
@@ -212,6 +331,18 @@ mod tests {
         assert_eq!(e["currency"], "must be a string");
         assert!(schema().validate(&json!(["T-1"])).is_err());
         assert!(schema().validate(&json!({"ticket_id": "T-1", "amount": "5"})).is_err());
+    }
+
+    #[test]
+    fn an_integer_written_with_a_point_is_one_integer() {
+        let s = schema();
+        let args = json!({"ticket_id": "T-1", "amount": 5.0});
+        assert!(s.validate(&args).is_ok());
+        assert_eq!(s.normalized(&args), json!({"ticket_id": "T-1", "amount": 5}));
+        assert_eq!(
+            crate::audit::canonical_json(&s.normalized(&args)),
+            crate::audit::canonical_json(&json!({"ticket_id": "T-1", "amount": 5}))
+        );
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub struct VerifyReport {
     pub checked: u64,
     pub head_seq: i64,
     pub broken: Option<ChainBreak>,
+    /// Where a verification that passed ended (seq, hash, events checked).
+    #[serde(skip)]
+    pub verified_to: Option<(i64, String, u64)>,
+    /// Events read and hashed by this verification (less than `checked` when
+    /// it resumed from an earlier one).
+    #[serde(skip)]
+    pub read_now: u64,
 }
 
 impl VerifyReport {
@@ -62,15 +69,21 @@ async fn record_policy_in(tx: &mut Tx<'_>, p: Arc<Policy>, actor: String) -> Res
         loaded_by: actor.clone(),
     };
     policy_q::insert(&mut tx.conn, &row).await?;
+    let previous_hash = last.map(|l| l.hash);
     tx.audit(
-        AuditDraft::new(actor, "policy.loaded")
+        AuditDraft::new(actor.clone(), "policy.loaded")
             .subject(row.id.clone())
             .details(serde_json::json!({
                 "hash": p.hash,
-                "previous_hash": last.map(|l| l.hash),
+                "previous_hash": previous_hash,
                 "diff": diff,
             })),
     );
+    if previous_hash.is_some() {
+        // A change, not the first load: people who watch the gate hear of it.
+        let data = serde_json::json!({ "hash": p.hash, "previous_hash": previous_hash, "by": actor });
+        super::notify::emit(tx, "policy.changed", data).await?;
+    }
     Ok(true)
 }
 
@@ -97,10 +110,35 @@ impl Core {
 
     /// Recompute the whole chain, page by page, and compare its end to the head.
     pub async fn verify_audit_chain(&self) -> Result<VerifyReport> {
+        self.verify_chain_from(ChainVerifier::default()).await
+    }
+
+    /// Verify the events added since the last verification that passed (the
+    /// audit page's check: a view costs the new events, not the whole log),
+    /// and remember where it ended. `countersign audit verify` always
+    /// verifies everything.
+    pub async fn verify_audit_chain_since_last(&self) -> Result<VerifyReport> {
+        let from = self
+            .verified_to
+            .lock()
+            .map_err(super::poisoned)?
+            .as_ref()
+            .map(|(seq, hash, n)| ChainVerifier::resume(*seq, hash, *n))
+            .unwrap_or_default();
+        let report = self.verify_chain_from(from).await?;
+        if report.ok() {
+            if let Some(pos) = report.verified_to.clone() {
+                *self.verified_to.lock().map_err(super::poisoned)? = Some(pos);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn verify_chain_from(&self, mut v: ChainVerifier) -> Result<VerifyReport> {
+        let resumed_at = v.checked;
         let mut r = self.store.reader().await?;
         let (head_seq, head_hash) = audit::head(&mut r.conn()).await?;
-        let mut v = ChainVerifier::default();
-        let mut after = 0;
+        let mut after = v.position().0;
         loop {
             let page = audit::events_after(&mut r.conn(), after, 2000).await?;
             let Some(last) = page.last() else { break };
@@ -111,15 +149,20 @@ impl Core {
                         checked: v.checked,
                         head_seq,
                         broken: Some(b),
+                        verified_to: None,
+                        read_now: v.checked - resumed_at,
                     });
                 }
             }
         }
         let broken = v.finish(head_seq, &head_hash).err();
+        let (seq, hash) = v.position();
         Ok(VerifyReport {
             checked: v.checked,
             head_seq,
             broken,
+            verified_to: Some((seq, hash.to_owned(), v.checked)),
+            read_now: v.checked - resumed_at,
         })
     }
 

@@ -88,16 +88,25 @@ async fn reset_breaker_in(tx: &mut Tx<'_>, actor: String, route: String) -> Resu
     Ok(())
 }
 
-async fn break_glass_refused_in(tx: &mut Tx<'_>, actor: String, user_id: String) -> Result<()> {
+/// A wrong password at break-glass, with the address it came from (the
+/// session is an admin's: where it is used from is evidence).
+async fn break_glass_refused_in(tx: &mut Tx<'_>, actor: String, user_id: String, addr: String) -> Result<()> {
     tx.audit(
         AuditDraft::new(actor, "breakglass.refused")
             .subject(user_id)
-            .status("wrong password"),
+            .status("wrong password")
+            .details(serde_json::json!({ "addr": addr })),
     );
     Ok(())
 }
 
-async fn start_break_glass_in(tx: &mut Tx<'_>, person: Person, row: BreakGlassRow) -> Result<BreakGlassRow> {
+async fn start_break_glass_in(
+    tx: &mut Tx<'_>,
+    person: Person,
+    row: BreakGlassRow,
+    throttle: Vec<String>,
+) -> Result<BreakGlassRow> {
+    super::people::clear_throttle_in(tx, throttle).await?;
     let mut row = row;
     let now = tx.now_ms();
     if controls::active_break_glass(&mut tx.conn, now)
@@ -166,24 +175,41 @@ impl Core {
         Ok(covering(&switches, tenant, route, tool))
     }
 
-    /// What every page shows at the top while it lasts.
-    pub async fn banners(&self) -> Result<Vec<Banner>> {
+    /// What the pages show this person at the top while it lasts: only the
+    /// controls that concern them. Nobody signed out sees any; a tenant's
+    /// switch is shown to the people of that tenant; who holds break-glass,
+    /// and for which incident, is told to admins only.
+    pub async fn banners(&self, person: Option<&Person>) -> Result<Vec<Banner>> {
+        let Some(person) = person else {
+            return Ok(Vec::new());
+        };
         let now = self.now_ms();
         let mut r = self.store.reader().await?;
         let mut out = Vec::new();
         for b in controls::active_break_glass(&mut r.conn(), now).await? {
-            out.push(Banner {
-                kind: BannerKind::BreakGlass,
-                text: format!(
+            let text = if person.roles.admin {
+                format!(
                     "Break-glass is on: {} may approve alone until {} (incident {}: {})",
                     b.username,
                     rfc3339(b.ends_at),
                     b.incident,
                     b.reason
-                ),
+                )
+            } else {
+                format!(
+                    "Break-glass is on: an admin may approve alone until {}",
+                    rfc3339(b.ends_at)
+                )
+            };
+            out.push(Banner {
+                kind: BannerKind::BreakGlass,
+                text,
             });
         }
         for s in controls::engaged_switches(&mut r.conn()).await? {
+            if s.scope == Scope::Tenant && !person.roles.admin && !person.sees_tenant(&s.target) {
+                continue;
+            }
             out.push(Banner {
                 kind: BannerKind::Switch,
                 text: match s.scope {
@@ -240,6 +266,11 @@ impl Core {
         if scope == Scope::Route && policy.route(&target).is_none() {
             return Err(Error::BadRequest(format!("route {target:?} is not in the policy")));
         }
+        if scope == Scope::Tenant && !controls::tenant_known(&mut self.store.reader().await?.conn(), &target).await? {
+            return Err(Error::BadRequest(format!(
+                "no person or key belongs to tenant {target:?}: a switch on it would cover nothing"
+            )));
+        }
         let row = SwitchRow {
             scope,
             target,
@@ -259,14 +290,19 @@ impl Core {
             .await
     }
 
-    /// The break-glass session this person holds now, if any.
+    /// The break-glass this person holds now, if any: only in the session
+    /// that started it (another session of theirs, a stolen cookie of an
+    /// older one, gets none).
     pub async fn break_glass_of(&self, person: &Person) -> Result<Option<String>> {
-        if !person.roles.admin {
+        let Some(started_here) = person.break_glass_session.as_deref().filter(|_| person.roles.admin) else {
             return Ok(None);
-        }
+        };
         let now = self.now_ms();
         let rows = controls::active_break_glass(&mut self.store.reader().await?.conn(), now).await?;
-        Ok(rows.into_iter().find(|b| b.user_id == person.id).map(|b| b.id))
+        Ok(rows
+            .into_iter()
+            .find(|b| b.user_id == person.id && b.id == started_here)
+            .map(|b| b.id))
     }
 
     pub async fn break_glass_sessions(&self) -> Result<Vec<BreakGlassRow>> {
@@ -282,6 +318,7 @@ impl Core {
         reason: &str,
         incident: &str,
         minutes: i64,
+        addr: &str,
     ) -> Result<BreakGlassRow> {
         require_admin(person)?;
         let reason = reason.trim().to_owned();
@@ -302,14 +339,21 @@ impl Core {
         let user = users::by_id(&mut self.store.reader().await?.conn(), &person.id)
             .await?
             .ok_or(Error::NotFound)?;
+        // The password typed again is throttled like a sign-in, on keys of
+        // its own (see `break_glass_keys`).
+        let keys = super::people::break_glass_keys(&person.id, self.settings.login_free_failures);
+        let cleared = super::people::cleared_on_success(&keys);
+        self.store
+            .write_or_refuse(move |tx| Box::pin(super::people::reserve_attempt_in(tx, keys)))
+            .await?;
         if !self
             .passwords
             .verify(password.to_owned(), Some(user.password_hash))
-            .await
+            .await?
         {
-            let (actor, id) = (person.actor(), person.id.clone());
+            let (actor, id, addr) = (person.actor(), person.id.clone(), addr.to_owned());
             self.store
-                .write(move |tx| Box::pin(break_glass_refused_in(tx, actor, id)))
+                .write(move |tx| Box::pin(break_glass_refused_in(tx, actor, id, addr)))
                 .await?;
             tracing::warn!(user = %person.username, "break-glass refused: wrong password");
             return Err(Error::Forbidden(
@@ -329,7 +373,7 @@ impl Core {
         };
         let person = person.clone();
         self.store
-            .write(move |tx| Box::pin(start_break_glass_in(tx, person, row)))
+            .write(move |tx| Box::pin(start_break_glass_in(tx, person, row, cleared)))
             .await
     }
 

@@ -124,8 +124,11 @@ impl Core {
         let now = self.now_ms();
         let verified = self.keyring.read().map_err(super::poisoned)?.verify(token, now);
         let claims = match verified {
-            Err(TokenError::UnknownKey(_)) => {
-                // Another process may have rotated: reload once and retry.
+            Err(TokenError::UnknownKey(_)) if self.may_reload_keyring() => {
+                // Another process may have rotated: reload and retry. Not at
+                // every request: a flood of tokens naming made-up keys would
+                // otherwise be a read of the keys each.
+                metrics::counter!("countersign_keyring_reloads_total").increment(1);
                 self.load_keyring_rows().await?;
                 self.keyring.read().map_err(super::poisoned)?.verify(token, now)
             }

@@ -9,7 +9,7 @@
 //! caller's (a repeat, a stale lease, a job it does not serve) is handed back
 //! untaken, to the one-by-one path that answers those cases.
 
-use super::{Completion, ExecutorPrincipal};
+use super::ExecutorPrincipal;
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
 use crate::lifecycle::{JobState, Status};
@@ -17,6 +17,16 @@ use crate::store::queries::{jobs, proposals};
 use crate::store::{Notice, Store, Tx};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
+
+/// How a completion left the job and its proposal, as the executor is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub job_id: String,
+    pub state: JobState,
+    pub proposal_status: Status,
+    pub attempt: i64,
+    pub next_attempt_at_ms: Option<i64>,
+}
 
 /// The most successes one write takes (3 bound values each).
 const MAX_GATHERED: usize = 256;
@@ -107,6 +117,7 @@ async fn finish_many(tx: &mut Tx<'_>, successes: Vec<Success>) -> Result<Vec<Opt
         .collect();
     // A job reported twice in one group is taken once; the repeat goes the
     // one-by-one way, which answers it as the repeat it is.
+    let now = tx.now_ms();
     let mut seen = HashSet::new();
     let taken: Vec<Option<&jobs::Finishable>> = successes
         .iter()
@@ -114,6 +125,7 @@ async fn finish_many(tx: &mut Tx<'_>, successes: Vec<Success>) -> Result<Vec<Opt
             found.get(&s.job_id).filter(|j| {
                 j.state == JobState::Leased
                     && j.lease_id.as_deref() == Some(s.lease_id.as_str())
+                    && j.lease_expires_at.is_some_and(|t| t > now)
                     && j.env == s.exec.env
                     && s.exec.tools.contains(&j.tool)
                     && seen.insert(j.id.clone())

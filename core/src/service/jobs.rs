@@ -2,6 +2,8 @@
 //! out stale holders, completed once, retried with backoff; expired or
 //! re-offered when the sweeper finds them overdue or their lease lost.
 
+use super::finishing::Completion;
+use super::previews::{announce_pending, content_hash, diff_json, MAX_PREVIEW_BYTES};
 use super::waiting::Waiter;
 use super::{review_url, Core, ExecutorPrincipal};
 use crate::audit::{canonical_json, AuditDraft};
@@ -81,15 +83,6 @@ pub struct CompleteRequest {
     pub preview: Option<PreviewReport>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Completion {
-    pub job_id: String,
-    pub state: JobState,
-    pub proposal_status: Status,
-    pub attempt: i64,
-    pub next_attempt_at_ms: Option<i64>,
-}
-
 impl ExecutorPrincipal {
     pub fn actor(&self) -> String {
         format!("key:{}", self.key_id)
@@ -131,7 +124,7 @@ pub const MAX_PREVIEW_STATE_CHARS: usize = 200;
 
 /// An executor's preview, checked like an agent's (bounded, no secrets: a
 /// reviewer reads it), and its diff computed off the async workers.
-async fn checked_preview_diff(p: &PreviewReport) -> Result<String> {
+async fn checked_preview_diff(diffs: &crate::limits::Workers, p: &PreviewReport) -> Result<String> {
     if p.state.chars().count() > MAX_PREVIEW_STATE_CHARS {
         return Err(Error::BadRequest(format!(
             "preview.state must be at most {MAX_PREVIEW_STATE_CHARS} characters"
@@ -142,10 +135,10 @@ async fn checked_preview_diff(p: &PreviewReport) -> Result<String> {
         ("preview.after", &p.after),
         ("preview.state", &p.state),
     ] {
-        if text.len() > super::proposals::MAX_PREVIEW_BYTES {
+        if text.len() > MAX_PREVIEW_BYTES {
             return Err(Error::BadRequest(format!(
                 "{field} must be at most {} bytes",
-                super::proposals::MAX_PREVIEW_BYTES
+                MAX_PREVIEW_BYTES
             )));
         }
         if let Some(kind) = crate::secrets::secret_kind(text) {
@@ -154,7 +147,7 @@ async fn checked_preview_diff(p: &PreviewReport) -> Result<String> {
             )));
         }
     }
-    super::proposals::diff_json(p.before.clone(), p.after.clone()).await
+    diff_json(diffs, p.before.clone(), p.after.clone()).await
 }
 
 /// A claim, with its limits checked.
@@ -247,21 +240,6 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
     Ok(out)
 }
 
-/// Cancel a proposal's jobs no executor holds yet (its run was revoked, or
-/// the agent withdrew a proposal still previewing).
-pub(super) async fn cancel_unclaimed(tx: &mut Tx<'_>, proposal_id: &str) -> Result<usize> {
-    let now = tx.now_ms();
-    let mut n = 0;
-    for j in jobs::of_proposal(&mut tx.conn, proposal_id).await? {
-        if matches!(j.state, JobState::Queued | JobState::Held)
-            && jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Cancelled, now).await?
-        {
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
 async fn heartbeat_in(
     tx: &mut Tx<'_>,
     exec: ExecutorPrincipal,
@@ -275,6 +253,13 @@ async fn heartbeat_in(
         .ok_or(Error::NotFound)?;
     let now = tx.now_ms();
     let until = now + secs * 1000;
+    if until > j.execute_by {
+        return Err(Error::InvalidTransition(format!(
+            "a lease cannot outlast the job's execute-by deadline ({}): ask for at most {} s",
+            crate::clock::rfc3339(j.execute_by),
+            ((j.execute_by - now) / 1000).max(0)
+        )));
+    }
     if !jobs::extend_lease(&mut tx.conn, &j.id, &lease_id, now, until).await? {
         return Err(Error::InvalidTransition("this lease is no longer held".into()));
     }
@@ -320,7 +305,7 @@ async fn finish_preview_in(
                 .preview
                 .as_ref()
                 .ok_or_else(|| Error::internal("a successful preview without its report"))?;
-            let hash = super::proposals::content_hash(
+            let hash = content_hash(
                 &p.tool,
                 &p.args,
                 Some(&report.before),
@@ -343,7 +328,7 @@ async fn finish_preview_in(
                 )));
             }
             p.status = Status::Pending;
-            super::proposals::announce_pending(tx, &p, &c.public_url).await?;
+            announce_pending(tx, &p, &c.public_url).await?;
             "preview.computed"
         }
         JobState::Failed => {
@@ -386,7 +371,11 @@ async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
         .await?
         .filter(|j| c.exec.serves(j))
         .ok_or(Error::NotFound)?;
-    let live = j.state == JobState::Leased && j.lease_id.as_deref() == Some(c.req.lease_id.as_str());
+    // A lease that ran out is lost even before the sweeper re-offers the job:
+    // its holder may not complete it.
+    let live = j.state == JobState::Leased
+        && j.lease_id.as_deref() == Some(c.req.lease_id.as_str())
+        && j.lease_expires_at.is_some_and(|t| t > now);
     if !live {
         // Repeating the accepted completion is answered alike.
         if j.completion.as_deref() == Some(c.body.as_str()) {
@@ -576,6 +565,12 @@ impl Core {
         let max = range("max", req.max, 1, 1, MAX_CLAIM)?;
         let lease_secs = range("lease_seconds", req.lease_seconds, 60, 1, MAX_LEASE_SECS)?;
         let wait = range("wait_seconds", req.wait_seconds, 0, 0, MAX_CLAIM_WAIT_SECS)?;
+        let kinds = req.kinds.clone().unwrap_or_else(|| vec![JobKind::Execute]);
+        if kinds.is_empty() {
+            return Err(Error::BadRequest(
+                "kinds must name at least one of preview, execute".into(),
+            ));
+        }
         let tools: Vec<String> = match &req.tools {
             Some(ts) => ts.iter().filter(|t| exec.tools.contains(*t)).cloned().collect(),
             None => exec.tools.iter().cloned().collect(),
@@ -583,18 +578,17 @@ impl Core {
         if tools.is_empty() {
             return Ok(Vec::new());
         }
-        let kinds = req.kinds.clone().unwrap_or_else(|| vec![JobKind::Execute]);
-        if kinds.is_empty() {
-            return Err(Error::BadRequest(
-                "kinds must name at least one of preview, execute".into(),
-            ));
-        }
         let c = Claim {
             exec: exec.clone(),
             tools,
             kinds,
             max,
             lease_secs,
+        };
+        let _slot = if wait > 0 {
+            Some(self.long_poll_slot(&exec.key_id)?)
+        } else {
+            None
         };
         let mut waiter = Waiter::new(self.subscribe(), Duration::from_secs(wait as u64), self.recheck());
         loop {
@@ -669,12 +663,22 @@ impl Core {
             body["preview"] = serde_json::json!({ "before": p.before, "after": p.after, "state": p.state });
         }
         let body = canonical_json(&body);
+        if !(req.result.is_object() || req.result.is_null()) {
+            return Err(Error::BadRequest("result must be a JSON object".into()));
+        }
         let result = canonical_json(&req.result);
         if result.len() > MAX_RESULT_BYTES {
             return Err(Error::BadRequest("result must be at most 16 KiB of JSON".into()));
         }
+        // A result reaches the agent and the exports: no secrets in it.
+        if let Some((field, kind)) = crate::secrets::find_secret(&req.result, "result") {
+            return Err(Error::SecretInArgs {
+                field,
+                kind: kind.into(),
+            });
+        }
         let preview = match (&req.preview, succeeded) {
-            (Some(p), true) => Some((p.clone(), checked_preview_diff(p).await?)),
+            (Some(p), true) => Some((p.clone(), checked_preview_diff(&self.diffs, p).await?)),
             (Some(_), false) => {
                 return Err(Error::BadRequest(
                     "a failed preview reports why in result, not a preview".into(),

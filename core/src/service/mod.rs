@@ -3,15 +3,21 @@
 //! single writer in one line. The JSON API and the pages both call `Core`, so
 //! every rule is enforced here, once, below both doors.
 //!
-//! Dependencies between the modules point one way:
+//! Dependencies between the modules point one way (an arrow: "calls"):
 //!
 //! ```text
-//! sweeper ─> proposals, jobs, controls
-//! proposals, decisions ─> release ─> notify
-//! jobs ─> breakers ─> notify
-//! controls ─> release
-//! proposals, jobs, history, review ─> waiting (the one long-poll loop)
+//! sweeper     ─> proposals, jobs, controls           (each module's expiry)
+//! credentials ─> runs ─> release                     (revocation cancels)
+//! proposals   ─> runs, release, previews, waiting
+//! decisions   ─> people, release
+//! controls    ─> people, release                     (a switch off releases what it held)
+//! jobs        ─> previews, finishing, breakers, waiting
+//! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
+//! history     ─> audit_log, people;  review ─> people
+//! audit_log, people, previews, proposals, decisions, controls, jobs ─> notify
 //! ```
+//!
+//! `service_modules_depend_one_way` (below) fails when an arrow points back.
 
 mod audit_log;
 mod breakers;
@@ -23,6 +29,7 @@ mod history;
 mod jobs;
 mod notify;
 mod people;
+mod previews;
 mod proposals;
 mod receipts;
 mod release;
@@ -35,8 +42,9 @@ pub use audit_log::VerifyReport;
 pub use controls::{Banner, BannerKind};
 pub use credentials::{Credential, NewKey};
 pub use decisions::DecideRequest;
+pub use finishing::Completion;
 pub use history::{AuditLogPage, HistoryEntry, HistoryPage, HistoryQuery};
-pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Completion, Heartbeat, PreviewReport};
+pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewReport};
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
 pub use proposals::{ProposalOut, ProposeRequest};
@@ -89,6 +97,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// Long-polls one run or executor key may hold open at once.
+pub const MAX_LONG_POLLS_PER_HOLDER: usize = 16;
 
 /// Where a person opens a proposal's review.
 pub fn review_url(public_url: &str, id: &str) -> String {
@@ -175,6 +186,14 @@ pub struct Core {
     settings: Settings,
     policy: RwLock<Arc<Policy>>,
     keyring: RwLock<Keyring>,
+    /// When the run-token keys were last reloaded for an unknown key id.
+    keyring_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Long-polls each run or executor key holds open.
+    long_polls: std::sync::Arc<crate::limits::Slots>,
+    /// The diff thread: one diff at a time, 32 in the line.
+    diffs: crate::limits::Workers,
+    /// The last audit event the audit page verified (seq, hash, count).
+    verified_to: std::sync::Mutex<Option<(i64, String, u64)>>,
     /// The key that signs approval receipts now.
     receipt_key: RwLock<Option<crate::receipts::ReceiptKey>>,
     /// Gathers executors' successes into shared writes.
@@ -195,7 +214,11 @@ impl Core {
             settings,
             policy: RwLock::new(Arc::new(policy)),
             keyring: RwLock::new(Keyring::default()),
+            keyring_reloaded: std::sync::Mutex::new(None),
             receipt_key: RwLock::new(None),
+            verified_to: std::sync::Mutex::new(None),
+            diffs: crate::limits::Workers::new("diff", 1, 32),
+            long_polls: std::sync::Arc::default(),
         });
         core.load_keyring().await?;
         core.load_receipt_keys().await?;
@@ -223,6 +246,26 @@ impl Core {
 
     pub fn backend(&self) -> Backend {
         self.store.backend()
+    }
+
+    /// Whether an unknown key id may reload the run-token keys now: at most
+    /// once a second, however many tokens name keys nobody made.
+    fn may_reload_keyring(&self) -> bool {
+        let mut last = self.keyring_reloaded.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
+    /// A place for one more long-poll of `holder` (a run, an executor key):
+    /// each may hold only so many open, so waiting is never a way to pile
+    /// up connections.
+    pub(super) fn long_poll_slot(&self, holder: &str) -> Result<crate::limits::Slot> {
+        self.long_polls
+            .take(holder, MAX_LONG_POLLS_PER_HOLDER)
+            .ok_or(Error::RateLimited { retry_after_secs: 1 })
     }
 
     pub fn review_url(&self, id: &str) -> String {
@@ -270,4 +313,90 @@ impl Core {
 
 fn poisoned<T>(_: T) -> Error {
     Error::internal("a lock was poisoned")
+}
+
+#[cfg(test)]
+mod module_graph {
+    //! The arrows of the diagram at the top, read from the sources: a
+    //! `super::name` reference is an arrow to `name`.
+
+    const MODULES: &[(&str, &str)] = &[
+        ("audit_log", include_str!("audit_log.rs")),
+        ("breakers", include_str!("breakers.rs")),
+        ("controls", include_str!("controls.rs")),
+        ("credentials", include_str!("credentials.rs")),
+        ("decisions", include_str!("decisions.rs")),
+        ("finishing", include_str!("finishing.rs")),
+        ("history", include_str!("history.rs")),
+        ("jobs", include_str!("jobs.rs")),
+        ("notify", include_str!("notify.rs")),
+        ("people", include_str!("people.rs")),
+        ("previews", include_str!("previews.rs")),
+        ("proposals", include_str!("proposals.rs")),
+        ("receipts", include_str!("receipts.rs")),
+        ("release", include_str!("release.rs")),
+        ("review", include_str!("review.rs")),
+        ("runs", include_str!("runs.rs")),
+        ("sweeper", include_str!("sweeper.rs")),
+        ("waiting", include_str!("waiting.rs")),
+    ];
+
+    fn arrows(src: &str) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (name, _) in MODULES {
+            let path = format!("super::{name}");
+            let grouped = |s: &str| {
+                // `use super::{a, b, Core}` names modules too.
+                s.split("use super::{").skip(1).any(|rest| {
+                    rest.split('}')
+                        .next()
+                        .unwrap_or("")
+                        .split(',')
+                        .any(|item| item.trim() == *name)
+                })
+            };
+            let mentioned = src
+                .match_indices(&path)
+                .any(|(i, _)| !src[i + path.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'));
+            if mentioned || grouped(src) {
+                out.push(*name);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn service_modules_depend_one_way() {
+        let graph: Vec<(&str, Vec<&str>)> = MODULES.iter().map(|(n, src)| (*n, arrows(src))).collect();
+        // Depth-first search for a path back to where it started.
+        fn reaches<'a>(graph: &[(&'a str, Vec<&'a str>)], from: &'a str, to: &str, seen: &mut Vec<&'a str>) -> bool {
+            let next = graph
+                .iter()
+                .find(|(n, _)| *n == from)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            next.into_iter().any(|m| {
+                if m == to {
+                    return true;
+                }
+                if seen.contains(&m) {
+                    return false;
+                }
+                seen.push(m);
+                reaches(graph, m, to, seen)
+            })
+        }
+        for (name, _) in &graph {
+            assert!(
+                !reaches(&graph, name, name, &mut Vec::new()),
+                "service module {name} depends on itself through others: {graph:?}"
+            );
+        }
+        // The test reads what it should: the sweeper calls the expiries.
+        let sweeper = &graph.iter().find(|(n, _)| *n == "sweeper").unwrap().1;
+        assert!(
+            sweeper.contains(&"proposals") && sweeper.contains(&"jobs"),
+            "{sweeper:?}"
+        );
+    }
 }

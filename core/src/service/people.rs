@@ -8,7 +8,7 @@ use crate::ids::{new_id, parse_slug, parse_username};
 use crate::passwords::check_password_rules;
 use crate::roles::Roles;
 use crate::store::queries::users::{self, ThrottleRow, UserRow};
-use crate::store::Tx;
+use crate::store::{Outcome, Tx};
 
 /// A signed-in person. Only sessions make these: no API credential can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,10 @@ pub struct Person {
     pub username: String,
     pub roles: Roles,
     pub tenants: Vec<String>,
+    /// The break-glass this person's session started, if it did (the door
+    /// that holds the session says so; break-glass is of a session, not of
+    /// the person).
+    pub break_glass_session: Option<String>,
 }
 
 impl Person {
@@ -32,16 +36,28 @@ impl Person {
             username: u.username,
             roles,
             tenants,
+            break_glass_session: None,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewUser {
     pub username: String,
     pub password: String,
     pub roles: Vec<String>,
     pub tenants: Vec<String>,
+}
+
+/// Written by hand: the password is never printed.
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .field("tenants", &self.tenants)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -128,19 +144,74 @@ async fn add_user_in(tx: &mut Tx<'_>, actor: String, row: UserRow, roles: Roles,
     Ok(())
 }
 
-async fn login_succeeded_in(tx: &mut Tx<'_>, keys: [String; 2], user_id: String, username: String) -> Result<()> {
+/// Failures of one account, from anywhere, before it is slowed: the
+/// ceiling NIST SP 800-63B sets. High, so that a stranger flooding a name
+/// from one address (held to `free` there) cannot lock its owner out.
+const ACCOUNT_WIDE_FREE: i64 = 100;
+
+/// One thing a password attempt is counted against, with its allowance of
+/// free failures in the window.
+pub(super) type ThrottleKey = (String, i64);
+
+/// What a sign-in is counted against: this account from this address (the
+/// tight one), any account from this address (a sprayer), and this account
+/// from anywhere (a distributed guesser). A stranger flooding alice's name
+/// from one address is stopped there, and alice signs in from hers.
+pub(super) fn sign_in_keys(username: &str, addr: &str, free: i64) -> Vec<ThrottleKey> {
+    let name = username.trim().to_lowercase();
+    vec![
+        (format!("user:{name}@{addr}"), free),
+        (format!("addr:{addr}"), free * 4),
+        (format!("user:{name}"), ACCOUNT_WIDE_FREE),
+    ]
+}
+
+/// What re-entering the password for break-glass is counted against: the
+/// signed-in person alone, apart from sign-in, so a flood of sign-ins in an
+/// admin's name cannot stop that admin's break-glass.
+pub(super) fn break_glass_keys(user_id: &str, free: i64) -> Vec<ThrottleKey> {
+    vec![(format!("breakglass:{user_id}"), free)]
+}
+
+/// After a right password: the keys to settle. The attempt was counted
+/// before the check, so every key gets it back (see `clear_throttle_in`).
+pub(super) fn cleared_on_success(keys: &[ThrottleKey]) -> Vec<String> {
+    keys.iter().map(|(k, _)| k.clone()).collect()
+}
+
+/// Settle the keys of a right password. The ones that belong to this person
+/// start again. The address-wide one only loses the attempt counted in
+/// advance: a guesser who also holds an account must not wipe their
+/// address's record by signing in to their own, and an office behind one
+/// address must not be slowed down by its own sign-ins.
+pub(super) async fn clear_throttle_in(tx: &mut Tx<'_>, keys: Vec<String>) -> Result<()> {
     for k in &keys {
-        users::clear_throttle(&mut tx.conn, k).await?;
+        if k.starts_with("addr:") {
+            if let Some(mut t) = users::throttle(&mut tx.conn, k).await? {
+                t.failures = (t.failures - 1).max(0);
+                users::put_throttle(&mut tx.conn, &t).await?;
+            }
+        } else {
+            users::clear_throttle(&mut tx.conn, k).await?;
+        }
     }
-    tx.audit(AuditDraft::new(format!("user:{username}"), "login.succeeded").subject(user_id));
     Ok(())
 }
 
-async fn login_failed_in(tx: &mut Tx<'_>, keys: [String; 2], free: i64, attempted: String) -> Result<()> {
+/// Count a password attempt before it is checked, in one write: if either
+/// key is blocked the attempt is refused without a check; otherwise it is
+/// counted as a failure now (a success clears it). So a burst of parallel
+/// guesses gets at most `free` + 1 real checks, never one each.
+pub(super) async fn reserve_attempt_in(tx: &mut Tx<'_>, keys: Vec<ThrottleKey>) -> Result<Outcome<()>> {
     let now = tx.now_ms();
-    for k in &keys {
-        let prev = users::throttle(&mut tx.conn, k).await?;
-        let mut t = match prev {
+    let mut rows = Vec::with_capacity(keys.len());
+    for (k, free) in &keys {
+        let t = match users::throttle(&mut tx.conn, k).await? {
+            Some(t) if t.blocked_until > now => {
+                return Ok(Outcome::Refused(Error::RateLimited {
+                    retry_after_secs: ((t.blocked_until - now) as u64).div_ceil(1000),
+                }))
+            }
             Some(t) if now - t.first_failure_at < THROTTLE_WINDOW_MS => t,
             _ => ThrottleRow {
                 key: k.clone(),
@@ -149,6 +220,9 @@ async fn login_failed_in(tx: &mut Tx<'_>, keys: [String; 2], free: i64, attempte
                 blocked_until: 0,
             },
         };
+        rows.push((t, *free));
+    }
+    for (mut t, free) in rows {
         t.failures += 1;
         if t.failures > free {
             let secs = 1i64 << (t.failures - free - 1).min(9);
@@ -156,10 +230,22 @@ async fn login_failed_in(tx: &mut Tx<'_>, keys: [String; 2], free: i64, attempte
         }
         users::put_throttle(&mut tx.conn, &t).await?;
     }
+    Ok(Outcome::Done(()))
+}
+
+async fn login_succeeded_in(tx: &mut Tx<'_>, keys: Vec<String>, user_id: String, username: String) -> Result<()> {
+    clear_throttle_in(tx, keys).await?;
+    tx.audit(AuditDraft::new(format!("user:{username}"), "login.succeeded").subject(user_id));
+    Ok(())
+}
+
+/// A failed sign-in, already counted. The typed name is recorded only when
+/// it names a real account: people type passwords into the wrong field.
+async fn login_failed_in(tx: &mut Tx<'_>, account: Option<String>) -> Result<()> {
     tx.audit(
         AuditDraft::new("anonymous", "login.failed")
             .status("refused")
-            .details(serde_json::json!({ "username": attempted })),
+            .details(serde_json::json!({ "account": account })),
     );
     Ok(())
 }
@@ -252,35 +338,21 @@ impl Core {
     /// fail alike; repeated failures per account and per address are slowed.
     pub async fn login(&self, username: &str, password: &str, addr: &str) -> Result<LoginOutcome> {
         let now = self.now_ms();
-        let keys = [
-            format!("user:{}", username.trim().to_lowercase()),
-            format!("addr:{addr}"),
-        ];
-        let (user, blocked) = {
-            let mut r = self.store.reader().await?;
-            let mut c = r.conn();
-            let mut blocked = 0;
-            for k in &keys {
-                if let Some(t) = users::throttle(&mut c, k).await? {
-                    blocked = blocked.max(t.blocked_until);
-                }
-            }
-            (users::by_name(&mut c, username.trim()).await?, blocked)
-        };
-        if blocked > now {
-            return Err(Error::RateLimited {
-                retry_after_secs: ((blocked - now) as u64).div_ceil(1000),
-            });
-        }
+        let keys = sign_in_keys(username, addr, self.settings.login_free_failures);
+        let cleared = cleared_on_success(&keys);
+        self.store
+            .write_or_refuse(move |tx| Box::pin(reserve_attempt_in(tx, keys)))
+            .await?;
+        let user = users::by_name(&mut self.store.reader().await?.conn(), username.trim()).await?;
         let ok = self
             .passwords
             .verify(password.to_owned(), user.as_ref().map(|u| u.password_hash.clone()))
-            .await;
+            .await?;
         match user {
             Some(u) if ok && !u.disabled => {
                 let (uid, name) = (u.id.clone(), u.username.clone());
                 self.store
-                    .write(move |tx| Box::pin(login_succeeded_in(tx, keys, uid, name)))
+                    .write(move |tx| Box::pin(login_succeeded_in(tx, cleared, uid, name)))
                     .await?;
                 let (roles, tenants) = users::access_of(&mut self.store.reader().await?.conn(), &u.id).await?;
                 Ok(LoginOutcome {
@@ -289,10 +361,9 @@ impl Core {
                 })
             }
             _ => {
-                let attempted = username.chars().take(64).collect::<String>();
-                let free = self.settings.login_free_failures;
+                let account = user.map(|u| u.username);
                 self.store
-                    .write(move |tx| Box::pin(login_failed_in(tx, keys, free, attempted)))
+                    .write(move |tx| Box::pin(login_failed_in(tx, account)))
                     .await?;
                 Err(Error::Unauthenticated(BAD_LOGIN.into()))
             }

@@ -2,12 +2,13 @@
 //! with their diff, approved at once when the policy says so; read, waited on
 //! and cancelled by the run that made them.
 
+use super::previews::{announce_pending, content_hash, diff_json, MAX_PREVIEW_BYTES};
 use super::receipts::Signer;
-use super::release::{release_approved, Approved};
+use super::release::{cancel_unclaimed, release_approved, Approved};
 use super::runs::{decide_for_run, refuse, route_of, why_unpaid};
 use super::waiting::Waiter;
 use super::{review_url, Core, RunPrincipal};
-use crate::audit::{canonical_json, hash_json, hash_parts, AuditDraft};
+use crate::audit::{canonical_json, hash_json, AuditDraft};
 use crate::error::{Error, Result};
 use crate::ids::{new_id, IdempotencyKey};
 use crate::lifecycle::{JobKind, JobState, Status};
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const MAX_REASON_CHARS: usize = 2000;
-pub const MAX_PREVIEW_BYTES: usize = 32 * 1024;
 pub const MAX_WAIT_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Default)]
@@ -51,34 +51,6 @@ struct Prepared {
     cost_usd: f64,
 }
 
-/// The diff a reviewer reads, as stored: computed on the blocking pool, not
-/// on the async workers, so a large preview does not stall other requests.
-pub(super) async fn diff_json(before: String, after: String) -> Result<String> {
-    let lines = tokio::task::spawn_blocking(move || crate::diff::compute(&before, &after))
-        .await
-        .map_err(|e| Error::internal(format!("computing a diff: {e}")))?;
-    Ok(serde_json::to_string(&lines)?)
-}
-
-/// What a reviewer approves, as one hash: the tool, the exact args, the
-/// preview shown and the executor's precondition for it. A decision carries
-/// it back; anything changed since is refused.
-pub(super) fn content_hash(
-    tool: &str,
-    args: &str,
-    before: Option<&str>,
-    after: Option<&str>,
-    state: Option<&str>,
-) -> String {
-    hash_parts(&[
-        tool,
-        args,
-        before.unwrap_or("\u{0}"),
-        after.unwrap_or("\u{0}"),
-        state.unwrap_or("\u{0}"),
-    ])
-}
-
 fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<Prepared> {
     let route = route_of(policy, run)?;
     let decision = decide_for_run(policy, route, run, &req.tool)?;
@@ -104,7 +76,10 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
         });
     }
     // Secrets are looked for everywhere text can enter a proposal.
-    if let Some((field, kind)) = find_secret(&req.args, "args") {
+    // One number, one spelling: `5.0` for an integer field is stored, hashed
+    // and released as `5`.
+    let args = tool.args.normalized(&req.args);
+    if let Some((field, kind)) = find_secret(&args, "args") {
         return Err(Error::SecretInArgs {
             field,
             kind: kind.into(),
@@ -141,10 +116,18 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
         }
     }
     let key = match &req.idempotency_key {
-        Some(k) => Some(IdempotencyKey::parse(k).map_err(|m| Error::InvalidArgs {
-            tool: tool.name.clone(),
-            fields: [("idempotency_key".to_owned(), m)].into(),
-        })?),
+        Some(k) => {
+            if let Some(kind) = secret_kind(k) {
+                return Err(Error::SecretInArgs {
+                    field: "idempotency_key".into(),
+                    kind: kind.into(),
+                });
+            }
+            Some(IdempotencyKey::parse(k).map_err(|m| Error::InvalidArgs {
+                tool: tool.name.clone(),
+                fields: [("idempotency_key".to_owned(), m)].into(),
+            })?)
+        }
         None if tool.kind == ToolKind::Write => {
             return Err(Error::InvalidArgs {
                 tool: tool.name.clone(),
@@ -153,17 +136,13 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
         }
         None => None,
     };
-    let args_canonical = canonical_json(&req.args);
+    let args_canonical = canonical_json(&args);
     let (before, after) = req.preview.clone().unzip();
     let content_hash = content_hash(&tool.name, &args_canonical, before.as_deref(), after.as_deref(), None);
     // A gated action whose executor describes the change waits for that first.
     let status = match decision {
         Decision::RequireApproval { .. } if tool.preview == PreviewBy::Executor => Status::Previewing,
         _ => Status::Pending,
-    };
-    let diff = match (&before, &after) {
-        (Some(b), Some(a)) => Some(serde_json::to_string(&crate::diff::compute(b, a))?),
-        _ => None,
     };
     let approvals_required = match decision {
         Decision::RequireApproval { approvals } => approvals,
@@ -178,13 +157,14 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
             run_id: run.run_id.clone(),
             tool: tool.name.clone(),
             args: args_canonical,
-            args_hash: hash_json(&req.args),
+            args_hash: hash_json(&args),
             content_hash,
             idempotency_key: key.as_ref().map(|k| k.as_str().to_owned()),
             reason,
             preview_before: before,
             preview_after: after,
-            diff,
+            // Computed later, only for a proposal that will be stored (`propose`).
+            diff: None,
             on_behalf_of: None,
             status,
             approvals_required,
@@ -243,20 +223,6 @@ fn preview_job(p: &ProposalRow, preview_within_seconds: i64, max_attempts: i64, 
         kind: JobKind::Preview,
         receipt: None,
     }
-}
-
-/// Tell the people who review the tenant that a proposal waits for them.
-pub(super) async fn announce_pending(tx: &mut Tx<'_>, r: &ProposalRow, public_url: &str) -> Result<()> {
-    super::notify::emit(
-        tx,
-        "proposal.pending",
-        serde_json::json!({
-            "proposal": r.id, "tool": r.tool, "tenant": r.tenant, "env": r.env, "route": r.route,
-            "approvals_required": r.approvals_required, "destructive": r.destructive,
-            "review_url": review_url(public_url, &r.id),
-        }),
-    )
-    .await
 }
 
 /// What the transaction made of it.
@@ -393,7 +359,7 @@ async fn cancel_in(tx: &mut Tx<'_>, run: RunPrincipal, id: String) -> Result<Pro
         )));
     }
     if p.status == Status::Previewing {
-        super::jobs::cancel_unclaimed(tx, &p.id).await?;
+        cancel_unclaimed(tx, &p.id).await?;
     }
     p.status = Status::Cancelled;
     tx.audit(
@@ -415,10 +381,15 @@ impl Core {
     /// Propose an action. Answers the proposal and whether it was a replay of
     /// an earlier request with the same idempotency key.
     pub async fn propose(&self, run: &RunPrincipal, req: ProposeRequest) -> Result<(ProposalOut, bool)> {
+        crate::ids::parse_tool_name(&req.tool).map_err(Error::BadRequest)?;
         let policy = self.policy();
+        let mut prepared = prepare(&policy, run, &req);
+        if let Ok(p) = &mut prepared {
+            p.row.diff = self.diff_unless_refused(run, &policy, &p.row).await?;
+        }
         let n = NewProposal {
             switch: self.switch_covering(&run.tenant, &run.route, &req.tool).await?,
-            prepared: prepare(&policy, run, &req),
+            prepared,
             policy,
             run: run.clone(),
             tool: req.tool,
@@ -439,6 +410,42 @@ impl Core {
             },
             false,
         ))
+    }
+
+    /// The diff of an agent's preview, computed only when the proposal will
+    /// be stored: not for a replay of an earlier request (its proposal has
+    /// its diff) nor for a run that can no longer pay (it will be refused).
+    /// One diff at a time, on the blocking pool: an agent sending huge
+    /// previews slows its own proposals, not everyone's requests.
+    async fn diff_unless_refused(
+        &self,
+        run: &RunPrincipal,
+        policy: &Policy,
+        row: &ProposalRow,
+    ) -> Result<Option<String>> {
+        let (Some(before), Some(after)) = (&row.preview_before, &row.preview_after) else {
+            return Ok(None);
+        };
+        {
+            let mut r = self.store.reader().await?;
+            if let (Some(scope), Some(key)) = (&row.idempotency_scope, &row.idempotency_key) {
+                if proposals::by_idempotency_key(&mut r.conn(), scope, &run.run_id, key)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+            }
+            let live = runs::get(&mut r.conn(), &run.run_id).await?;
+            let route = route_of(policy, run)?;
+            let payable = live.is_some_and(|l| {
+                l.revoked_at.is_none() && super::runs::within_budget(&l, &route.budgets, self.now_ms(), 1, 0.0).is_ok()
+            });
+            if !payable {
+                return Ok(None);
+            }
+        }
+        diff_json(&self.diffs, before.clone(), after.clone()).await.map(Some)
     }
 
     async fn proposal_out(&self, row: ProposalRow) -> Result<ProposalOut> {
@@ -472,6 +479,7 @@ impl Core {
     /// the notice of its change.
     pub async fn wait_for_run(&self, run: &RunPrincipal, id: &str, timeout: Duration) -> Result<ProposalOut> {
         let timeout = timeout.min(Duration::from_secs(MAX_WAIT_SECS));
+        let _slot = self.long_poll_slot(&run.run_id)?;
         let mut waiter = Waiter::new(self.subscribe(), timeout, self.recheck());
         loop {
             let out = self.proposal_for_run(run, id).await?;

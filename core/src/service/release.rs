@@ -1,7 +1,7 @@
 //! Release: an approved proposal becomes a job on the executor queue, or is
 //! held (status `approved`, job `held`) while a kill switch or a tripped route
 //! breaker covers it; held jobs are queued once nothing holds them. This
-//! module owns approved -> held | queued.
+//! module owns approved -> held | queued, and cancels jobs not yet claimed.
 
 use super::receipts::Signer;
 use crate::audit::{hash_parts, AuditDraft};
@@ -179,6 +179,21 @@ pub(super) async fn release_held(tx: &mut Tx<'_>, limit: i64) -> Result<usize> {
             status: Status::Queued,
         });
         n += 1;
+    }
+    Ok(n)
+}
+
+/// Cancel a proposal's jobs no executor holds yet (its run was revoked, or
+/// the agent withdrew a proposal still previewing).
+pub(super) async fn cancel_unclaimed(tx: &mut Tx<'_>, proposal_id: &str) -> Result<usize> {
+    let now = tx.now_ms();
+    let mut n = 0;
+    for j in jobs::of_proposal(&mut tx.conn, proposal_id).await? {
+        if matches!(j.state, JobState::Queued | JobState::Held)
+            && jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Cancelled, now).await?
+        {
+            n += 1;
+        }
     }
     Ok(n)
 }

@@ -21,7 +21,7 @@ pub struct MintRequest {
     pub on_behalf_of: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MintedRun {
     pub run_id: String,
     pub token: String,
@@ -34,6 +34,20 @@ pub struct MintedRun {
     pub budgets: Budgets,
 }
 
+/// Written by hand: the token is a bearer credential, never printed (its
+/// run id names it in logs).
+impl std::fmt::Debug for MintedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedRun")
+            .field("run_id", &self.run_id)
+            .field("tenant", &self.tenant)
+            .field("env", &self.env)
+            .field("route", &self.route)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckOutcome {
     pub tool: String,
@@ -42,6 +56,8 @@ pub struct CheckOutcome {
 }
 
 pub const DEFAULT_RUN_TTL_SECS: i64 = 300;
+/// The longest lifetime a caller may ask for (the server then caps it).
+pub const MAX_REQUESTED_TTL_SECS: i64 = 365 * 24 * 3600;
 
 impl RunPrincipal {
     pub fn actor(&self) -> String {
@@ -178,7 +194,7 @@ pub(super) async fn revoke_cascade(
     let mut cancelled = Vec::new();
     for p in proposals::open_of_run(&mut tx.conn, run_id).await? {
         if proposals::close(&mut tx.conn, &p.id, p.status, Status::Cancelled, now).await? {
-            super::jobs::cancel_unclaimed(tx, &p.id).await?;
+            super::release::cancel_unclaimed(tx, &p.id).await?;
             cancelled.push((p.id, p.tool));
         }
     }
@@ -294,13 +310,16 @@ impl Core {
             message: format!("route {:?} is not in the policy", req.route),
         })?;
         let ttl = req.ttl_seconds.unwrap_or(DEFAULT_RUN_TTL_SECS);
-        if ttl < 1 {
-            return Err(Error::BadRequest("ttl_seconds must be at least 1".into()));
+        if !(1..=MAX_REQUESTED_TTL_SECS).contains(&ttl) {
+            return Err(Error::BadRequest(format!(
+                "ttl_seconds must be between 1 and {MAX_REQUESTED_TTL_SECS} (a year); the server caps it at {}",
+                self.settings.max_run_ttl_secs
+            )));
         }
         let ttl = ttl.min(self.settings.max_run_ttl_secs);
         let on_behalf_of = req
             .on_behalf_of
-            .map(|p| parse_username(p.trim()).map_err(|e| Error::BadRequest(format!("on_behalf_of: {e}"))))
+            .map(|p| parse_username(&p).map_err(|e| Error::BadRequest(format!("on_behalf_of: {e}"))))
             .transpose()?;
         let allow_tools: Vec<String> = route.allow_tools.difference(&route.deny_tools).cloned().collect();
         let require_approval: Vec<String> = allow_tools
@@ -353,6 +372,7 @@ impl Core {
 
     /// May the agent call `tool` directly? Audited; counts one step.
     pub async fn check(&self, run: &RunPrincipal, tool: &str) -> Result<CheckOutcome> {
+        crate::ids::parse_tool_name(tool).map_err(Error::BadRequest)?;
         let c = Check {
             policy: self.policy(),
             run: run.clone(),

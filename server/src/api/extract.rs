@@ -111,9 +111,18 @@ impl FromRequestParts<Arc<Core>> for Caller {
 }
 
 fn wrong_kind(got: &Credential, want: &str) -> ApiError {
+    let article = |k: &str| {
+        if k.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        }
+    };
+    let have = got.kind();
     ApiError(Error::Forbidden(format!(
-        "a {} cannot do this: it needs a {want}",
-        got.kind()
+        "{} {have} cannot do this: it needs {} {want}",
+        article(have),
+        article(want)
     )))
 }
 

@@ -98,7 +98,7 @@ pub async fn complete(
             &id,
             CompleteRequest {
                 lease_id: body.lease_id,
-                status: body.status,
+                status: body.status.as_str().to_owned(),
                 result: body.result,
                 retryable: body.retryable,
                 preview: body.preview.map(|p| PreviewReport {

@@ -24,7 +24,24 @@ pub use openapi::ApiDoc;
 /// The API under `/api/v1` and its OpenAPI document, built from one list of
 /// routes: a handler is served exactly where the document says.
 pub fn router(core: Arc<Core>) -> Router {
-    let api = OpenApiRouter::new()
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", operations())
+        .split_for_parts();
+    let doc = Arc::new(openapi::base(&doc));
+    routes
+        .route(
+            "/api/v1/openapi.json",
+            get(openapi::spec).with_state((core.clone(), doc)),
+        )
+        .route("/api/v1", any(not_found))
+        .route("/api/v1/{*rest}", any(not_found))
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .with_state(core)
+}
+
+/// Every operation of the API, each with its annotation.
+fn operations() -> OpenApiRouter<Arc<Core>> {
+    OpenApiRouter::new()
         .routes(routes!(runs::mint_run))
         .routes(routes!(runs::check))
         .routes(routes!(proposals::create))
@@ -33,17 +50,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .routes(routes!(proposals::cancel))
         .routes(routes!(jobs::claim))
         .routes(routes!(jobs::heartbeat))
-        .routes(routes!(jobs::complete));
-    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .split_for_parts();
-    let doc = Arc::new(doc);
-    routes
-        .route("/api/v1/openapi.json", get(move || openapi::spec(doc.clone())))
-        .route("/api/v1", any(not_found))
-        .route("/api/v1/{*rest}", any(not_found))
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
-        .with_state(core)
+        .routes(routes!(jobs::complete))
 }
 
 async fn not_found() -> axum::response::Response {

@@ -103,7 +103,7 @@ pub async fn wait(
         }
     };
     let secs = q.timeout_seconds.unwrap_or(30);
-    if secs > 60 {
+    if !(0..=60).contains(&secs) {
         return Ok(error_response(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -111,7 +111,7 @@ pub async fn wait(
             serde_json::json!({ "max": 60 }),
         ));
     }
-    let out = core.wait_for_run(&run, &id, Duration::from_secs(secs)).await?;
+    let out = core.wait_for_run(&run, &id, Duration::from_secs(secs as u64)).await?;
     Ok(Json(ProposalResponse::from(out)).into_response())
 }
 

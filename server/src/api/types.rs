@@ -7,14 +7,46 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+/// An optional integer, as JSON means it: `118` and `118.0` are the same
+/// number (the document's `integer` accepts both); `118.5` is not an integer.
+/// From a query string, its text.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    let n = match Option::<Num>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Num::Int(i)) => return Ok(Some(i)),
+        Some(Num::Float(f)) => f,
+        Some(Num::Text(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| serde::de::Error::custom(format!("expected an integer, got {s:?}")))?,
+    };
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Ok(Some(n as i64))
+    } else {
+        Err(serde::de::Error::custom(format!("expected an integer, got {n}")))
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintRunBody {
     /// A route of the loaded policy, such as `support/send`.
+    #[schema(min_length = 1, max_length = 200)]
     pub route: String,
-    /// Capped by the server (default cap 900).
+    /// How long the run lives: 1 second to a year, capped by the server's
+    /// `max_run_ttl` (default cap 900).
+    #[schema(minimum = 1, maximum = 31_536_000)]
+    #[serde(default, deserialize_with = "integer")]
     pub ttl_seconds: Option<i64>,
     /// The person the agent acts for: they can never approve this run's proposals.
+    #[schema(pattern = r"^[A-Za-z0-9@._-]{1,64}$")]
     pub on_behalf_of: Option<String>,
 }
 
@@ -62,6 +94,7 @@ impl From<MintedRun> for MintRunResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
+    #[schema(pattern = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length = 100)]
     pub tool: String,
 }
 
@@ -75,19 +108,26 @@ pub struct CheckResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewBody {
+    /// At most 32 KiB of UTF-8.
+    #[schema(max_length = 32768)]
     pub before: String,
+    /// At most 32 KiB of UTF-8.
+    #[schema(max_length = 32768)]
     pub after: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposeBody {
+    #[schema(pattern = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length = 100)]
     pub tool: String,
     /// Checked against the tool's schema.
     #[schema(value_type = Object)]
     pub args: Value,
-    /// Required for write tools: 1–200 printable characters.
+    /// Required for write tools: 1–200 printable ASCII characters.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[ -~]*$")]
     pub idempotency_key: Option<String>,
+    #[schema(max_length = 2000)]
     pub reason: Option<String>,
     /// What changes: the server computes and shows the diff.
     pub preview: Option<PreviewBody>,
@@ -117,7 +157,7 @@ pub struct ExecutionBody {
     /// `execute`, or `preview` while the executor's dry run is the only job.
     pub kind: String,
     pub attempts: i64,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub result: Value,
     pub finished_at: Option<String>,
 }
@@ -210,25 +250,35 @@ impl From<ProposalOut> for ProposalResponse {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Seconds to wait for the status to leave `pending` (0–60, default 30).
-    pub timeout_seconds: Option<u64>,
+    #[param(minimum = 0, maximum = 60, value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "integer")]
+    pub timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
     /// Narrow the key's tools to these.
+    #[schema(max_items = 1000)]
     pub tools: Option<Vec<String>>,
     /// 1–100, default 1.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "integer")]
     pub max: Option<i64>,
     /// 1–3600, default 60.
+    #[schema(minimum = 1, maximum = 3600)]
+    #[serde(default, deserialize_with = "integer")]
     pub lease_seconds: Option<i64>,
     /// Long-poll for up to this many seconds (0–60, default 0).
+    #[schema(minimum = 0, maximum = 60)]
+    #[serde(default, deserialize_with = "integer")]
     pub wait_seconds: Option<i64>,
     /// `execute` (the default) and/or `preview`.
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(min_items = 1)]
     pub kinds: Option<Vec<JobKindBody>>,
 }
 
@@ -304,6 +354,9 @@ pub struct ClaimResponse {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     pub lease_id: String,
+    /// 1–3600, default 60; not past the job's execute-by time.
+    #[schema(minimum = 1, maximum = 3600)]
+    #[serde(default, deserialize_with = "integer")]
     pub lease_seconds: Option<i64>,
 }
 
@@ -320,10 +373,10 @@ pub struct HeartbeatResponse {
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     pub lease_id: String,
-    /// `succeeded` or `failed`.
-    pub status: String,
+    pub status: Outcome,
+    /// What the agent reads back: at most 16 KiB of JSON, no secrets.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub result: Value,
     #[serde(default)]
     pub retryable: bool,
@@ -331,13 +384,35 @@ pub struct CompleteBody {
     pub preview: Option<PreviewReportBody>,
 }
 
+/// How a job ended.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// What an executor's dry run says will change.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewReportBody {
+    /// At most 32 KiB of UTF-8.
+    #[schema(max_length = 32768)]
     pub before: String,
+    /// At most 32 KiB of UTF-8.
+    #[schema(max_length = 32768)]
     pub after: String,
     /// An opaque precondition (a row version, an ETag), at most 200 characters.
+    #[schema(max_length = 200)]
     pub state: String,
 }
 

@@ -85,6 +85,24 @@ impl TestApp {
         Inspect::of(&self.app.core)
     }
 
+    /// `who` approves proposal `id` through the core, on its current
+    /// content hash (what their review page would send), without a comment.
+    pub async fn approve_as(
+        &self,
+        who: &Person,
+        id: &str,
+    ) -> Result<countersign_core::lifecycle::Status, countersign_core::Error> {
+        let hash = self.inspect().proposal(id).await.unwrap().unwrap().content_hash;
+        let req = countersign_core::service::DecideRequest {
+            proposal_id: id.to_owned(),
+            verdict: countersign_core::lifecycle::Verdict::Approve,
+            comment: String::new(),
+            content_hash: hash,
+            view_ms: Some(5000),
+        };
+        self.core().decide(who, req).await
+    }
+
     pub async fn send(&self, method: reqwest::Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Reply {
         let mut req = self.http.request(method, self.url(path));
         if let Some(b) = bearer {
@@ -246,5 +264,71 @@ impl Receiver {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         self.got.lock().unwrap().clone()
+    }
+}
+
+/// A browser over HTTP: a cookie jar, no redirects followed.
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Browser {
+    pub fn new(t: &TestApp) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(15))
+                .build()
+                .unwrap(),
+            base: t.app.url(),
+        }
+    }
+
+    pub async fn csrf(&self) -> String {
+        let html = self
+            .http
+            .get(format!("{}/login", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = html
+            .find("name=\"csrf\" value=\"")
+            .expect("the login form carries a CSRF token")
+            + 19;
+        html[at..].split('"').next().unwrap().to_owned()
+    }
+
+    /// The CSRF token of a signed-in session, as the app's shell reads it.
+    pub async fn session_csrf(&self) -> String {
+        let info: serde_json::Value = self.page("/api/session").await.json().await.unwrap();
+        info["csrf"].as_str().expect("the session has a CSRF token").to_owned()
+    }
+
+    pub async fn form(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> (StatusCode, String) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(fields);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    pub async fn login(&self, user: &str, pw: &str) -> (StatusCode, String) {
+        let csrf = self.csrf().await;
+        self.form(
+            <app::functions::session::Login as leptos::server_fn::ServerFn>::PATH,
+            &[("username", user), ("password", pw), ("csrf", &csrf), ("next", "/")],
+            Some(&self.base),
+        )
+        .await
+    }
+
+    pub async fn page(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
 }

@@ -84,6 +84,9 @@ pub async fn events_after(conn: &mut Conn<'_>, after: i64, limit: i64) -> Result
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub tenants: Option<Vec<String>>,
+    /// With `tenants`: also the events of no tenant (policy loads, people,
+    /// keys, break-glass), which concern everyone.
+    pub untenanted: bool,
     pub since_ms: Option<i64>,
     /// Page backwards from this seq (exclusive).
     pub before_seq: Option<i64>,
@@ -105,12 +108,16 @@ pub async fn events_page(conn: &mut Conn<'_>, f: &EventFilter, limit: i64) -> Re
             qb.push(" AND subject = ").push_bind(s.clone());
         }
         if let Some(ts) = &f.tenants {
-            qb.push(" AND tenant IN (");
+            qb.push(" AND (tenant IN (");
             let mut sep = qb.separated(", ");
             for t in ts {
                 sep.push_bind(t.clone());
             }
             sep.push_unseparated(")");
+            if f.untenanted {
+                qb.push(" OR tenant IS NULL");
+            }
+            qb.push(")");
         }
         qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
         qb.build_query_as::<AuditEvent>().fetch_all(&mut **c).await?

@@ -27,6 +27,15 @@ pub async fn all_switches(conn: &mut Conn<'_>) -> Result<Vec<SwitchRow>> {
 }
 
 /// Set a switch; returns its previous state.
+/// Whether anyone or anything belongs to `tenant`: a person who sees it, or
+/// a key of it. A switch on a tenant nobody has would do nothing.
+pub async fn tenant_known(conn: &mut Conn<'_>, tenant: &str) -> Result<bool> {
+    Ok(on!(conn, c => sqlx::query_scalar::<_, i64>(
+        "SELECT (SELECT COUNT(*) FROM user_tenants WHERE tenant = $1) + (SELECT COUNT(*) FROM api_keys WHERE tenant = $1)")
+        .bind(tenant).fetch_one(&mut **c).await?)
+        > 0)
+}
+
 /// The switches and breakers in force.
 pub async fn in_force(conn: &mut Conn<'_>) -> Result<Controls> {
     Ok(Controls {

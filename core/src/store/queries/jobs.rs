@@ -154,6 +154,7 @@ pub async fn lease_many(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    check_move(JobState::Queued, JobState::Leased)?;
     let pad = conn.dialect().pads_lists();
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
@@ -211,6 +212,7 @@ pub struct Finishable {
     pub attempt: i64,
     pub lease_id: Option<String>,
     pub leased_at: Option<i64>,
+    pub lease_expires_at: Option<i64>,
     pub args_hash: String,
     pub idempotency_key: Option<String>,
 }
@@ -226,6 +228,7 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new(
             "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
+             j.lease_expires_at, \
              p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id \
              WHERE j.kind = 'execute' AND j.id IN (");
         let mut sep = qb.separated(", ");
@@ -251,6 +254,7 @@ pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -
     if done.is_empty() {
         return Ok(0);
     }
+    check_move(JobState::Leased, JobState::Succeeded)?;
     // `VALUES` names its columns column1, column2, … on both databases.
     let pad = conn.dialect().pads_lists();
     Ok(on!(conn, c => {
