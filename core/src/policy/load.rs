@@ -3,7 +3,8 @@
 //! reported at once, each with the line it is about where that can be found.
 
 use super::schema::{ArgsSchema, FieldSchema, FieldType, HARD_MAX_STRING};
-use super::{Breakers, Budgets, People, Policy, PreviewBy, Route, Tool, ToolKind};
+use super::upstreams::{check_mcp, check_tool_upstream, check_upstreams, RawMcp, RawUpstream, ToolUpstream};
+use super::{Breakers, Budgets, People, Policy, PreviewBy, Route, Tool, ToolKind, UpstreamTool};
 use regex::Regex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -38,6 +39,10 @@ struct RawPolicy {
     breakers: Option<RawBreakers>,
     #[serde(default)]
     people: Option<RawPeople>,
+    #[serde(default)]
+    upstreams: BTreeMap<Spanned<String>, RawUpstream>,
+    #[serde(default)]
+    mcp: Option<RawMcp>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +79,8 @@ struct RawTool {
     approvals: Option<Spanned<i64>>,
     preview: Option<Spanned<RawPreview>>,
     preview_within_seconds: Option<Spanned<i64>>,
+    upstream: Option<Spanned<String>>,
+    upstream_tool: Option<Spanned<String>>,
     #[serde(default)]
     args: BTreeMap<Spanned<String>, RawField>,
 }
@@ -155,13 +162,13 @@ const DEFAULT_PREVIEW_WITHIN: i64 = 60;
 
 /// Every problem found, each at the place in the source it is about (toml's
 /// spans give the exact bytes), reported by line.
-struct Problems<'a> {
+pub(super) struct Problems<'a> {
     source: &'a str,
-    list: Vec<PolicyError>,
+    pub(super) list: Vec<PolicyError>,
 }
 
 impl Problems<'_> {
-    fn at(&mut self, span: Range<usize>, message: String) {
+    pub(super) fn at(&mut self, span: Range<usize>, message: String) {
         let line = self.source[..span.start.min(self.source.len())].matches('\n').count() + 1;
         self.list.push(PolicyError {
             line: Some(line),
@@ -208,9 +215,11 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
         });
     }
 
+    let upstreams = check_upstreams(&mut p, &raw.upstreams);
+    let mcp = check_mcp(&mut p, raw.mcp.as_ref());
     let mut tools = BTreeMap::new();
     for (name, t) in &raw.tools {
-        if let Some(tool) = check_tool(&mut p, name, t) {
+        if let Some(tool) = check_tool(&mut p, name, t, &raw.upstreams) {
             tools.insert(name.get_ref().clone(), tool);
         }
     }
@@ -224,6 +233,24 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
 
     let breakers = check_breakers(&mut p, raw.breakers.as_ref());
     let mut warnings = Vec::new();
+    if !raw.upstreams.is_empty() {
+        // The gateway forwards reads to an upstream; a read tool without one
+        // has nothing to forward to.
+        let mut w = Problems {
+            source,
+            list: Vec::new(),
+        };
+        for (name, t) in raw.tools.iter().filter(|(_, t)| t.kind() == RawKind::Read && t.upstream.is_none()) {
+            w.tool(
+                name,
+                t.kind.span(),
+                "warning: a read tool without upstream is not offered to MCP clients; it is reachable only \
+                 through the API"
+                    .into(),
+            );
+        }
+        warnings.extend(w.list);
+    }
     let people = People {
         admins_may_review: match raw.people.as_ref().and_then(|r| r.admins_may_review.as_ref()) {
             Some(a) if *a.get_ref() => {
@@ -253,6 +280,8 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
         routes,
         breakers,
         people,
+        upstreams,
+        mcp,
         warnings,
         hash: hex::encode(Sha256::digest(source.as_bytes())),
         source: source.to_owned(),
@@ -270,7 +299,7 @@ fn toml_error(source: &str, e: &toml::de::Error) -> PolicyError {
 }
 
 /// A checked number in a range, or `default` with the problem recorded.
-fn bounded<T: PartialOrd + Copy + fmt::Display>(
+pub(super) fn bounded<T: PartialOrd + Copy + fmt::Display>(
     p: &mut Problems,
     what: &str,
     v: Option<&Spanned<T>>,
@@ -297,7 +326,12 @@ fn bounded<T: PartialOrd + Copy + fmt::Display>(
     }
 }
 
-fn check_tool(p: &mut Problems, name: &Spanned<String>, t: &RawTool) -> Option<Tool> {
+fn check_tool(
+    p: &mut Problems,
+    name: &Spanned<String>,
+    t: &RawTool,
+    upstreams: &BTreeMap<Spanned<String>, RawUpstream>,
+) -> Option<Tool> {
     let before = p.list.len();
     let mut report = |p: &mut Problems, span: Range<usize>, msg: String| p.tool(name, span, msg);
     if !is_tool_name(name.get_ref()) {
@@ -419,6 +453,22 @@ fn check_tool(p: &mut Problems, name: &Spanned<String>, t: &RawTool) -> Option<T
             );
         }
     }
+    let upstream = check_tool_upstream(
+        &mut report,
+        p,
+        name.get_ref(),
+        ToolUpstream {
+            upstream: t.upstream.as_ref(),
+            upstream_tool: t.upstream_tool.as_ref(),
+            executor_preview: t
+                .preview
+                .as_ref()
+                .filter(|_| preview == PreviewBy::Executor)
+                .map(|pv| pv.span()),
+        },
+        upstreams,
+    )
+    .map(|(upstream, tool)| UpstreamTool { upstream, tool });
     if p.list.len() > before {
         return None;
     }
@@ -436,6 +486,7 @@ fn check_tool(p: &mut Problems, name: &Spanned<String>, t: &RawTool) -> Option<T
         preview,
         preview_within_seconds,
         args: ArgsSchema { fields },
+        upstream,
     })
 }
 

@@ -5,9 +5,11 @@
 mod expect;
 mod load;
 pub mod schema;
+mod upstreams;
 
 pub use expect::{run_expectations, ExpectReport};
 pub use load::{load_policy, PolicyError};
+pub use upstreams::{is_mcp_tool_name, DEFAULT_MCP_WAIT, DEFAULT_UPSTREAM_TIMEOUT, ENV_PREFIX};
 
 use schema::ArgsSchema;
 use serde_json::Value;
@@ -49,6 +51,46 @@ pub struct Tool {
     /// A preview not delivered by then expires the proposal.
     pub preview_within_seconds: i64,
     pub args: ArgsSchema,
+    /// Performed by countersign's upstream executor on an MCP server (policy
+    /// `upstream` and `upstream_tool`), not by an executor holding a key.
+    pub upstream: Option<UpstreamTool>,
+}
+
+/// The MCP tool a policy tool is performed as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTool {
+    /// The `[upstreams.NAME]` it is called on.
+    pub upstream: String,
+    /// Its name there (by default the policy tool's own).
+    pub tool: String,
+}
+
+/// An MCP server countersign calls for agents (policy `[upstreams.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    /// Its Streamable HTTP endpoint.
+    pub url: String,
+    /// Header name → the environment variable its value is read from. The
+    /// value itself is never in the policy.
+    pub headers: BTreeMap<String, String>,
+    pub timeout_seconds: i64,
+}
+
+/// The MCP gateway's settings (policy `[mcp]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mcp {
+    /// How long a `tools/call` of a write waits for people before it answers
+    /// that the proposal is still pending.
+    pub wait_seconds: i64,
+}
+
+impl Default for Mcp {
+    fn default() -> Self {
+        Self {
+            wait_seconds: DEFAULT_MCP_WAIT,
+        }
+    }
 }
 
 impl Tool {
@@ -110,6 +152,8 @@ pub struct Policy {
     pub routes: BTreeMap<String, Route>,
     pub breakers: Breakers,
     pub people: People,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub mcp: Mcp,
     /// Things allowed but worth a second look (`policy check` prints them).
     pub warnings: Vec<PolicyError>,
     /// SHA-256 of the source text, hex.
@@ -142,6 +186,8 @@ impl Policy {
             routes: BTreeMap::new(),
             breakers: Breakers::default(),
             people: People::default(),
+            upstreams: BTreeMap::new(),
+            mcp: Mcp::default(),
             warnings: Vec::new(),
             hash: String::new(),
             source: String::new(),
