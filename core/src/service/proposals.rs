@@ -2,7 +2,7 @@
 //! with their diff, approved at once when the policy says so; read, waited on
 //! and cancelled by the run that made them.
 
-use super::previews::{announce_pending, content_hash, diff_json, MAX_PREVIEW_BYTES};
+use super::previews::{announce_pending, content_hash, diff_json, diffs_inline, MAX_PREVIEW_BYTES};
 use super::receipts::Signer;
 use super::release::{cancel_unclaimed, release_approved, Approved};
 use super::runs::{decide_for_run, refuse, route_of, why_unpaid};
@@ -412,11 +412,12 @@ impl Core {
         ))
     }
 
-    /// The diff of an agent's preview, computed only when the proposal will
-    /// be stored: not for a replay of an earlier request (its proposal has
-    /// its diff) nor for a run that can no longer pay (it will be refused).
-    /// One diff at a time, on the blocking pool: an agent sending huge
-    /// previews slows its own proposals, not everyone's requests.
+    /// The diff of an agent's preview. A small one is computed at once (it
+    /// costs less than asking the store anything). A large one only when the
+    /// proposal will be stored: not for a replay of an earlier request (its
+    /// proposal has its diff) nor for a run that can no longer pay (it will
+    /// be refused), and one at a time on the diff thread: an agent sending
+    /// huge previews slows its own proposals, not everyone's requests.
     async fn diff_unless_refused(
         &self,
         run: &RunPrincipal,
@@ -426,7 +427,7 @@ impl Core {
         let (Some(before), Some(after)) = (&row.preview_before, &row.preview_after) else {
             return Ok(None);
         };
-        {
+        if !diffs_inline(before, after) {
             let mut r = self.store.reader().await?;
             if let (Some(scope), Some(key)) = (&row.idempotency_scope, &row.idempotency_key) {
                 if proposals::by_idempotency_key(&mut r.conn(), scope, &run.run_id, key)
