@@ -14,7 +14,10 @@
 //!   saw the preview, it does nothing and reports `stale_preview`;
 //! - acts **once per execution key**: the effects table's primary key is the
 //!   execution key, so a job delivered twice (a lost lease, a crash between
-//!   acting and reporting) acts once.
+//!   acting and reporting) acts once;
+//! - **heartbeats** the leases of the jobs it holds, every third of the
+//!   lease, so a slow action or a job waiting its turn in a batch keeps its
+//!   lease (`--stall` hangs without heartbeats, to watch a lease run out).
 //!
 //! ```sh
 //! export COUNTERSIGN_EXECUTOR_KEY=$(countersign key create executor --env prod \
@@ -54,9 +57,13 @@ struct Options {
     /// Lease length, seconds.
     #[arg(long = "lease", default_value_t = 30)]
     lease_seconds: u32,
-    /// Sleep this long after acting, before reporting (to watch a lease run out).
+    /// Sleep this long after acting, before reporting, without heartbeats:
+    /// a hung executor (to watch a lease run out).
     #[arg(long, default_value_t = 0)]
     stall: u64,
+    /// Take this long to act (a slow action): heartbeats keep the lease.
+    #[arg(long, default_value_t = 0)]
+    work: u64,
     /// Claim only execute jobs (an executor that knows nothing of previews).
     #[arg(long)]
     no_previews: bool,
@@ -334,7 +341,14 @@ async fn open_db(url: &str) -> Result<SqlitePool, String> {
 }
 
 /// What to report for one job.
-async fn handle(db: &SqlitePool, http: &reqwest::Client, jwks: &mut Jwks, o: &Options, job: &Value) -> Value {
+async fn handle(
+    db: &SqlitePool,
+    http: &reqwest::Client,
+    jwks: &mut Jwks,
+    o: &Options,
+    leases: &Leases,
+    job: &Value,
+) -> Value {
     let lease = job["lease_id"].as_str().unwrap_or("");
     if job["kind"] == "preview" {
         return match preview(db, job).await {
@@ -356,8 +370,12 @@ async fn handle(db: &SqlitePool, http: &reqwest::Client, jwks: &mut Jwks, o: &Op
             return json!({ "lease_id": lease, "status": "failed", "result": result, "retryable": false });
         }
     };
+    if o.work > 0 {
+        tokio::time::sleep(Duration::from_secs(o.work)).await;
+    }
     let outcome = perform(db, job, &receipt).await;
     if o.stall > 0 {
+        leases.hang(job["job_id"].as_str().unwrap_or(""));
         tokio::time::sleep(Duration::from_secs(o.stall)).await;
     }
     match outcome {
@@ -366,6 +384,71 @@ async fn handle(db: &SqlitePool, http: &reqwest::Client, jwks: &mut Jwks, o: &Op
         Err(e) => {
             json!({ "lease_id": lease, "status": "failed", "result": { "error": e.to_string() }, "retryable": true })
         }
+    }
+}
+
+/// The leases of the claimed jobs not yet reported, kept alive by a
+/// heartbeat every third of the lease: a batch is handled one job at a time,
+/// so a job may wait its turn, or act slowly, longer than its lease. A job
+/// whose run was revoked is told here (`cancel_requested`); one whose lease
+/// was lost anyway is left to its next delivery, which the execution key
+/// makes a no-op if this one acted.
+#[derive(Clone, Default)]
+struct Leases {
+    held: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+impl Leases {
+    fn hold(&self, jobs: &[Value]) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for j in jobs {
+            if let (Some(id), Some(lease)) = (j["job_id"].as_str(), j["lease_id"].as_str()) {
+                held.insert(id.to_owned(), lease.to_owned());
+            }
+        }
+    }
+    /// Stop the heartbeat of a job: it was reported, or (`--stall`) hangs.
+    fn hang(&self, job_id: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(job_id);
+    }
+    fn snapshot(&self) -> Vec<(String, String)> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().map(|(j, l)| (j.clone(), l.clone())).collect()
+    }
+
+    /// Heartbeat every held lease until dropped (the task is aborted).
+    fn keep_alive(&self, http: reqwest::Client, o: &Options, key: String) -> tokio::task::JoinHandle<()> {
+        let (leases, lease_seconds) = (self.clone(), o.lease_seconds);
+        let url = o.url.clone();
+        let every = Duration::from_millis(u64::from(lease_seconds.max(1)) * 1000 / 3);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for (job, lease) in leases.snapshot() {
+                    let body = json!({ "lease_id": lease, "lease_seconds": lease_seconds });
+                    let sent = http
+                        .post(format!("{url}/api/v1/jobs/{job}/heartbeat"))
+                        .bearer_auth(&key)
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => {
+                            let v: Value = r.json().await.unwrap_or(Value::Null);
+                            if v["cancel_requested"] == true {
+                                println!("{job}: its run was revoked; finishing what was started");
+                            }
+                        }
+                        Ok(r) if r.status().as_u16() == 409 => {
+                            println!("lease lost for {job}: its next delivery will find what this one did");
+                            leases.hang(&job);
+                        }
+                        Ok(r) => eprintln!("heartbeat for {job} refused ({})", r.status()),
+                        Err(e) => eprintln!("heartbeat for {job} failed: {e}"),
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -396,6 +479,9 @@ async fn run(o: Options) -> Result<(), String> {
         &["preview", "execute"]
     };
     println!("reference-executor: claiming from {}", o.url);
+    let leases = Leases::default();
+    let heartbeat = leases.keep_alive(http.clone(), &o, key.clone());
+    let _stop = AbortOnDrop(heartbeat);
     loop {
         let claim = json!({
             "tools": o.tools, "max": o.max, "lease_seconds": o.lease_seconds, "wait_seconds": 20, "kinds": kinds,
@@ -417,6 +503,7 @@ async fn run(o: Options) -> Result<(), String> {
                 continue;
             }
         };
+        leases.hold(&jobs);
         for job in &jobs {
             let (id, lease) = (
                 job["job_id"].as_str().unwrap_or(""),
@@ -426,8 +513,10 @@ async fn run(o: Options) -> Result<(), String> {
                 "claimed {id} lease {lease} attempt {} tool {} kind {}",
                 job["attempt"], job["tool"], job["kind"]
             );
-            let body = handle(&db, &http, &mut jwks, &o, job).await;
-            match call(&http, &o, &key, &format!("/api/v1/jobs/{id}/complete"), body).await {
+            let body = handle(&db, &http, &mut jwks, &o, &leases, job).await;
+            let reported = call(&http, &o, &key, &format!("/api/v1/jobs/{id}/complete"), body).await;
+            leases.hang(id);
+            match reported {
                 Ok((200, r)) => println!("completed {id}: {}", r["state"]),
                 Ok((409, _)) => println!("lease lost for {id}: another delivery will finish it"),
                 Ok((status, r)) => eprintln!("complete {id} refused ({status}): {}", r["error"]["message"]),
@@ -437,6 +526,15 @@ async fn run(o: Options) -> Result<(), String> {
         if o.once && !jobs.is_empty() {
             return Ok(());
         }
+    }
+}
+
+/// Stops a task when the loop that started it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -389,6 +389,47 @@ async fn the_executor_does_not_act_on_a_receipt_changed_in_the_queue(db: &TestDb
     let _ = std::fs::remove_dir_all(dir);
 }
 
+async fn a_slow_action_keeps_its_lease_by_heartbeat(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["note.write"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    let r = t.post("/api/v1/proposals", &token, note("n-slow")).await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let (dir, effects) = temp_sqlite("effects");
+    // A 2-second lease and an action that takes 5: only heartbeats keep it.
+    let mut child = Command::new(EXECUTOR)
+        .args(["--url", &t.app.url(), "--db", &effects, "--once", "--lease", "2", "--work", "5"])
+        .args(SERVES)
+        .env("COUNTERSIGN_EXECUTOR_KEY", &exec)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server's clock follows real time while the executor works.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the executor did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        t.clock.advance_ms(100);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("completed ") && !text.contains("lease lost"), "{text}");
+    let p = t.get(&format!("/api/v1/proposals/{id}"), &token).await.body;
+    assert_eq!(
+        (p["status"].as_str(), p["execution"]["attempts"].as_i64()),
+        (Some("succeeded"), Some(1)),
+        "{p}"
+    );
+    assert_eq!(effects_of(&effects).await.len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 async fn after_a_receipt_key_rotation_old_receipts_still_verify(db: &TestDb) {
     let t = spawn_with(db, policy(""), |_| {}).await;
     let exec = t.executor_key("prod", &["note.write"]).await;
@@ -667,6 +708,7 @@ countersign_core::store_tests!(
     the_world_changing_after_the_preview_fails_with_stale_preview_and_nothing_done,
     a_receipt_verifies_independently_and_forged_ones_are_refused_by_the_executor,
     the_executor_does_not_act_on_a_receipt_changed_in_the_queue,
+    a_slow_action_keeps_its_lease_by_heartbeat,
     after_a_receipt_key_rotation_old_receipts_still_verify,
     two_tenants_with_the_same_idempotency_key_both_execute,
     a_retry_in_a_new_run_replays_the_first_proposal,
