@@ -233,6 +233,8 @@ test("the review page shows the exact args and where the diff came from", async 
   await page.goto(`/proposals/${assign.id}`);
   await expect(page.getByText("Waiting for the executor to compute what will change")).toBeVisible();
   await expect(page.getByRole("button", { name: "Approve" })).toBeDisabled();
+  // From here the open page hears every change to this proposal.
+  await expect(page.locator("body")).toHaveAttribute("data-live", "open");
 
   const exec = cli(["key", "create", "executor", "--env", "prod", "--tools", "ticket.assign", "--name", `e2e-${tenant}`, "--policy", "../examples/policy.toml"]);
   const claimed = await request.post("/api/v1/jobs/claim", {
@@ -246,7 +248,7 @@ test("the review page shows the exact args and where the diff came from", async 
     data: { lease_id: job.lease_id, status: "succeeded", preview: { before: "assignee: nobody", after: "assignee: bob", state: "v12" } },
   });
   expect(done.status(), await done.text()).toBe(200);
-  await page.goto(`/proposals/${assign.id}`);
+  // The page loads itself again when the dry run lands: nobody reloads it.
   await expect(page.getByText(`Computed by executor e2e-${tenant} at`)).toBeVisible();
   await expect(page.getByRole("row", { name: /assignee/ }).first()).toContainText("bob");
   await hydrated(page);

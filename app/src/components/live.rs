@@ -26,7 +26,14 @@ pub fn on_server_change(changed: impl Fn(String) + Send + Sync + 'static) {
             // What changed between the render and the (re)connection was
             // never sent: say so, for callers that refresh on any message.
             let c = changed.clone();
-            let opened = Closure::<dyn Fn(web_sys::Event)>::new(move |_: web_sys::Event| c("{\"opened\":true}".into()));
+            // `data-live` on the body says the page now hears every change
+            // (what browser tests wait for before changing things).
+            let opened = Closure::<dyn Fn(web_sys::Event)>::new(move |_: web_sys::Event| {
+                if let Some(body) = document().body() {
+                    let _ = body.set_attribute("data-live", "open");
+                }
+                c("{\"opened\":true}".into())
+            });
             es.set_onopen(Some(opened.as_ref().unchecked_ref()));
             let keep = SendWrapper::new((es, cb, opened));
             on_cleanup(move || {
