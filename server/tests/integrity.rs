@@ -398,7 +398,17 @@ async fn a_slow_action_keeps_its_lease_by_heartbeat(db: &TestDb) {
     let (dir, effects) = temp_sqlite("effects");
     // A 2-second lease and an action that takes 5: only heartbeats keep it.
     let mut child = Command::new(EXECUTOR)
-        .args(["--url", &t.app.url(), "--db", &effects, "--once", "--lease", "2", "--work", "5"])
+        .args([
+            "--url",
+            &t.app.url(),
+            "--db",
+            &effects,
+            "--once",
+            "--lease",
+            "2",
+            "--work",
+            "5",
+        ])
         .args(SERVES)
         .env("COUNTERSIGN_EXECUTOR_KEY", &exec)
         .stdout(std::process::Stdio::piped())
@@ -408,7 +418,10 @@ async fn a_slow_action_keeps_its_lease_by_heartbeat(db: &TestDb) {
     // The server's clock follows real time while the executor works.
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the executor did not finish");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the executor did not finish"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         t.clock.advance_ms(100);
     }

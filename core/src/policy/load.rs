@@ -240,7 +240,11 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
             source,
             list: Vec::new(),
         };
-        for (name, t) in raw.tools.iter().filter(|(_, t)| t.kind() == RawKind::Read && t.upstream.is_none()) {
+        for (name, t) in raw
+            .tools
+            .iter()
+            .filter(|(_, t)| t.kind() == RawKind::Read && t.upstream.is_none())
+        {
             w.tool(
                 name,
                 t.kind.span(),
