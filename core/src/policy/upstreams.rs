@@ -1,11 +1,12 @@
 //! The MCP servers countersign calls for agents (`[upstreams.NAME]`), the
 //! gateway's own settings (`[mcp]`), and the rules tying tools to them. The
 //! credentials an upstream needs are never written in the policy: a header's
-//! value names an environment variable of the server (`env:NAME`), read when
-//! the upstream is called, so the file can be reviewed and shared freely.
+//! value names an environment variable of the server (`env:NAME`) or a file
+//! (`file:/path`, such as a secret manager's mounted secret), read when the
+//! upstream is called, so the file can be reviewed and shared freely.
 
 use super::load::Problems;
-use super::{Mcp, Upstream};
+use super::{Mcp, SecretRef, Upstream};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -31,6 +32,8 @@ pub const DEFAULT_MCP_WAIT: i64 = 120;
 
 /// The prefix of a header value read from the environment.
 pub const ENV_PREFIX: &str = "env:";
+/// The prefix of a header value read from a file.
+pub const FILE_PREFIX: &str = "file:";
 
 /// An upstream's name: lowercase letters, digits, `-` and `_`.
 fn is_upstream_name(s: &str) -> bool {
@@ -77,8 +80,9 @@ pub(super) fn check_upstreams(
 
 fn check_upstream(p: &mut Problems, name: &Spanned<String>, u: &RawUpstream) -> Option<Upstream> {
     let before = p.list.len();
-    let mut report =
-        |p: &mut Problems, span: Range<usize>, msg: String| p.at(span, format!("upstream \"{}\": {msg}", name.get_ref()));
+    let mut report = |p: &mut Problems, span: Range<usize>, msg: String| {
+        p.at(span, format!("upstream \"{}\": {msg}", name.get_ref()))
+    };
     if !is_upstream_name(name.get_ref()) {
         report(
             p,
@@ -92,9 +96,7 @@ fn check_upstream(p: &mut Problems, name: &Spanned<String>, u: &RawUpstream) -> 
             u.url.span(),
             format!("url must be http:// or https:// (got {}://)", parsed.scheme()),
         ),
-        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
-            report(p, u.url.span(), "url has no host".into())
-        }
+        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => report(p, u.url.span(), "url has no host".into()),
         Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => report(
             p,
             u.url.span(),
@@ -111,28 +113,44 @@ fn check_upstream(p: &mut Problems, name: &Spanned<String>, u: &RawUpstream) -> 
             report(p, h.span(), format!("\"{}\" is not an HTTP header name", h.get_ref()));
         }
         // Never echo the value: if it is a literal, it may be the secret.
-        match v.get_ref().strip_prefix(ENV_PREFIX) {
-            Some(var) if is_env_name(var) => {
-                headers.insert(h.get_ref().clone(), var.to_owned());
+        let value = v.get_ref();
+        if let Some(var) = value.strip_prefix(ENV_PREFIX) {
+            if is_env_name(var) {
+                headers.insert(h.get_ref().clone(), SecretRef::Env(var.to_owned()));
+            } else {
+                report(
+                    p,
+                    v.span(),
+                    format!(
+                        "header {}: after env: comes the name of an environment variable \
+                         (letters, digits and '_')",
+                        h.get_ref()
+                    ),
+                );
             }
-            Some(_) => report(
+        } else if let Some(path) = value.strip_prefix(FILE_PREFIX) {
+            if path.starts_with('/') && !path.contains('\0') && path.len() > 1 {
+                headers.insert(h.get_ref().clone(), SecretRef::File(path.into()));
+            } else {
+                report(
+                    p,
+                    v.span(),
+                    format!(
+                        "header {}: after file: comes an absolute path, such as file:/run/secrets/tickets",
+                        h.get_ref()
+                    ),
+                );
+            }
+        } else {
+            report(
                 p,
                 v.span(),
                 format!(
-                    "header {}: after env: comes the name of an environment variable \
-                     (letters, digits and '_')",
+                    "header {}: a value is read from the server's environment (env:NAME) or a file \
+                     (file:/path); a credential written in the policy would reach everyone who reads the file",
                     h.get_ref()
                 ),
-            ),
-            None => report(
-                p,
-                v.span(),
-                format!(
-                    "header {}: a value is read from the server's environment, written env:NAME; \
-                     a credential written in the policy would reach everyone who reads the file",
-                    h.get_ref()
-                ),
-            ),
+            );
         }
     }
     let timeout_seconds = super::load::bounded(
@@ -221,7 +239,7 @@ pub(super) fn check_tool_upstream(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{load_policy, Policy, UpstreamTool};
+    use super::super::{load_policy, Policy, SecretRef, UpstreamTool};
 
     const ROUTE: &str = r#"
 [routes."r"]
@@ -277,8 +295,8 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
         assert_eq!(up.url, "http://127.0.0.1:9100/mcp");
         assert_eq!(up.timeout_seconds, 30);
         assert_eq!(
-            up.headers.get("Authorization").map(String::as_str),
-            Some("TICKETS_TOKEN"),
+            up.headers.get("Authorization"),
+            Some(&SecretRef::Env("TICKETS_TOKEN".into())),
             "the variable's name is kept, never a value"
         );
         assert_eq!(
@@ -296,7 +314,10 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
 
     #[test]
     fn a_tool_naming_an_undeclared_upstream_is_refused_at_its_line() {
-        let errs = refused(&with(TICKETS, "upstream = \"billing\""), "upstream \"billing\" is not declared");
+        let errs = refused(
+            &with(TICKETS, "upstream = \"billing\""),
+            "upstream \"billing\" is not declared",
+        );
         let line = with(TICKETS, "upstream = \"billing\"")
             .lines()
             .position(|l| l.contains("\"billing\""))
@@ -311,8 +332,14 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
             "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = { Authorization = \"Bearer s3cr3t-value\" }\n",
             "",
         );
-        let errs = refused(&src, "header Authorization: a value is read from the server's environment");
-        assert!(errs.iter().all(|e| !e.contains("s3cr3t")), "the value was echoed: {errs:?}");
+        let errs = refused(
+            &src,
+            "header Authorization: a value is read from the server's environment (env:NAME) or a file",
+        );
+        assert!(
+            errs.iter().all(|e| !e.contains("s3cr3t")),
+            "the value was echoed: {errs:?}"
+        );
         refused(
             &with(
                 "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = { X-Key = \"env:not a name\" }\n",
@@ -320,6 +347,34 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
             ),
             "after env: comes the name of an environment variable",
         );
+    }
+
+    #[test]
+    fn a_header_may_be_read_from_a_file_named_by_its_absolute_path() {
+        let p = loads(&with(
+            "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = { Authorization = \"file:/run/secrets/tickets\" }\n",
+            "",
+        ));
+        assert_eq!(
+            p.upstreams["tickets"].headers.get("Authorization"),
+            Some(&SecretRef::File("/run/secrets/tickets".into()))
+        );
+        assert_eq!(
+            p.upstreams["tickets"].headers["Authorization"].to_string(),
+            "file:/run/secrets/tickets",
+            "shown as the reference it is"
+        );
+        for bad in ["file:secrets/tickets", "file:", "file:/"] {
+            refused(
+                &with(
+                    &format!(
+                        "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = {{ X-Key = \"{bad}\" }}\n"
+                    ),
+                    "",
+                ),
+                "after file: comes an absolute path",
+            );
+        }
     }
 
     #[test]
@@ -362,14 +417,17 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
         let src = with(TICKETS, "").replace("upstream = \"tickets\"\nupstream_tool = \"search\"\n", "");
         let p = loads(&src);
         assert!(
-            p.warnings
-                .iter()
-                .any(|w| w.message.contains("tool \"kb.search\": warning: a read tool without upstream")),
+            p.warnings.iter().any(|w| w
+                .message
+                .contains("tool \"kb.search\": warning: a read tool without upstream")),
             "{:?}",
             p.warnings
         );
         let without = src.replace(TICKETS, "");
-        assert!(loads(&without).warnings.is_empty(), "no upstreams, no gateway, no warning");
+        assert!(
+            loads(&without).warnings.is_empty(),
+            "no upstreams, no gateway, no warning"
+        );
     }
 
     #[test]
