@@ -13,6 +13,7 @@
 //! controls    ─> people, release                     (a switch off releases what it held)
 //! jobs        ─> previews, finishing, breakers, waiting
 //! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
+//! upstream_calls                                     (the upstream executor's intents and outcomes)
 //! history     ─> audit_log, people;  review ─> people
 //! audit_log, people, previews, proposals, decisions, controls, jobs ─> notify
 //! ```
@@ -36,6 +37,7 @@ mod release;
 mod review;
 mod runs;
 mod sweeper;
+mod upstream_calls;
 mod waiting;
 
 pub use audit_log::VerifyReport;
@@ -47,9 +49,10 @@ pub use history::{AuditLogPage, HistoryEntry, HistoryPage, HistoryQuery};
 pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewReport};
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
-pub use proposals::{ProposalOut, ProposeRequest};
+pub use proposals::{ProposalOut, ProposeRequest, Via};
 pub use review::{QueueEntry, ReviewData};
 pub use runs::{CheckOutcome, MintRequest, MintedRun};
+pub use upstream_calls::{CallOutcome, CallStart, UpstreamCall, MAX_UPSTREAM_RESULT_BYTES, UPSTREAM_EXECUTOR_KEY_ID};
 
 pub use crate::audit::{current_request_id, REQUEST_ID};
 pub use crate::store::StoreOptions;
@@ -338,6 +341,7 @@ mod module_graph {
         ("review", include_str!("review.rs")),
         ("runs", include_str!("runs.rs")),
         ("sweeper", include_str!("sweeper.rs")),
+        ("upstream_calls", include_str!("upstream_calls.rs")),
         ("waiting", include_str!("waiting.rs")),
     ];
 

@@ -38,15 +38,20 @@ pub struct ProposalRow {
     pub preview_at: Option<i64>,
     /// Where the idempotency key is unique: `tenant/env`.
     pub idempotency_scope: Option<String>,
+    /// The upstream MCP server and tool it will call (`upstream` tools).
+    pub upstream: Option<String>,
+    pub upstream_tool: Option<String>,
+    /// The door it came through: `mcp` (the gateway), or None (the API).
+    pub via: Option<String>,
 }
 
 pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, args_hash, content_hash, \
      idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
      approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by, preview_state, \
-     preview_by, preview_at, idempotency_scope";
+     preview_by, preview_at, idempotency_scope, upstream, upstream_tool, via";
 
-/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$28`.
-const PROPOSAL_VALUES: usize = 28;
+/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$31`.
+const PROPOSAL_VALUES: usize = 31;
 
 /// The insert of a proposal unless its idempotency key was used in its scope
 /// (or, for rows older than the tenant + env scope, in its run); written
@@ -59,7 +64,7 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The insert, then the charge of its run (values from `$25` on) only if the
+/// The insert, then the charge of its run (values from `$32` on) only if the
 /// insert added the row.
 static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -69,7 +74,7 @@ static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Bind a proposal's 28 values onto a query, in `PROPOSAL_COLUMNS` order.
+/// Bind a proposal's 31 values onto a query, in `PROPOSAL_COLUMNS` order.
 macro_rules! bind_proposal {
     ($query:expr, $p:expr) => {
         $query
@@ -101,6 +106,9 @@ macro_rules! bind_proposal {
             .bind(&$p.preview_by)
             .bind($p.preview_at)
             .bind(&$p.idempotency_scope)
+            .bind(&$p.upstream)
+            .bind(&$p.upstream_tool)
+            .bind(&$p.via)
     };
 }
 
