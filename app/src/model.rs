@@ -145,6 +145,29 @@ pub struct Review {
     pub eligible: Vec<String>,
     pub execution: Option<ExecutionView>,
     pub break_glass: bool,
+    /// The upstream MCP call it will make (a tool with `upstream`).
+    pub upstream_call: Option<UpstreamCallView>,
+}
+
+/// The upstream MCP server and tool a proposal calls, and whether it came
+/// through the MCP gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamCallView {
+    pub upstream: String,
+    pub tool: String,
+    pub via_mcp: bool,
+}
+
+impl UpstreamCallView {
+    /// "close_ticket on tickets, asked through the MCP gateway"
+    pub fn describe(&self) -> String {
+        let via = if self.via_mcp {
+            ", asked through the MCP gateway"
+        } else {
+            ""
+        };
+        format!("{} on {}{via}", self.tool, self.upstream)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +183,7 @@ pub struct HistoryRow {
     pub decisions: Vec<DecisionView>,
     pub execution: Option<ExecutionView>,
     pub destructive: bool,
+    pub upstream_call: Option<UpstreamCallView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
