@@ -130,9 +130,14 @@ impl Gate {
 #[derive(Clone, Default)]
 struct Agent {
     progress: Arc<Mutex<Vec<String>>>,
+    lists_changed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ClientHandler for Agent {
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.lists_changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn on_progress(&self, p: ProgressNotificationParam, _ctx: NotificationContext<RoleClient>) {
         self.progress.lock().unwrap().push(p.message.unwrap_or_default());
     }
@@ -224,7 +229,7 @@ async fn list_names(client: &RunningService<RoleClient, Agent>) -> Vec<String> {
 async fn tools_list_shows_only_allowed_upstream_tools_with_their_schemas(db: &TestDb) {
     let g = gate(db, 30).await;
     let (_, token) = g.t.run("acme", "prod", "support", None).await;
-    let (client, _) = connect(&g.t, &token).await;
+    let (client, agent) = connect(&g.t, &token).await;
     let info = client.peer_info().expect("initialized");
     assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("countersign"));
     assert!(info.capabilities.tools.is_some());
@@ -280,6 +285,24 @@ async fn tools_list_shows_only_allowed_upstream_tools_with_their_schemas(db: &Te
     let (_, tiny) = g.t.run("acme", "prod", "tiny", None).await;
     let (other, _) = connect(&g.t, &tiny).await;
     assert_eq!(list_names(&other).await, ["ticket.search"]);
+
+    // A new policy: the client is told its list changed, and the list follows it.
+    assert!(info.capabilities.tools.as_ref().and_then(|t| t.list_changed) == Some(true));
+    let src = policy_src(&g.up.as_ref().unwrap().url(), &g.dir.join("tickets-token"), 30)
+        .replace(r#""refund.create", "kb.lookup"]"#, r#""kb.lookup"]"#)
+        .replace(r#"["ticket.close", "refund.create"]"#, r#"["ticket.close"]"#);
+    g.t.core()
+        .replace_policy(load_policy(&src).unwrap(), "cli")
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if agent.lists_changed.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent.lists_changed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(list_names(&client).await, ["ticket.close", "ticket.search"]);
 }
 
 async fn a_read_passes_through_is_audited_and_counts_a_step(db: &TestDb) {

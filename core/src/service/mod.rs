@@ -188,6 +188,8 @@ pub struct Core {
     passwords: Passwords,
     settings: Settings,
     policy: RwLock<Arc<Policy>>,
+    /// The hash of the policy in force, changed when another is swapped in.
+    policy_hash: tokio::sync::watch::Sender<String>,
     keyring: RwLock<Keyring>,
     /// When the run-token keys were last reloaded for an unknown key id.
     keyring_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
@@ -215,6 +217,7 @@ impl Core {
             store,
             passwords: Passwords::new(threads),
             settings,
+            policy_hash: tokio::sync::watch::channel(policy.hash.clone()).0,
             policy: RwLock::new(Arc::new(policy)),
             keyring: RwLock::new(Keyring::default()),
             keyring_reloaded: std::sync::Mutex::new(None),
@@ -233,6 +236,12 @@ impl Core {
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The policy's hash now, and a way to wait for the next policy (the
+    /// MCP gateway tells its clients their tools list changed).
+    pub fn policy_changes(&self) -> tokio::sync::watch::Receiver<String> {
+        self.policy_hash.subscribe()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -15,12 +15,13 @@ use rmcp::model::{
     InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
     ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The `_meta` key an agent may send its own idempotency key under.
 pub const IDEMPOTENCY_META: &str = "countersign/idempotency_key";
@@ -37,6 +38,9 @@ pub struct Gateway {
     core: Arc<Core>,
     upstreams: Arc<Upstreams>,
     run_id: Arc<OnceLock<String>>,
+    /// Cancelled when the session's handler is dropped (the session ended).
+    ended: CancellationToken,
+    _ends: Arc<DropGuard>,
 }
 
 /// The idempotency key of a call without one of its own: the same run, tool
@@ -75,20 +79,19 @@ fn schema_object(tool: &PolicyTool) -> JsonObject {
 
 impl Gateway {
     pub fn new(core: Arc<Core>, upstreams: Arc<Upstreams>) -> Gateway {
+        let ended = CancellationToken::new();
         Gateway {
             core,
             upstreams,
             run_id: Arc::default(),
+            _ends: Arc::new(ended.clone().drop_guard()),
+            ended,
         }
     }
 
     /// A handler for a new session.
     pub fn for_session(&self) -> Gateway {
-        Gateway {
-            core: self.core.clone(),
-            upstreams: self.upstreams.clone(),
-            run_id: Arc::default(),
-        }
+        Gateway::new(self.core.clone(), self.upstreams.clone())
     }
 
     /// The run of this request, put there by the authentication middleware.
@@ -299,13 +302,18 @@ impl Gateway {
 
 impl ServerHandler for Gateway {
     fn get_info(&self) -> ServerConfig {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("countersign", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "countersign gates these tools: reads are checked and audited; other calls wait for people to \
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("countersign", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "countersign gates these tools: reads are checked and audited; other calls wait for people to \
                  approve, and are performed once. A refused or ended call is an error result with a code; a \
                  call still waiting says so, and the same call again returns its outcome.",
-            )
+        )
     }
 
     async fn initialize(
@@ -317,6 +325,25 @@ impl ServerHandler for Gateway {
         self.run_of(&context)?;
         context.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)
+    }
+
+    /// From now until the session ends, a new policy tells the client that
+    /// its tools list changed.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.core.policy_changes();
+        changes.mark_unchanged();
+        let ended = self.ended.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = ended.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                if context.peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     async fn list_tools(
