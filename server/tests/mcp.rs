@@ -684,6 +684,16 @@ async fn an_upstream_error_result_fails_the_proposal_without_retry(db: &TestDb) 
         1,
         "an answered failure is not retried"
     );
+    // The same call, its integer written 500.0: the same proposal, its outcome.
+    let again = client
+        .call_tool(call(
+            "refund.create",
+            json!({ "amount_cents": 500.0, "currency": "EUR" }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(structured(&again)["proposal_id"], structured(&r)["proposal_id"]);
+    assert_eq!(g.upstream().calls_of("refund").len(), 1);
 }
 
 async fn a_bad_token_is_refused_before_any_message(db: &TestDb) {
@@ -987,6 +997,17 @@ async fn a_call_cut_off_by_a_crash_is_never_made_again(db: &TestDb) {
     drop(agent);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// examples/mcp's policy loads without warnings and passes its own tests.
+#[test]
+fn the_example_gateway_policy_loads_and_passes_its_tests() {
+    let p = load_policy(include_str!("../../examples/mcp/policy.toml")).expect("examples/mcp/policy.toml loads");
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(p.tools["ticket.close"].upstream.as_ref().unwrap().tool, "close_ticket");
+    let report = countersign_core::policy::run_expectations(&p, include_str!("../../examples/mcp/policy.test.toml"))
+        .expect("the policy tests parse");
+    assert!(report.passed(), "{:?}", report.failures);
 }
 
 /// `countersign mcp check`: which upstreams answer, and which tools the

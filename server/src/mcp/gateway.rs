@@ -202,7 +202,14 @@ impl Gateway {
                 };
                 return outcome::refusal(&e, name);
             }
-            None => derived_idempotency_key(&run.run_id, name, &args),
+            None => {
+                // One value, one key: `5.0` and `5` for an integer are the same call.
+                let canonical = match self.core.policy().tool(name) {
+                    Some(t) => t.args.normalized(&args),
+                    None => args.clone(),
+                };
+                derived_idempotency_key(&run.run_id, name, &canonical)
+            }
         };
         let req = ProposeRequest {
             tool: name.to_owned(),
