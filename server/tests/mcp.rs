@@ -415,6 +415,18 @@ async fn a_write_waits_for_approval_then_runs_once_and_returns_the_upstreams_res
             .filter(|e| e.action == "proposal.created")
             .count();
     assert_eq!(proposals, 1, "an identical repeated call makes no second proposal");
+    // Reviewers see what will be called, on the review page and in history.
+    let rita = g.t.person("rita", &["reviewer", "auditor"], &["acme"]).await;
+    let browser = Browser::new(&g.t);
+    let (status, _) = browser.login(&rita.username, PASSWORD).await;
+    assert!(status.is_redirection() || status.is_success(), "{status}");
+    let page = browser.page(&format!("/proposals/{id}")).await.text().await.unwrap();
+    assert!(
+        page.contains("MCP: calls close_ticket on tickets, asked through the MCP gateway"),
+        "the review page marks the upstream call"
+    );
+    let history = browser.page("/history").await.text().await.unwrap();
+    assert!(history.contains("MCP: tickets/close_ticket"), "history marks it too");
     // The upstream's credential is in no audit event.
     let events = serde_json::to_string(
         &g.t.inspect()
