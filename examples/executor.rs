@@ -29,6 +29,9 @@
 //! The key comes from the environment, never an argument (arguments leak into
 //! process lists and shell history). `reference-executor verify` checks one
 //! receipt read from standard input, as the loop does before acting.
+//!
+//! Errors are `String`s on purpose: a refusal becomes the `reason` reported
+//! with the job, a sentence for people; nothing branches on its kind.
 
 use clap::{Parser, Subcommand};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

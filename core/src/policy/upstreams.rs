@@ -77,8 +77,9 @@ pub(super) fn check_upstreams(
 
 fn check_upstream(p: &mut Problems, name: &Spanned<String>, u: &RawUpstream) -> Option<Upstream> {
     let before = p.list.len();
-    let mut report =
-        |p: &mut Problems, span: Range<usize>, msg: String| p.at(span, format!("upstream \"{}\": {msg}", name.get_ref()));
+    let mut report = |p: &mut Problems, span: Range<usize>, msg: String| {
+        p.at(span, format!("upstream \"{}\": {msg}", name.get_ref()))
+    };
     if !is_upstream_name(name.get_ref()) {
         report(
             p,
@@ -92,9 +93,7 @@ fn check_upstream(p: &mut Problems, name: &Spanned<String>, u: &RawUpstream) -> 
             u.url.span(),
             format!("url must be http:// or https:// (got {}://)", parsed.scheme()),
         ),
-        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
-            report(p, u.url.span(), "url has no host".into())
-        }
+        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => report(p, u.url.span(), "url has no host".into()),
         Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => report(
             p,
             u.url.span(),
@@ -296,7 +295,10 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
 
     #[test]
     fn a_tool_naming_an_undeclared_upstream_is_refused_at_its_line() {
-        let errs = refused(&with(TICKETS, "upstream = \"billing\""), "upstream \"billing\" is not declared");
+        let errs = refused(
+            &with(TICKETS, "upstream = \"billing\""),
+            "upstream \"billing\" is not declared",
+        );
         let line = with(TICKETS, "upstream = \"billing\"")
             .lines()
             .position(|l| l.contains("\"billing\""))
@@ -311,8 +313,14 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
             "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = { Authorization = \"Bearer s3cr3t-value\" }\n",
             "",
         );
-        let errs = refused(&src, "header Authorization: a value is read from the server's environment");
-        assert!(errs.iter().all(|e| !e.contains("s3cr3t")), "the value was echoed: {errs:?}");
+        let errs = refused(
+            &src,
+            "header Authorization: a value is read from the server's environment",
+        );
+        assert!(
+            errs.iter().all(|e| !e.contains("s3cr3t")),
+            "the value was echoed: {errs:?}"
+        );
         refused(
             &with(
                 "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = { X-Key = \"env:not a name\" }\n",
@@ -362,14 +370,17 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
         let src = with(TICKETS, "").replace("upstream = \"tickets\"\nupstream_tool = \"search\"\n", "");
         let p = loads(&src);
         assert!(
-            p.warnings
-                .iter()
-                .any(|w| w.message.contains("tool \"kb.search\": warning: a read tool without upstream")),
+            p.warnings.iter().any(|w| w
+                .message
+                .contains("tool \"kb.search\": warning: a read tool without upstream")),
             "{:?}",
             p.warnings
         );
         let without = src.replace(TICKETS, "");
-        assert!(loads(&without).warnings.is_empty(), "no upstreams, no gateway, no warning");
+        assert!(
+            loads(&without).warnings.is_empty(),
+            "no upstreams, no gateway, no warning"
+        );
     }
 
     #[test]

@@ -110,10 +110,7 @@ pub(crate) async fn run(
         }
         let n = batch.len();
         metrics::histogram!("countersign_write_batch_size").record(n as f64);
-        let outcome = run_batch(&mut conn, batch, &notices, &clock, &caches).await;
-        if outcome.is_ok() {
-            batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let outcome = run_batch(&mut conn, batch, &notices, &clock, &caches, &batches).await;
         if let Err(e) = outcome {
             tracing::error!(error = %e, batch = n, "write batch failed");
             if !conn.ping().await {
@@ -137,6 +134,7 @@ async fn run_batch(
     notices: &broadcast::Sender<Notice>,
     clock: &SharedClock,
     caches: &std::sync::Arc<super::Caches>,
+    committed: &std::sync::atomic::AtomicU64,
 ) -> Result<()> {
     let local_notices = !wc.dialect().notifies_through_database();
     let result = match attempt(wc, &mut batch, clock, caches, false).await {
@@ -154,6 +152,9 @@ async fn run_batch(
     };
     match result {
         Ok(published) => {
+            // Counted before anyone hears of the commit: a caller that reads
+            // the count after its write sees its own batch in it.
+            committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for w in batch {
                 (w.deliver)(Ok(()));
             }
