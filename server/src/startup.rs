@@ -58,6 +58,8 @@ pub struct AppConfig {
     pub sweep_every: Duration,
     /// How often a long-poll looks again without a notice (a safety net).
     pub wait_recheck: Duration,
+    /// How often to look for a receipt key rotated by another process.
+    pub receipt_key_refresh: Duration,
 }
 
 impl AppConfig {
@@ -77,6 +79,7 @@ impl AppConfig {
             clock: Arc::new(SystemClock),
             sweep_every: Duration::from_secs(1),
             wait_recheck: Duration::from_secs(5),
+            receipt_key_refresh: countersign_core::service::RECEIPT_KEY_REFRESH,
         }
     }
 }
@@ -281,6 +284,21 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         })
     };
 
+    // A key rotated by the command line or another server process signs
+    // this one's receipts too, before the retired key leaves the JWKS.
+    let receipt_keys = {
+        let core = core.clone();
+        let every = cfg.receipt_key_refresh;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = core.refresh_receipt_keys().await {
+                    tracing::error!(error = %e, "could not look for a rotated receipt key");
+                }
+            }
+        })
+    };
+
     let webhooks = crate::notify::spawn_worker(core.clone());
 
     let (tx, rx) = oneshot::channel::<()>();
@@ -298,6 +316,6 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         core,
         shutdown: Some(tx),
         server: Some(server),
-        background: vec![sweeper, webhooks],
+        background: vec![sweeper, receipt_keys, webhooks],
     })
 }

@@ -157,7 +157,9 @@ pub const DEFAULT_BUDGETS: Budgets = Budgets {
 const DEFAULT_EXPIRES_AFTER: i64 = 24 * 3600;
 const DEFAULT_EXECUTE_WITHIN: i64 = 3600;
 const DEFAULT_MAX_ATTEMPTS: i64 = 3;
-const MAX_SECONDS: i64 = 30 * 24 * 3600;
+/// The longest any deadline in a policy may be (`expires_after_seconds`,
+/// `execute_within_seconds`).
+pub const MAX_SECONDS: i64 = 30 * 24 * 3600;
 const DEFAULT_PREVIEW_WITHIN: i64 = 60;
 
 /// Every problem found, each at the place in the source it is about (toml's
@@ -240,7 +242,11 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
             source,
             list: Vec::new(),
         };
-        for (name, t) in raw.tools.iter().filter(|(_, t)| t.kind() == RawKind::Read && t.upstream.is_none()) {
+        for (name, t) in raw
+            .tools
+            .iter()
+            .filter(|(_, t)| t.kind() == RawKind::Read && t.upstream.is_none())
+        {
             w.tool(
                 name,
                 t.kind.span(),

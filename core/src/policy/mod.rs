@@ -8,7 +8,7 @@ pub mod schema;
 mod upstreams;
 
 pub use expect::{run_expectations, ExpectReport};
-pub use load::{load_policy, PolicyError};
+pub use load::{load_policy, PolicyError, MAX_SECONDS as MAX_DEADLINE_SECONDS};
 pub use upstreams::{is_mcp_tool_name, DEFAULT_MCP_WAIT, DEFAULT_UPSTREAM_TIMEOUT, ENV_PREFIX};
 
 use schema::ArgsSchema;

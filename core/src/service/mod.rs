@@ -8,8 +8,8 @@
 //! ```text
 //! sweeper     ─> proposals, jobs, controls           (each module's expiry)
 //! credentials ─> runs ─> release                     (revocation cancels)
-//! proposals   ─> runs, release, previews, waiting
-//! decisions   ─> people, release
+//! proposals   ─> runs, release, previews, receipts, waiting
+//! decisions   ─> people, release, receipts
 //! controls    ─> people, release                     (a switch off releases what it held)
 //! jobs        ─> previews, finishing, breakers, waiting
 //! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
@@ -48,6 +48,7 @@ pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewRepo
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
 pub use proposals::{ProposalOut, ProposeRequest};
+pub use receipts::RECEIPT_KEY_REFRESH;
 pub use review::{QueueEntry, ReviewData};
 pub use runs::{CheckOutcome, MintRequest, MintedRun};
 
@@ -165,7 +166,10 @@ impl Admin {
     }
 }
 
-/// Where the browser sessions live: beside the core's data.
+/// Where the browser sessions live: beside the core's data. The one place a
+/// pool leaves the core, kept on purpose: tower-sessions' sqlx store takes a
+/// pool and owns its own table, and on PostgreSQL sharing the core's pool
+/// keeps the connection count bounded. Nothing else may reach the store.
 pub enum SessionDatabase {
     Sqlite(Box<sqlx::sqlite::SqliteConnectOptions>),
     Postgres(sqlx::PgPool),
@@ -198,6 +202,8 @@ pub struct Core {
     receipt_key: RwLock<Option<crate::receipts::ReceiptKey>>,
     /// Gathers executors' successes into shared writes.
     finisher: finishing::Finisher,
+    /// When the sweeper last forgot old sign-in throttle records (ms).
+    throttles_forgotten_at: std::sync::atomic::AtomicI64,
 }
 
 impl Core {
@@ -219,6 +225,7 @@ impl Core {
             verified_to: std::sync::Mutex::new(None),
             diffs: crate::limits::Workers::new("diff", 1, 32),
             long_polls: std::sync::Arc::default(),
+            throttles_forgotten_at: std::sync::atomic::AtomicI64::new(0),
         });
         core.load_keyring().await?;
         core.load_receipt_keys().await?;

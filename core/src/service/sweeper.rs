@@ -22,17 +22,40 @@ async fn sweep_in(tx: &mut Tx<'_>, s: Sweep) -> Result<usize> {
         + controls::end_lapsed_break_glass(tx).await?)
 }
 
+/// How often the sweeper forgets sign-in throttle records whose window has
+/// passed (so a flood of made-up names does not grow the table for ever).
+const FORGET_ATTEMPTS_EVERY_MS: i64 = 60_000;
+
 impl Core {
     /// One pass of the sweeper; answers how many things moved.
     pub async fn sweep(&self) -> Result<usize> {
+        let forgotten = self.forget_old_attempts().await?;
         if !self.anything_to_sweep().await? {
-            return Ok(0);
+            return Ok(forgotten);
         }
         let s = Sweep {
             policy: self.policy(),
             public_url: self.settings.public_url.clone(),
         };
-        self.store.write(move |tx| Box::pin(sweep_in(tx, s))).await
+        Ok(forgotten + self.store.write(move |tx| Box::pin(sweep_in(tx, s))).await?)
+    }
+
+    /// At most once a minute: forget throttle records that block nothing.
+    async fn forget_old_attempts(&self) -> Result<usize> {
+        use std::sync::atomic::Ordering;
+        let now = self.now_ms();
+        let last = self.throttles_forgotten_at.load(Ordering::Relaxed);
+        if now - last < FORGET_ATTEMPTS_EVERY_MS
+            || self
+                .throttles_forgotten_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(0);
+        }
+        self.store
+            .write(|tx| Box::pin(super::people::forget_old_attempts(tx)))
+            .await
     }
 
     /// A cheap read first, so an idle sweeper does not take the write lock.
