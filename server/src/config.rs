@@ -67,6 +67,25 @@ pub enum Command {
     /// Webhooks that receive signed notifications.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Personal data in args (`pii = true` in the policy).
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Erase now the personal data of finished proposals (the server erases
+    /// it by itself `retain_pii_days` after each finished). The args hash,
+    /// the decisions and the audit log remain.
+    Purge {
+        /// Erase what finished by this time: RFC 3339, YYYY-MM-DD, or
+        /// `now`. Default: `retain_pii_days` ago, as the server would.
+        #[arg(long)]
+        before: Option<String>,
+        /// The policy that marks the personal args and sets the retention.
+        #[arg(long, env = "COUNTERSIGN_POLICY", default_value = "policy.toml")]
+        policy: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
