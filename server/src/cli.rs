@@ -47,6 +47,19 @@ impl CliError {
 type CliResult = Result<ExitCode, CliError>;
 
 pub fn main() -> ExitCode {
+    // Before anything else runs (no other thread exists yet): credentials
+    // given as files become the settings clap reads.
+    match credentials_from_files(CREDENTIAL_VARS, |name| std::env::var_os(name)) {
+        Ok(found) => {
+            for (name, value) in found {
+                std::env::set_var(name, value);
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     crate::telemetry::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -2,7 +2,8 @@
 //! PostgreSQL: shown to the reviewers who decide and given to the executor;
 //! masked on history and audit pages, exports, `audit export`, webhooks,
 //! logs, metrics and errors; erased after retention (or on demand) from
-//! every place it was stored, with the audit chain still verifying.
+//! every place it was stored, with the audit chain still verifying. Also:
+//! credentials read from files.
 
 mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -674,9 +675,123 @@ async fn args_a_new_policy_marks_personal_are_masked_and_erased_on_older_proposa
     assert!(p.pii_erased_at.is_some() && !p.args.contains(TO));
 }
 
+async fn the_database_url_can_come_from_a_file(db: &TestDb) {
+    let dir = std::env::temp_dir().join(format!("countersign-secrets-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("database_url");
+    std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+    let run = |envs: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.arg("migrate")
+            .env_remove("DATABASE_URL")
+            .env_remove("DATABASE_URL_FILE");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let path = file.display().to_string();
+    let (ok, out) = run(&[("DATABASE_URL_FILE", &path)]);
+    assert!(ok, "{out}");
+    let backend = if db.is_postgres() { "postgres" } else { "sqlite" };
+    assert!(out.contains(&format!("migrations applied ({backend})")), "{out}");
+    let (ok, out) = run(&[("DATABASE_URL_FILE", &path), ("DATABASE_URL", &db.url)]);
+    assert!(
+        !ok && out.contains("set DATABASE_URL or DATABASE_URL_FILE, not both"),
+        "{out}"
+    );
+    let missing = dir.join("missing").display().to_string();
+    let (ok, out) = run(&[("DATABASE_URL_FILE", &missing)]);
+    assert!(
+        !ok && out.contains(&format!("cannot read DATABASE_URL_FILE ({missing})")),
+        "{out}"
+    );
+    assert!(!out.contains(&db.url), "{out}");
+
+    // The same rules, read directly: the trailing newline (CR LF too) goes.
+    std::fs::write(&file, format!("{}\r\n", db.url)).unwrap();
+    let env = |name: &str| (name == "DATABASE_URL_FILE").then(|| std::ffi::OsString::from(&path));
+    let found = server::config::credentials_from_files(server::config::CREDENTIAL_VARS, env).unwrap();
+    assert_eq!(found, vec![("DATABASE_URL".to_owned(), db.url.clone())]);
+    std::fs::write(&file, "\n").unwrap();
+    let e = server::config::credentials_from_files(server::config::CREDENTIAL_VARS, env).unwrap_err();
+    assert_eq!(e, format!("DATABASE_URL_FILE ({path}) is empty"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn the_reference_executor_reads_its_key_from_a_file(db: &TestDb) {
+    let t = spawn_with(db, policy(), |_| {}).await;
+    let key = t.executor_key("prod", &["email.send"]).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, email("mail-1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.approve_as(&alice, &id).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("countersign-secrets-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("executor_key");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let effects = format!("sqlite://{}/effects.db", dir.display());
+    let run = |envs: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reference-executor"));
+        c.args([
+            "--url",
+            &t.app.url(),
+            "--db",
+            &effects,
+            "--once",
+            "--env",
+            "prod",
+            "--tools",
+            "email.send",
+        ])
+        .env_remove("COUNTERSIGN_EXECUTOR_KEY")
+        .env_remove("COUNTERSIGN_EXECUTOR_KEY_FILE");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let path = file.display().to_string();
+    let (ok, out) = run(&[("COUNTERSIGN_EXECUTOR_KEY_FILE", &path)]);
+    assert!(ok, "the key from the file is accepted: {out}");
+    let (ok, out) = run(&[
+        ("COUNTERSIGN_EXECUTOR_KEY_FILE", &path),
+        ("COUNTERSIGN_EXECUTOR_KEY", &key),
+    ]);
+    assert!(!ok && out.contains("not both"), "{out}");
+    assert!(!out.contains(&key), "{out}");
+    let (ok, out) = run(&[("COUNTERSIGN_EXECUTOR_KEY_FILE", "/no/such/key")]);
+    assert!(
+        !ok && out.contains("cannot read COUNTERSIGN_EXECUTOR_KEY_FILE (/no/such/key)"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 countersign_core::store_tests!(
     personal_data_reaches_reviewers_and_the_executor_and_is_masked_elsewhere,
     erasure_after_retention_leaves_no_value_and_the_chain_verifies,
     a_purge_on_demand_erases_what_finished_and_the_agent_sees_when,
     args_a_new_policy_marks_personal_are_masked_and_erased_on_older_proposals,
+    the_database_url_can_come_from_a_file,
+    the_reference_executor_reads_its_key_from_a_file,
 );
