@@ -3,6 +3,7 @@
 
 use super::audit_log::VerifyReport;
 use super::people::Person;
+use super::privacy::{mask_decision, mask_job, mask_proposal, personal_fields};
 use super::Core;
 use crate::audit::AuditEvent;
 use crate::clock::parse_rfc3339;
@@ -32,7 +33,7 @@ pub struct HistoryQuery {
     pub cursor: Option<String>,
 }
 
-/// A proposal with what happened to it.
+/// A proposal with what happened to it, its personal data masked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
     pub proposal: ProposalRow,
@@ -182,12 +183,22 @@ impl Core {
         for j in jobs::by_proposals(&mut r.conn(), &ids).await? {
             job_of.insert(j.proposal_id.clone(), j);
         }
+        let policy = self.policy();
         Ok(ps
             .into_iter()
-            .map(|p| HistoryEntry {
-                decisions: decisions.remove(&p.id).unwrap_or_default(),
-                job: job_of.remove(&p.id),
-                proposal: p,
+            .map(|mut p| {
+                let mut decisions = decisions.remove(&p.id).unwrap_or_default();
+                let mut job = job_of.remove(&p.id);
+                // History is read by auditors: personal data only masked.
+                let fields = personal_fields(&policy, &p);
+                let r = mask_proposal(&mut p, &fields);
+                job.iter_mut().for_each(|j| mask_job(j, &r));
+                decisions.iter_mut().for_each(|d| mask_decision(d, &r));
+                HistoryEntry {
+                    decisions,
+                    job,
+                    proposal: p,
+                }
             })
             .collect())
     }

@@ -6,14 +6,15 @@
 //! Dependencies between the modules point one way (an arrow: "calls"):
 //!
 //! ```text
-//! sweeper     ─> proposals, jobs, controls           (each module's expiry)
+//! sweeper     ─> proposals, jobs, controls, privacy  (each module's expiry; erasure)
 //! credentials ─> runs ─> release                     (revocation cancels)
 //! proposals   ─> runs, release, previews, receipts, waiting
 //! decisions   ─> people, release, receipts
 //! controls    ─> people, release                     (a switch off releases what it held)
 //! jobs        ─> previews, finishing, breakers, waiting
 //! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
-//! history     ─> audit_log, people;  review ─> people
+//! history     ─> audit_log, people, privacy;  review ─> people, privacy, previews
+//! proposals, audit_log ─> privacy                    (recording personal fields)
 //! audit_log, people, previews, proposals, decisions, controls, jobs ─> notify
 //! ```
 //!
@@ -30,6 +31,7 @@ mod jobs;
 mod notify;
 mod people;
 mod previews;
+mod privacy;
 mod proposals;
 mod receipts;
 mod release;
@@ -47,6 +49,7 @@ pub use history::{AuditLogPage, HistoryEntry, HistoryPage, HistoryQuery};
 pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewReport};
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
+pub use privacy::{PersonalData, PurgeReport};
 pub use proposals::{ProposalOut, ProposeRequest};
 pub use receipts::RECEIPT_KEY_REFRESH;
 pub use review::{QueueEntry, ReviewData};
@@ -204,6 +207,9 @@ pub struct Core {
     finisher: finishing::Finisher,
     /// When the sweeper last forgot old sign-in throttle records (ms).
     throttles_forgotten_at: std::sync::atomic::AtomicI64,
+    /// When (application clock) the sweeper last looked for personal data
+    /// past its retention.
+    erasure_checked_at: std::sync::atomic::AtomicI64,
 }
 
 impl Core {
@@ -226,6 +232,7 @@ impl Core {
             diffs: crate::limits::Workers::new("diff", 1, 32),
             long_polls: std::sync::Arc::default(),
             throttles_forgotten_at: std::sync::atomic::AtomicI64::new(0),
+            erasure_checked_at: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         });
         core.load_keyring().await?;
         core.load_receipt_keys().await?;
@@ -339,6 +346,7 @@ mod module_graph {
         ("notify", include_str!("notify.rs")),
         ("people", include_str!("people.rs")),
         ("previews", include_str!("previews.rs")),
+        ("privacy", include_str!("privacy.rs")),
         ("proposals", include_str!("proposals.rs")),
         ("receipts", include_str!("receipts.rs")),
         ("release", include_str!("release.rs")),

@@ -199,6 +199,10 @@ pub struct ProposalResponse {
     /// `agent` (not checked); null when there is no preview.
     pub preview_source: Option<String>,
     pub preview_by: Option<String>,
+    /// When the proposal's personal data (its `pii` args, and wherever its
+    /// reason, preview or result repeated them) was erased, its retention
+    /// over; null while it is kept.
+    pub pii_erased_at: Option<String>,
 }
 
 impl From<ProposalOut> for ProposalResponse {
@@ -245,6 +249,7 @@ impl From<ProposalOut> for ProposalResponse {
                 (None, None) => None,
             },
             preview_by: p.preview_by.clone(),
+            pii_erased_at: p.pii_erased_at.map(rfc3339),
             id: p.id,
             status: p.status.to_string(),
             tool: p.tool,

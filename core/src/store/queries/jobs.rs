@@ -370,3 +370,13 @@ fn check_move(from: JobState, to: JobState) -> Result<()> {
         Err(Error::internal(format!("illegal job move {from} -> {to}")))
     }
 }
+
+/// A job with its personal data erased: its result and accepted completion
+/// body replaced, its receipt (which signs the args) removed.
+pub async fn erase(conn: &mut Conn<'_>, id: &str, result: Option<&str>, completion: Option<&str>) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE jobs SET result = $1, completion = $2, receipt = NULL WHERE id = $3")
+            .bind(result).bind(completion).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
+}
