@@ -15,6 +15,9 @@
 //! with `--smoke`, briefly.
 //! `DATABASE_URL=postgres://…/postgres` benchmarks PostgreSQL instead: a fresh
 //! database is created on that server and dropped afterwards.
+//!
+//! Errors are `String`s on purpose: each is a sentence for the person running
+//! the load generator, printed once before it exits; nothing branches on them.
 
 mod attacks;
 mod mcp;

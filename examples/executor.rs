@@ -29,6 +29,9 @@
 //! The key comes from the environment, never an argument (arguments leak into
 //! process lists and shell history). `reference-executor verify` checks one
 //! receipt read from standard input, as the loop does before acting.
+//!
+//! Errors are `String`s on purpose: a refusal becomes the `reason` reported
+//! with the job, a sentence for people; nothing branches on its kind.
 
 use clap::{Parser, Subcommand};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -317,6 +320,26 @@ async fn call(
     Ok((status, r.json().await.unwrap_or(Value::Null)))
 }
 
+/// The executor key: `COUNTERSIGN_EXECUTOR_KEY`, or the file
+/// `COUNTERSIGN_EXECUTOR_KEY_FILE` names (a secret manager's mounted file),
+/// trailing newline trimmed.
+fn executor_key() -> Result<String, String> {
+    const VAR: &str = "COUNTERSIGN_EXECUTOR_KEY";
+    match (std::env::var(VAR), std::env::var_os(format!("{VAR}_FILE"))) {
+        (Ok(_), Some(_)) => Err(format!("set {VAR} or {VAR}_FILE, not both")),
+        (Ok(key), None) => Ok(key),
+        (Err(_), Some(path)) => {
+            let shown = std::path::Path::new(&path).display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {VAR}_FILE ({shown}): {e}"))?;
+            match text.trim_end_matches(['\n', '\r']) {
+                "" => Err(format!("{VAR}_FILE ({shown}) is empty")),
+                key => Ok(key.to_owned()),
+            }
+        }
+        (Err(_), None) => Err(format!("set {VAR} (or {VAR}_FILE) to an executor key (cek_…)")),
+    }
+}
+
 async fn open_db(url: &str) -> Result<SqlitePool, String> {
     if let Some(dir) = url
         .strip_prefix("sqlite://")
@@ -470,8 +493,7 @@ async fn run(o: Options) -> Result<(), String> {
             Err(why) => Err(format!("refused: {why}")),
         };
     }
-    let key = std::env::var("COUNTERSIGN_EXECUTOR_KEY")
-        .map_err(|_| "set COUNTERSIGN_EXECUTOR_KEY to an executor key (cek_…)")?;
+    let key = executor_key()?;
     let db = open_db(&o.db).await?;
     let kinds: &[&str] = if o.no_previews {
         &["execute"]

@@ -83,6 +83,18 @@ pub struct ArgRow {
     pub name: String,
     pub short: String,
     pub full: Option<String>,
+    /// Personal data (policy `pii = true`): shown to reviewers, masked for
+    /// anyone else.
+    pub personal: bool,
+}
+
+/// The personal data of a proposal, as one reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonalView {
+    /// This reader sees the values (a reviewer of the tenant); else masks.
+    pub shown: bool,
+    /// When the values were erased.
+    pub erased_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +157,8 @@ pub struct Review {
     pub eligible: Vec<String>,
     pub execution: Option<ExecutionView>,
     pub break_glass: bool,
+    /// None: no arg is personal data.
+    pub personal: Option<PersonalView>,
     /// The upstream MCP call it will make (a tool with `upstream`).
     pub upstream_call: Option<UpstreamCallView>,
 }
@@ -183,6 +197,8 @@ pub struct HistoryRow {
     pub decisions: Vec<DecisionView>,
     pub execution: Option<ExecutionView>,
     pub destructive: bool,
+    /// When its personal data was erased.
+    pub pii_erased_at_ms: Option<i64>,
     pub upstream_call: Option<UpstreamCallView>,
 }
 

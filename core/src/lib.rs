@@ -3,7 +3,8 @@
 //! - Pure parts, tested without a database: [`policy`] (tools, routes, args
 //!   schemas, decisions), [`lifecycle`] (proposal and job states, the legal
 //!   moves, who may decide), [`controls`] (which kill switch or breaker
-//!   covers what), [`diff`], [`secrets`], [`audit`] (the hash chain).
+//!   covers what), [`diff`], [`secrets`], [`privacy`] (masking and erasing
+//!   personal data), [`audit`] (the hash chain).
 //! - Credentials: [`tokens`] (run tokens, API keys), [`passwords`].
 //! - The store (private): one set of queries over SQLite and PostgreSQL,
 //!   written through a single writer per process.
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod passwords;
 pub mod policy;
+pub mod privacy;
 pub mod receipts;
 pub mod roles;
 pub mod secrets;

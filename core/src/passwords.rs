@@ -83,45 +83,58 @@ fn decoy_hash() -> &'static str {
     H.get_or_init(|| hash_blocking("decoy-password-nobody-has").unwrap_or_default())
 }
 
-/// At most this many password checks wait for a turn at once, beyond those
+/// At most this many sign-in checks wait for a turn at once, beyond those
 /// running; more are refused at once (never an unbounded wait).
 const MAX_WAITING: usize = 32;
 
+/// Places in the line of the lane for people already signed in.
+const MAX_WAITING_SIGNED_IN: usize = 8;
+
+/// Password work in two lanes, each a few threads (a check holds one core
+/// for ~50 ms and 19 MiB) and a bounded line. Sign-in attempts come from
+/// anyone and can be flooded from many addresses at once; the other lane
+/// serves people already signed in (break-glass, an admin setting a
+/// password), so a flood of sign-ins never stops an admin from breaking
+/// the glass.
 #[derive(Clone)]
 pub struct Passwords {
-    /// `concurrency` threads (each check holds one core for ~50 ms and
-    /// 19 MiB), and `MAX_WAITING` places in the line.
-    workers: Arc<Workers>,
+    sign_in: Arc<Workers>,
+    signed_in: Arc<Workers>,
 }
 
 impl Passwords {
     pub fn new(concurrency: usize) -> Self {
         Self {
-            workers: Arc::new(Workers::new("argon2", concurrency, concurrency.max(1) + MAX_WAITING)),
+            sign_in: Arc::new(Workers::new("argon2", concurrency, concurrency.max(1) + MAX_WAITING)),
+            signed_in: Arc::new(Workers::new("argon2-signed-in", 1, 1 + MAX_WAITING_SIGNED_IN)),
         }
     }
 
-    /// Run `f` on a password thread when one is free; `RateLimited` when the
-    /// line is full.
-    async fn in_turn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        self.workers.run(f).await
-    }
-
+    /// Hash a new password (set by a signed-in admin or the command line).
     pub async fn hash(&self, pw: String) -> Result<String> {
-        self.in_turn(move || hash_blocking(&pw)).await?
+        self.signed_in.run(move || hash_blocking(&pw)).await?
     }
 
-    /// `hash` None means the user does not exist: a decoy is checked instead.
-    /// `RateLimited` when too many checks wait already.
+    /// A sign-in's check. `hash` None means the user does not exist: a decoy
+    /// is checked instead. `RateLimited` when too many checks wait already.
     pub async fn verify(&self, pw: String, hash: Option<String>) -> Result<bool> {
-        self.in_turn(move || match hash {
-            Some(h) => verify_blocking(&pw, &h),
-            None => {
-                verify_blocking(&pw, decoy_hash());
-                false
-            }
-        })
-        .await
+        self.sign_in.run(move || verify_or_decoy(&pw, hash.as_deref())).await
+    }
+
+    /// A password typed again by someone signed in (break-glass), in the
+    /// lane sign-in floods do not reach.
+    pub async fn verify_signed_in(&self, pw: String, hash: String) -> Result<bool> {
+        self.signed_in.run(move || verify_blocking(&pw, &hash)).await
+    }
+}
+
+fn verify_or_decoy(pw: &str, hash: Option<&str>) -> bool {
+    match hash {
+        Some(h) => verify_blocking(pw, h),
+        None => {
+            verify_blocking(pw, decoy_hash());
+            false
+        }
     }
 }
 
@@ -156,6 +169,29 @@ mod tests {
             }
         }
         assert!(refused > 0, "beyond the line's length, checks are refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_sign_ins_leaves_the_signed_in_lane_free() {
+        let p = Passwords::new(1);
+        let h = p.hash("correct horse battery".into()).await.unwrap();
+        let flood: Vec<_> = (0..MAX_WAITING + 20)
+            .map(|_| {
+                let (p, h) = (p.clone(), h.clone());
+                tokio::spawn(async move { p.verify("wrong horse battery".into(), Some(h)).await })
+            })
+            .collect();
+        // The sign-in line is full now: one more is refused at once...
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(matches!(
+            p.verify("correct horse battery".into(), Some(h.clone())).await,
+            Err(Error::RateLimited { .. })
+        ));
+        // ...while break-glass's check runs.
+        assert!(p.verify_signed_in("correct horse battery".into(), h).await.unwrap());
+        for t in flood {
+            let _ = t.await.unwrap();
+        }
     }
 
     #[test]

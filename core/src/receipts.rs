@@ -197,7 +197,8 @@ mod tests {
         assert_eq!(got.claims, claims());
         let other = ReceiptKey::generate().unwrap();
         let wrong = jsonwebtoken::DecodingKey::from_ed_components(&other.public_x).unwrap();
-        assert!(jsonwebtoken::decode::<ReceiptClaims>(&token, &wrong, &v).is_err());
+        let e = jsonwebtoken::decode::<ReceiptClaims>(&token, &wrong, &v).unwrap_err();
+        assert_eq!(e.kind(), &jsonwebtoken::errors::ErrorKind::InvalidSignature);
     }
 
     #[test]
@@ -207,7 +208,8 @@ mod tests {
         assert_eq!(back.public_x, key.public_x);
         assert!(!format!("{key:?}").contains(&key.private_hex()));
         let other = ReceiptKey::generate().unwrap();
-        assert!(ReceiptKey::from_stored(&key.id, &key.private_hex(), &other.public_x).is_err());
+        let e = ReceiptKey::from_stored(&key.id, &key.private_hex(), &other.public_x).unwrap_err();
+        assert!(e.to_string().contains("does not match its private half"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,19 @@ impl CliError {
 type CliResult = Result<ExitCode, CliError>;
 
 pub fn main() -> ExitCode {
+    // Before anything else runs (no other thread exists yet): credentials
+    // given as files become the settings clap reads.
+    match credentials_from_files(CREDENTIAL_VARS, |name| std::env::var_os(name)) {
+        Ok(found) => {
+            for (name, value) in found {
+                std::env::set_var(name, value);
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     crate::telemetry::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -131,6 +144,7 @@ async fn run(cli: Cli) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mcp(McpCommand::Check { policy }) => mcp_check(&policy).await,
+        Command::Privacy(PrivacyCommand::Purge { before, policy }) => purge(db, before, policy).await,
         Command::Run(RunCommand::Revoke { id, reason }) => {
             let core = open_core(&db, Policy::empty()).await?;
             core.revoke_run(&Admin::cli(), &id, &reason).await?;
@@ -448,11 +462,7 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
         AuditCommand::Export { since, format } => {
             let since_ms = match since {
                 None => 0,
-                Some(s) => parse_rfc3339(&s)
-                    .or_else(|| parse_rfc3339(&format!("{s}T00:00:00Z")))
-                    .ok_or_else(|| {
-                        CliError::Usage(format!("--since {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
-                    })?,
+                Some(s) => parse_time("--since", &s)?,
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -521,6 +531,30 @@ async fn audit(db: String, c: AuditCommand) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A time given on the command line: RFC 3339, or a date (its midnight, UTC).
+fn parse_time(flag: &str, s: &str) -> Result<i64, CliError> {
+    parse_rfc3339(s)
+        .or_else(|| parse_rfc3339(&format!("{s}T00:00:00Z")))
+        .ok_or_else(|| CliError::Usage(format!("{flag} {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time")))
+}
+
+async fn purge(db: String, before: Option<String>, policy: PathBuf) -> CliResult {
+    let policy = read_policy(&policy)?;
+    let core = open_core(&db, policy).await?;
+    let before = match before.as_deref() {
+        None => None,
+        Some("now") => Some(core.now_ms()),
+        Some(s) => Some(parse_time("--before", s)?),
+    };
+    let report = core.purge_personal_data(&Admin::cli(), before).await?;
+    println!(
+        "erased the personal data of {} finished proposal(s) (finished by {}); args hashes, decisions and the audit log remain",
+        report.erased,
+        rfc3339(report.finished_by)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn switch(db: String, a: SwitchArgs) -> CliResult {

@@ -1,11 +1,42 @@
 //! Settings from flags and environment. Every flag has an environment variable
-//! (named in `--help`); secrets are never printed.
+//! (named in `--help`); secrets are never printed. A credential may instead
+//! come from a file (`NAME_FILE`, as secret managers mount them).
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use countersign_core::DEFAULT_DATABASE_URL;
+
+/// The settings that hold credentials. Each may be given as `NAME` or as
+/// `NAME_FILE`, the path of a file holding it.
+pub const CREDENTIAL_VARS: &[&str] = &["DATABASE_URL"];
+
+/// For each credential whose `NAME_FILE` is set: its value, read from that
+/// file once (at start-up), trailing newline trimmed. Refused: both `NAME`
+/// and `NAME_FILE`, and a file that cannot be read or is empty. The value is
+/// never part of an error.
+pub fn credentials_from_files(
+    names: &[&str],
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut found = Vec::new();
+    for name in names {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = var(&file_var) else { continue };
+        if var(name).is_some() {
+            return Err(format!("set {name} or {file_var}, not both"));
+        }
+        let shown = PathBuf::from(&path).display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {file_var} ({shown}): {e}"))?;
+        let value = text.trim_end_matches(['\n', '\r']);
+        if value.is_empty() {
+            return Err(format!("{file_var} ({shown}) is empty"));
+        }
+        found.push(((*name).to_owned(), value.to_owned()));
+    }
+    Ok(found)
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,6 +46,7 @@ pub use countersign_core::DEFAULT_DATABASE_URL;
 )]
 pub struct Cli {
     /// Database: sqlite://PATH (embedded, the default) or postgres://…
+    /// (or DATABASE_URL_FILE: a file holding it).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
     pub database_url: String,
 
@@ -70,6 +102,25 @@ pub enum Command {
     /// Webhooks that receive signed notifications.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Personal data in args (`pii = true` in the policy).
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Erase now the personal data of finished proposals (the server erases
+    /// it by itself `retain_pii_days` after each finished). The args hash,
+    /// the decisions and the audit log remain.
+    Purge {
+        /// Erase what finished by this time: RFC 3339, YYYY-MM-DD, or
+        /// `now`. Default: `retain_pii_days` ago, as the server would.
+        #[arg(long)]
+        before: Option<String>,
+        /// The policy that marks the personal args and sets the retention.
+        #[arg(long, env = "COUNTERSIGN_POLICY", default_value = "policy.toml")]
+        policy: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

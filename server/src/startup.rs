@@ -63,6 +63,8 @@ pub struct AppConfig {
     pub upstream_lease: Duration,
     /// Whether to log at start-up which upstreams answer (off in tests).
     pub check_upstreams_at_start: bool,
+    /// How often to look for a receipt key rotated by another process.
+    pub receipt_key_refresh: Duration,
 }
 
 impl AppConfig {
@@ -84,6 +86,7 @@ impl AppConfig {
             wait_recheck: Duration::from_secs(5),
             upstream_lease: Duration::from_secs(60),
             check_upstreams_at_start: true,
+            receipt_key_refresh: countersign_core::service::RECEIPT_KEY_REFRESH,
         }
     }
 }
@@ -322,6 +325,21 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         })
     };
 
+    // A key rotated by the command line or another server process signs
+    // this one's receipts too, before the retired key leaves the JWKS.
+    let receipt_keys = {
+        let core = core.clone();
+        let every = cfg.receipt_key_refresh;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = core.refresh_receipt_keys().await {
+                    tracing::error!(error = %e, "could not look for a rotated receipt key");
+                }
+            }
+        })
+    };
+
     let webhooks = crate::notify::spawn_worker(core.clone());
 
     let (tx, rx) = oneshot::channel::<()>();
@@ -341,6 +359,6 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         mcp_stop,
         shutdown: Some(tx),
         server: Some(server),
-        background: vec![sweeper, webhooks, executor],
+        background: vec![sweeper, receipt_keys, webhooks, executor],
     })
 }

@@ -337,6 +337,9 @@ fn csv_row(r: &HistoryRow) -> Vec<String> {
         decisions,
         r.execution.as_ref().map(|x| x.status.clone()).unwrap_or_default(),
         r.execution.as_ref().map(|x| x.attempts.to_string()).unwrap_or_default(),
+        r.pii_erased_at_ms
+            .map(countersign_core::clock::rfc3339)
+            .unwrap_or_default(),
     ]
 }
 
@@ -368,6 +371,7 @@ pub async fn export_history(
             "decisions",
             "execution",
             "attempts",
+            "pii_erased_at",
         ]);
         let r = core
             .history_export(&person, &q, |e| {

@@ -219,6 +219,63 @@ async fn the_live_stream_ends_with_the_session(db: &TestDb) {
     drop(open);
 }
 
+/// Read the live stream until `until` appears in it (or `limit` passes);
+/// answers everything read.
+async fn read_stream_until(r: &mut reqwest::Response, until: &str, limit: Duration) -> String {
+    let mut text = String::new();
+    let _ = tokio::time::timeout(limit, async {
+        while let Ok(Some(chunk)) = r.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(until) {
+                break;
+            }
+        }
+    })
+    .await;
+    text
+}
+
+async fn a_live_stream_stops_telling_of_a_tenant_taken_away(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme", "globex"]).await;
+    let b = Browser::new(&t);
+    b.login("alice", PASSWORD).await;
+    let mut stream = b.page("/events").await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let (_, acme) = t.run("acme", "prod", "support/send", None).await;
+    let (_, globex) = t.run("globex", "prod", "support/send", None).await;
+    let propose = |token: String, key: &'static str| {
+        let t = &t;
+        async move {
+            t.post("/api/v1/proposals", &token, close_ticket(key)).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let told = propose(acme.clone(), "before").await;
+    let seen = read_stream_until(&mut stream, &told, Duration::from_secs(10)).await;
+    assert!(
+        seen.contains(&told),
+        "acme's change is told while alice reviews acme: {seen}"
+    );
+
+    t.core()
+        .set_access(&Admin::cli(), &alice.id, &["reviewer".into()], &["globex".into()])
+        .await
+        .unwrap();
+    // Within its recheck (five seconds) the stream learns what alice may see.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let hidden = propose(acme, "after").await;
+    let shown = propose(globex, "globex").await;
+    let seen = read_stream_until(&mut stream, &shown, Duration::from_secs(10)).await;
+    assert!(seen.contains(&shown), "globex's change is still told: {seen}");
+    assert!(
+        !seen.contains(&hidden),
+        "acme's change was told after acme was taken away: {seen}"
+    );
+}
+
 async fn anonymous_requests_write_no_session(db: &TestDb) {
     let t = spawn(db).await;
     let count = || async {
@@ -272,6 +329,28 @@ async fn sqlx_count(url: &str, sql: &str) -> i64 {
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
     }
+}
+
+async fn old_sign_in_attempts_are_forgotten_and_typed_names_kept_short(db: &TestDb) {
+    let t = spawn(db).await;
+    let typed = "a name nobody has ".repeat(300);
+    let _ = t.core().login(&typed, "some password", "10.1.1.1").await;
+    let _ = t.core().login("nobody", "some password", "10.1.1.2").await;
+    let count = "SELECT COUNT(*) FROM login_throttle";
+    assert!(sqlx_count(&t.db_url, count).await >= 4);
+    let longest = sqlx_count(
+        &t.db_url,
+        "SELECT CAST(COALESCE(MAX(LENGTH(key)), 0) AS BIGINT) FROM login_throttle",
+    )
+    .await;
+    assert!(longest <= 100, "a throttle key of {longest} characters");
+    // Within the window they are kept; after it, the sweeper forgets them.
+    t.advance(60);
+    t.core().sweep().await.unwrap();
+    assert!(sqlx_count(&t.db_url, count).await >= 4);
+    t.advance(15 * 60);
+    t.core().sweep().await.unwrap();
+    assert_eq!(sqlx_count(&t.db_url, count).await, 0);
 }
 
 async fn a_flood_of_huge_previews_does_not_stall_other_requests(db: &TestDb) {
@@ -469,6 +548,57 @@ async fn a_lease_that_ran_out_cannot_complete_and_a_heartbeat_cannot_outlast_the
     );
 }
 
+fn ms_of(rfc3339: &Value) -> i64 {
+    let t = time::OffsetDateTime::parse(
+        rfc3339.as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+async fn a_claim_never_leases_past_the_deadline(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let exec = t.executor_key("prod", &["ticket.close"]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let mut ids = Vec::new();
+    for key in ["late", "too-late"] {
+        let id = t.post("/api/v1/proposals", &token, close_ticket(key)).await.body["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        t.approve_as(&alice, &id).await.unwrap();
+        ids.push(id);
+    }
+    // Approved now: each must run within the hour (the default).
+    let deadline = t.now_ms() + 3600 * 1000;
+    t.advance(3590);
+    let r = t
+        .post("/api/v1/jobs/claim", &exec, json!({ "lease_seconds": 600, "max": 1 }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let job = &r.body["jobs"][0];
+    // (The API's times are whole seconds.)
+    assert_eq!(
+        ms_of(&job["lease_expires_at"]),
+        deadline / 1000 * 1000,
+        "a 600 s lease ten seconds before the deadline ends at the deadline: {job}"
+    );
+    // Past the deadline, before any sweep: the other job is not offered.
+    t.advance(11);
+    let r = t
+        .post("/api/v1/jobs/claim", &exec, json!({ "lease_seconds": 60, "max": 10 }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["jobs"], json!([]), "a job past its deadline was offered");
+    t.core().sweep().await.unwrap();
+    assert_eq!(
+        t.inspect().proposal(&ids[1]).await.unwrap().unwrap().status,
+        Status::Expired
+    );
+}
+
 async fn small_doors_are_shut(db: &TestDb) {
     let t = spawn(db).await;
     // A tenant switch on a tenant nobody has.
@@ -563,6 +693,72 @@ async fn an_executor_result_carrying_a_secret_is_refused(db: &TestDb) {
         (StatusCode::UNPROCESSABLE_ENTITY, "secret_in_args")
     );
     assert_eq!(r.body["error"]["details"]["field"], "result.token");
+}
+
+/// The review page's Approve, posted as the page's form would.
+async fn approve_in_browser(b: &Browser, id: &str, hash: &str) -> (StatusCode, String) {
+    use leptos::server_fn::ServerFn;
+    let csrf = b.session_csrf().await;
+    b.form(
+        app::functions::proposals::Decide::PATH,
+        &[
+            ("id", id),
+            ("verdict", "approve"),
+            ("comment", "outage: refund now"),
+            ("content_hash", hash),
+            ("csrf", &csrf),
+        ],
+        Some(&b.base),
+    )
+    .await
+}
+
+async fn break_glass_belongs_to_the_browser_session_that_started_it(db: &TestDb) {
+    use leptos::server_fn::ServerFn;
+    let t = spawn(db).await;
+    t.person("root", &["admin"], &[]).await;
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let id = t.post("/api/v1/proposals", &token, refund("r-glass")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
+    let (started_here, elsewhere) = (Browser::new(&t), Browser::new(&t));
+    for b in [&started_here, &elsewhere] {
+        b.login("root", PASSWORD).await;
+    }
+    let csrf = started_here.session_csrf().await;
+    started_here
+        .form(
+            app::functions::admin::StartBreakGlass::PATH,
+            &[
+                ("password", PASSWORD),
+                ("reason", "payment provider outage"),
+                ("incident", "INC-7"),
+                ("minutes", "10"),
+                ("csrf", &csrf),
+            ],
+            Some(&started_here.base),
+        )
+        .await;
+    assert_eq!(
+        t.core().break_glass_sessions().await.unwrap().len(),
+        1,
+        "break-glass started"
+    );
+    // The same admin in another browser is an admin without break-glass:
+    // refused, nothing recorded.
+    approve_in_browser(&elsewhere, &id, &hash).await;
+    let p = t.inspect().proposal(&id).await.unwrap().unwrap();
+    assert_eq!(p.status, Status::Pending);
+    // In the session that broke the glass, the admin approves alone.
+    approve_in_browser(&started_here, &id, &hash).await;
+    let p = t.inspect().proposal(&id).await.unwrap().unwrap();
+    assert_eq!(
+        p.status,
+        Status::Queued,
+        "break-glass approves a destructive action alone"
+    );
 }
 
 async fn break_glass_is_throttled_and_bound_to_its_session(db: &TestDb) {
@@ -697,6 +893,54 @@ async fn a_policy_change_is_announced_and_auditors_see_events_of_no_tenant(db: &
     assert!(!exported.contains(&host_and_port), "{exported}");
 }
 
+async fn auditors_see_people_of_no_tenant_only_when_they_are_their_own(db: &TestDb) {
+    let t = spawn(db).await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let gina = t.person("gina", &["reviewer"], &["globex"]).await;
+    let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
+    for (who, password) in [
+        ("alice", "wrong password 1"),
+        ("gina", "wrong password 2"),
+        ("gina", PASSWORD),
+    ] {
+        let _ = t.core().login(who, password, "10.0.0.9").await;
+    }
+    let page = t.core().audit_page(&audrey, None).await.unwrap();
+    let about = |id: &str, action: &str| {
+        page.events
+            .iter()
+            .any(|e| e.action == action && e.subject.as_deref() == Some(id))
+    };
+    assert!(about(&alice.id, "user.added"), "acme's own reviewer is shown");
+    assert!(
+        !about(&gina.id, "user.added"),
+        "globex's reviewer (and the name globex) is not"
+    );
+    assert!(!about(&gina.id, "login.succeeded"));
+    let failed: Vec<&str> = page
+        .events
+        .iter()
+        .filter(|e| e.action == "login.failed")
+        .map(|e| e.details.as_str())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("alice"), "{failed:?}");
+    let everything = page
+        .events
+        .iter()
+        .map(|e| format!("{} {}", e.details, e.credential_scope.as_deref().unwrap_or("")))
+        .collect::<String>();
+    assert!(!everything.contains("globex"), "{everything}");
+    // What concerns the whole deployment stays in view, and admins see all.
+    assert!(page.events.iter().any(|e| e.action == "policy.loaded"));
+    let admin = t.person("adam", &["admin"], &[]).await;
+    let all = t.core().audit_page(&admin, None).await.unwrap();
+    assert!(all
+        .events
+        .iter()
+        .any(|e| e.action == "user.added" && e.subject.as_deref() == Some(gina.id.as_str())));
+}
+
 async fn the_audit_page_verifies_only_what_is_new_and_the_command_line_everything(db: &TestDb) {
     let t = spawn(db).await;
     let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
@@ -729,16 +973,21 @@ countersign_core::store_tests!(
     a_burst_of_parallel_guesses_gets_a_handful_of_checks,
     banners_are_shown_only_to_the_people_they_concern,
     the_live_stream_ends_with_the_session,
+    a_live_stream_stops_telling_of_a_tenant_taken_away,
     anonymous_requests_write_no_session,
+    old_sign_in_attempts_are_forgotten_and_typed_names_kept_short,
     a_flood_of_huge_previews_does_not_stall_other_requests,
     bogus_run_tokens_do_not_reload_the_keys_each_time,
     an_idle_waiting_executor_writes_nothing,
     one_credential_cannot_hold_unbounded_long_polls,
     a_lease_that_ran_out_cannot_complete_and_a_heartbeat_cannot_outlast_the_deadline,
+    a_claim_never_leases_past_the_deadline,
     small_doors_are_shut,
     an_executor_result_carrying_a_secret_is_refused,
     break_glass_is_throttled_and_bound_to_its_session,
+    break_glass_belongs_to_the_browser_session_that_started_it,
     failed_sign_ins_record_a_name_only_if_it_is_an_account,
     a_policy_change_is_announced_and_auditors_see_events_of_no_tenant,
+    auditors_see_people_of_no_tenant_only_when_they_are_their_own,
     the_audit_page_verifies_only_what_is_new_and_the_command_line_everything,
 );

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use std::process::Command;
 
 const EXECUTOR: &str = env!("CARGO_BIN_EXE_reference-executor");
+const BIN: &str = env!("CARGO_BIN_EXE_countersign");
 /// The env and tools the reference executor is configured to serve here.
 const SERVES: [&str; 4] = ["--env", "prod", "--tools", "record.update,refund.create,note.write"];
 
@@ -138,31 +139,37 @@ fn temp_sqlite(name: &str) -> (std::path::PathBuf, String) {
 
 /// Verify a JWS with ed25519-dalek alone (not the JWT library that signed
 /// it): the signature over `header.payload` with the JWKS key its `kid` names.
+/// Verify a receipt as an executor written elsewhere would: with a JWT
+/// library that shares no code with the server's (jwt-simple, whose Ed25519 is
+/// ed25519-compact; the server signs with jsonwebtoken and ed25519-dalek),
+/// against the published JWKS. Answers the claims.
 fn verify_independently(token: &str, jwks: &Value) -> Value {
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 3, "a compact JWS");
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-    assert_eq!(header["alg"], "EdDSA");
+    use jwt_simple::prelude::{Ed25519PublicKey, EdDSAPublicKeyLike, Token, VerificationOptions};
+    let meta = Token::decode_metadata(token).expect("a compact JWS");
+    assert_eq!(meta.algorithm(), "EdDSA");
+    let kid = meta.key_id().expect("the receipt names its key");
     let jwk = jwks["keys"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|k| k["kid"] == header["kid"])
+        .find(|k| k["kid"] == kid)
         .expect("the receipt's key is published");
     assert_eq!(
         (jwk["kty"].as_str(), jwk["crv"].as_str()),
         (Some("OKP"), Some("Ed25519"))
     );
-    let x: [u8; 32] = URL_SAFE_NO_PAD
-        .decode(jwk["x"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
-    let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
-    key.verify_strict(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+    let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+    let key = Ed25519PublicKey::from_bytes(&x).expect("an Ed25519 public key");
+    // The server's clock in these tests is the test's own (it may have been
+    // moved on a little); expiry is the executor's check, tested apart.
+    let options = VerificationOptions {
+        time_tolerance: Some(jwt_simple::prelude::Duration::from_hours(2)),
+        ..Default::default()
+    };
+    key.verify_token::<Value>(token, Some(options))
         .expect("the signature verifies");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
 async fn an_executor_previewed_tool_goes_previewing_pending_approved_executed(db: &TestDb) {
@@ -475,6 +482,152 @@ async fn after_a_receipt_key_rotation_old_receipts_still_verify(db: &TestDb) {
     }
 }
 
+async fn a_preview_nobody_waits_for_is_never_offered_again(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |_| {}).await;
+    let exec = t.executor_key("prod", &["record.update"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    let mut ids = Vec::new();
+    for key in ["u-answered", "u-abandoned"] {
+        let r = t.post("/api/v1/proposals", &token, update(key)).await;
+        assert_eq!(r.body["status"], "previewing", "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let jobs = claim(
+        &t,
+        &exec,
+        json!({ "kinds": ["preview"], "max": 10, "lease_seconds": 10 }),
+    )
+    .await;
+    assert_eq!(jobs.len(), 2);
+    // The agent gives up on both while their dry runs are under way.
+    for id in &ids {
+        let r = t
+            .post(&format!("/api/v1/proposals/{id}/cancel"), &token, json!({}))
+            .await;
+        assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    }
+    let job_of = |id: &str| jobs.iter().find(|j| j["proposal_id"] == id).unwrap().clone();
+    let answered = job_of(&ids[0]);
+
+    // Its heartbeat says stop; a preview still reported ends the job and
+    // leaves the proposal cancelled.
+    let beat = t
+        .post(
+            &format!("/api/v1/jobs/{}/heartbeat", answered["job_id"].as_str().unwrap()),
+            &exec,
+            json!({ "lease_id": answered["lease_id"], "lease_seconds": 10 }),
+        )
+        .await;
+    assert_eq!(
+        (beat.status, &beat.body["cancel_requested"]),
+        (StatusCode::OK, &json!(true)),
+        "{}",
+        beat.body
+    );
+    let r = complete(
+        &t,
+        &exec,
+        &answered,
+        json!({ "status": "succeeded", "preview": { "before": "a", "after": "b", "state": "v1" } }),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (r.body["state"].as_str(), r.body["proposal_status"].as_str()),
+        (Some("succeeded"), Some("cancelled"))
+    );
+
+    // The other's executor went away: once its lease runs out, it is not
+    // offered again.
+    t.advance(11);
+    t.core().sweep().await.unwrap();
+    assert!(claim(&t, &exec, json!({ "kinds": ["preview"], "max": 10 }))
+        .await
+        .is_empty());
+    for id in &ids {
+        assert_eq!(
+            t.inspect().proposal(id).await.unwrap().unwrap().status,
+            Status::Cancelled
+        );
+    }
+}
+
+fn kid_of(receipt: &Value) -> String {
+    let header = receipt.as_str().unwrap().split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+async fn published_kids(t: &TestApp) -> Vec<String> {
+    let jwks = t
+        .send(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn a_key_rotated_by_the_command_line_signs_on_the_running_server_until_its_receipts_expire(db: &TestDb) {
+    let t = spawn_with(db, policy(""), |c| {
+        c.receipt_key_refresh = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let exec = t.executor_key("prod", &["note.write"]).await;
+    let (_, token) = t.run("acme", "prod", "records", None).await;
+    t.post("/api/v1/proposals", &token, note("n-before")).await;
+    let first = claim(&t, &exec, json!({ "max": 10 })).await;
+    let old = kid_of(&first[0]["receipt"]);
+
+    // Another process rotates: the command line, on the same database.
+    let out = Command::new(BIN)
+        .args(["receipt-key", "rotate"])
+        .env("DATABASE_URL", &t.db_url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The running server signs with the new key once it has looked.
+    let started = std::time::Instant::now();
+    let new = loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the server still signs with {old}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let key = format!("n-{}", started.elapsed().as_micros());
+        assert_eq!(
+            t.post("/api/v1/proposals", &token, note(&key)).await.status,
+            StatusCode::CREATED
+        );
+        let jobs = claim(&t, &exec, json!({ "max": 10 })).await;
+        let kid = kid_of(&jobs[0]["receipt"]);
+        if kid != old {
+            break kid;
+        }
+    };
+    let kids = published_kids(&t).await;
+    assert!(kids.contains(&old) && kids.contains(&new), "{kids:?}");
+    let jwks = t
+        .send(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    verify_independently(first[0]["receipt"].as_str().unwrap(), &jwks);
+
+    // The retired key is published as long as a receipt it signed can be
+    // valid (the longest execute-by plus the refresh margin), and no longer.
+    t.advance(countersign_core::policy::MAX_DEADLINE_SECONDS);
+    assert!(published_kids(&t).await.contains(&old), "retired too early");
+    // (The command line retired it by the real clock, a moment after this
+    // test's clock started: a minute covers that.)
+    t.advance(3600 + 60);
+    assert_eq!(published_kids(&t).await, vec![new]);
+}
+
 async fn two_tenants_with_the_same_idempotency_key_both_execute(db: &TestDb) {
     let t = spawn_with(db, policy(""), |_| {}).await;
     let exec = t.executor_key("prod", &["note.write"]).await;
@@ -723,6 +876,8 @@ countersign_core::store_tests!(
     the_executor_does_not_act_on_a_receipt_changed_in_the_queue,
     a_slow_action_keeps_its_lease_by_heartbeat,
     after_a_receipt_key_rotation_old_receipts_still_verify,
+    a_preview_nobody_waits_for_is_never_offered_again,
+    a_key_rotated_by_the_command_line_signs_on_the_running_server_until_its_receipts_expire,
     two_tenants_with_the_same_idempotency_key_both_execute,
     a_retry_in_a_new_run_replays_the_first_proposal,
     revoking_a_run_cancels_its_pending_proposal_and_queued_job,

@@ -55,7 +55,7 @@ pub fn execution(j: &Job) -> ExecutionView {
     }
 }
 
-fn arg_rows(args: &str) -> Vec<ArgRow> {
+fn arg_rows(args: &str, personal: &std::collections::BTreeSet<String>) -> Vec<ArgRow> {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(args) else {
         return Vec::new();
     };
@@ -67,7 +67,12 @@ fn arg_rows(args: &str) -> Vec<ArgRow> {
             };
             let short = shorten(&text, SHORT_VALUE);
             let full = (short != text).then_some(text);
-            ArgRow { name, short, full }
+            ArgRow {
+                personal: personal.contains(&name),
+                name,
+                short,
+                full,
+            }
         })
         .collect()
 }
@@ -132,7 +137,11 @@ pub fn review(r: ReviewData, quick_ms: i64) -> Review {
             .map(|c| format!("reviewer since {} ago: {} by {}", age(r.now_ms - c.at), c.what, c.by))
     };
     Review {
-        args: arg_rows(&p.args),
+        args: arg_rows(&p.args, &r.personal.fields),
+        personal: (!r.personal.fields.is_empty()).then_some(PersonalView {
+            shown: r.personal.shown,
+            erased_at_ms: r.personal.erased_at,
+        }),
         decisions: r
             .decisions
             .iter()
@@ -188,6 +197,7 @@ pub fn history_row(e: &HistoryEntry, quick_ms: i64) -> HistoryRow {
         decisions: e.decisions.iter().map(|d| decision(d, quick_ms)).collect(),
         execution: e.job.as_ref().map(execution),
         destructive: p.destructive,
+        pii_erased_at_ms: p.pii_erased_at,
         upstream_call: upstream_call(p),
     }
 }

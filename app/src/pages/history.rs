@@ -113,7 +113,12 @@ pub fn HistoryPage() -> impl IntoView {
                                                 })}
                                             </td>
                                             <td><EnvBadge tenant=r.tenant env=r.env/></td>
-                                            <td><StatusBadge status=r.status/></td>
+                                            <td>
+                                                <StatusBadge status=r.status/>
+                                                {r.pii_erased_at_ms.map(|at| view! {
+                                                    <span class="badge personal" title=format!("personal data erased on {}", format_time(at))>"personal data erased"</span>
+                                                })}
+                                            </td>
                                             <td>{r.on_behalf_of.unwrap_or_default()}</td>
                                             <td><Decisions decisions=r.decisions/></td>
                                             <td>{r.execution.map(|x| format!("{} ({} attempt(s))", x.status, x.attempts))}</td>

@@ -8,7 +8,7 @@ use crate::components::diff::DiffView;
 use crate::components::layout::use_session;
 use crate::components::problem::{FormError, Problem};
 use crate::functions::proposals::{get_review, Decide};
-use crate::model::{age, ArgRow, DecisionView, Review};
+use crate::model::{age, ArgRow, DecisionView, PersonalView, Review};
 use crate::pages::{format_time, now_ms};
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
@@ -62,6 +62,7 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 <div class="change">
                     <div class="exact-args">
                         <h3>"Exact args (what runs)"</h3>
+                        {review.personal.clone().map(|p| view! { <PersonalNote personal=p tenant=review.tenant.clone()/> })}
                         <ArgsTable args=review.args.clone()/>
                     </div>
                     <div class="described">
@@ -284,8 +285,11 @@ fn ArgsTable(args: Vec<ArgRow>) -> impl IntoView {
                     .into_iter()
                     .map(|a| {
                         view! {
-                            <tr>
-                                <th scope="row">{a.name}</th>
+                            <tr class:personal=a.personal>
+                                <th scope="row">
+                                    {a.name}
+                                    {a.personal.then(|| view! { <span class="badge personal">"personal data"</span> })}
+                                </th>
                                 <td>
                                     {match a.full {
                                         None => view! { <span>{a.short}</span> }.into_any(),
@@ -305,6 +309,25 @@ fn ArgsTable(args: Vec<ArgRow>) -> impl IntoView {
             </tbody>
         </table>
     }
+}
+
+/// What the reader should know of the personal data in these args: that
+/// it is for deciding, that it is masked for them, or that it was erased.
+#[component]
+fn PersonalNote(personal: PersonalView, tenant: String) -> impl IntoView {
+    let text = match (personal.erased_at_ms, personal.shown) {
+        (Some(at), _) => format!(
+            "Personal data erased on {}: the values are gone; the args hash, the decisions and the audit log remain.",
+            format_time(at)
+        ),
+        (None, true) => {
+            "Args marked personal data are shown to reviewers to decide; everywhere else they are masked, and they \
+             are erased after the retention period."
+                .to_owned()
+        }
+        (None, false) => format!("Personal data masked: only reviewers of {tenant} read these values."),
+    };
+    view! { <p class="personal-note" role="note">{text}</p> }
 }
 
 #[component]

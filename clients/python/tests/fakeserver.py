@@ -1,5 +1,5 @@
 """An in-memory stand-in for the countersign API, served through
-``httpx.MockTransport``: enough of API.md to drive the clients, the gate and
+``httpx.MockTransport``: enough of docs/api.md to drive the clients, the gate and
 the executor in unit tests, with knobs to inject faults and to tamper with
 receipts. Reviewer actions are plain method calls (``approve``, ``reject``)."""
 
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from countersign import AsyncClient, Client, RetryPolicy
 
+ENV = "prod"
 SERVICE_KEY = "csk_unit_service"
 EXECUTOR_KEY = "cek_unit_executor"
 FAST_RETRY = RetryPolicy(max_retries=3, initial_backoff=0.001, max_backoff=0.004)
@@ -82,7 +83,7 @@ class FakeServer:
     executor_preview: tuple[str, ...] = ()
     executor_tools: tuple[str, ...] = ("ticket.close", "email.send", "refund.create", "email.draft")
     tenant: str = "acme"
-    env: str = "prod"
+    env: str = ENV
     receipts: bool = True
     receipt_ttl: int = 600
     max_attempts: int = 3
@@ -193,6 +194,7 @@ class FakeServer:
             "execution_key": f"exk_{p['id']}",
             "completion": None,
             "not_before": 0.0,
+            "execute_by": None,
         }
         self.jobs[job["job_id"]] = job
         return job
@@ -203,7 +205,7 @@ class FakeServer:
         p["execution"] = {"status": "queued", "attempts": 0, "result": None, "finished_at": None}
         p["job_id"] = job["job_id"]
 
-    def receipt(self, job: dict[str, Any], *, ttl: int | None = None) -> str:
+    def receipt(self, job: dict[str, Any]) -> str:
         p = self.proposals[job["proposal_id"]]
         now = int(time.time())
         claims = {
@@ -222,7 +224,7 @@ class FakeServer:
             "preview_state": p.get("preview_state"),
             "policy_sha256": "0" * 64,
             "iat": now,
-            "exp": now + (self.receipt_ttl if ttl is None else ttl),
+            "exp": job["execute_by"],
         }
         key = self.keys[-1]
         token = jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
@@ -445,6 +447,8 @@ class FakeServer:
             p = self.proposals[job["proposal_id"]]
             job["state"] = "leased"
             job["attempt"] += 1
+            # the execute-by deadline, which the receipt's exp states
+            job["execute_by"] = int(now) + self.receipt_ttl
             job["lease_id"] = f"lse_{next(self._ids)}"
             if job["kind"] == "execute":
                 p["status"] = "running"
@@ -465,7 +469,10 @@ class FakeServer:
                     "args": self.queue_args if self.queue_args is not None else p["args"],
                     "idempotency_key": p["idempotency_key"],
                     "attempt": job["attempt"],
-                    "lease_expires_at": now_iso(body.get("lease_seconds", 60)),
+                    # like the server: no lease reaches past the execute-by time
+                    "lease_expires_at": now_iso(
+                        min(body.get("lease_seconds", 60), job["execute_by"] - now)
+                    ),
                     "kind": job["kind"],
                     "execution_key": job["execution_key"],
                     "receipt": (
@@ -488,6 +495,16 @@ class FakeServer:
         job = self._leased(id, body.get("lease_id"))
         if isinstance(job, httpx.Response):
             return job
+        now = time.time()
+        if job["execute_by"] is not None and now + body["lease_seconds"] > job["execute_by"]:
+            # the server's words (core/src/service/jobs.rs), which carry no details
+            most = max(0, int(job["execute_by"] - now))
+            return error(
+                409,
+                "invalid_transition",
+                "a lease cannot outlast the job's execute-by deadline "
+                f"({now_iso(job['execute_by'] - now)}): ask for at most {most} s",
+            )
         return httpx.Response(
             200,
             json={

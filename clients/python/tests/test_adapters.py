@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import threading
 import time
@@ -16,12 +18,12 @@ from langchain_core.tools import StructuredTool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from countersign import Client, InvalidArgs, ToolDenied
+from countersign import Client, InvalidArgs, ToolDenied, idempotency_key_for
 from countersign.adapters import langchain as lc_adapter
 from countersign.adapters import model_message
 from countersign.adapters import openai_agents as oa_adapter
 from countersign.errors import error_from_response
-from fakeserver import EXECUTOR_KEY, FakeServer
+from fakeserver import ENV, EXECUTOR_KEY, FakeServer
 
 ARGS = {"ticket_id": "T-18421", "reason": "Issue resolved"}
 
@@ -142,7 +144,7 @@ async def test_openai_agents_tool_with_a_sync_client_and_local_execution(
     with fake.client(fake.run_token()) as agent, fake.client(EXECUTOR_KEY) as ex:
         ran: list[str] = []
 
-        @oa_adapter.gated_tool("ticket.close", client=agent, executor=ex, timeout=10)
+        @oa_adapter.gated_tool("ticket.close", client=agent, executor=ex, env=ENV, timeout=10)
         def close_ticket(ticket_id: str, reason: str) -> str:
             """Close a support ticket."""
             ran.append(ticket_id)
@@ -151,8 +153,57 @@ async def test_openai_agents_tool_with_a_sync_client_and_local_execution(
         approve_on_wait(fake)
         args = json.dumps(ARGS)
         out = await close_ticket.on_invoke_tool(ctx(close_ticket, args), args)
-        assert out == "closed T-18421"
+        assert out == {"value": "closed T-18421"}
         assert ran == ["T-18421"]
+
+
+async def test_openai_agents_tool_with_a_sync_client_leaves_the_event_loop_free(
+    fake: FakeServer,
+) -> None:
+    """A sync Client blocks its thread for the whole approval: the tool must
+    not do that to the event loop (the agent's other tools, its streaming)."""
+    fake.wait_delay = 0.3  # each long poll holds the calling thread this long
+    loop_thread = threading.get_ident()
+    polled_from: set[int] = set()
+
+    def approve_late(p: dict[str, Any]) -> None:
+        polled_from.add(threading.get_ident())
+        if p["status"] == "pending" and len(fake.calls("GET", r".+/wait")) >= 2:
+            fake.approve(p["id"])
+
+    fake.on_wait = approve_late
+    with fake.client(fake.run_token()) as agent:
+
+        @oa_adapter.gated_tool("ticket.close", client=agent, timeout=20)
+        def close_ticket(ticket_id: str, reason: str) -> Any:
+            """Close a support ticket."""
+
+        # The adapter hands the SDK a coroutine function that threads the
+        # blocking call itself: it does not rely on the SDK version doing so.
+        assert inspect.iscoroutinefunction(close_ticket.__wrapped__)
+        t = executor_elsewhere(fake, {"closed": "T-18421"})
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        args = json.dumps(ARGS)
+        started = time.monotonic()
+        out = await close_ticket.on_invoke_tool(ctx(close_ticket, args), args)
+        took = time.monotonic() - started
+        done.set()
+        await ticking
+        await asyncio.to_thread(t.join)
+    assert out == {"closed": "T-18421"}
+    assert took >= 0.5
+    assert ticks >= 20  # the loop went on while the tool waited
+    assert polled_from
+    assert loop_thread not in polled_from
 
 
 # --------------------------------------------------------- LangChain / Graph
@@ -216,14 +267,36 @@ def test_langgraph_tool_node_drives_a_gated_call(fake: FakeServer, agent: Client
 async def test_langchain_async_tool(fake: FakeServer) -> None:
     async with fake.async_client(fake.run_token()) as agent, fake.async_client(EXECUTOR_KEY) as ex:
 
-        @lc_adapter.gated_tool("ticket.close", client=agent, executor=ex, timeout=10)
+        @lc_adapter.gated_tool("ticket.close", client=agent, executor=ex, env=ENV, timeout=10)
         async def close_ticket(ticket_id: str, reason: str) -> str:
             """Close a support ticket."""
             return f"closed {ticket_id}"
 
         approve_on_wait(fake)
-        assert await close_ticket.ainvoke(ARGS) == "closed T-18421"
+        assert await close_ticket.ainvoke(ARGS) == {"value": "closed T-18421"}
         fake.on_wait = lambda p: fake.reject(p["id"], by="sam", comment="no")
         assert await close_ticket.ainvoke({"ticket_id": "T-3", "reason": "r"}) == (
             "Rejected by sam: no"
         )
+
+
+def test_langchain_tool_passes_scope_and_repropose_after(fake: FakeServer, agent: Client) -> None:
+    @lc_adapter.gated_tool(
+        "ticket.close",
+        client=agent,
+        timeout=10,
+        scope="conversation-9",
+        repropose_after={"rejected"},
+    )
+    def close_ticket(ticket_id: str, reason: str) -> Any:
+        """Close a support ticket."""
+
+    fake.on_wait = lambda p: fake.reject(p["id"], by="sam", comment="no")
+    assert close_ticket.invoke(ARGS) == "Rejected by sam: no"
+    approve_on_wait(fake)
+    t = executor_elsewhere(fake, {"closed": "T-18421"})
+    assert close_ticket.invoke(ARGS) == {"closed": "T-18421"}
+    t.join()
+    keys = [s.body["idempotency_key"] for s in fake.calls("POST", "/api/v1/proposals")]
+    first = idempotency_key_for("ticket.close", ARGS, "conversation-9")
+    assert keys == [first, first, f"{first}#2"]

@@ -222,6 +222,32 @@ def test_complete_with_a_preview(executor_client: Client, fake: FakeServer) -> N
         executor_client.complete(job.job_id, job.lease_id, "done")  # type: ignore[arg-type]
 
 
+def test_complete_refuses_a_preview_the_server_would_refuse(
+    fake: FakeServer, executor_client: Client
+) -> None:
+    """The server answers 400 for a preview without state (or with a failed
+    status); the client says why before sending anything."""
+    before = len(fake.seen)
+    with pytest.raises(ValueError, match=r"preview\.state"):
+        executor_client.complete("job_1", "lse_1", "succeeded", preview=Preview("open", "closed"))
+    with pytest.raises(ValueError, match=r"preview\.state"):
+        executor_client.complete(
+            "job_1", "lse_1", "succeeded", preview={"before": "open", "after": "closed"}
+        )
+    with pytest.raises(ValueError, match="failed preview"):
+        executor_client.complete(
+            "job_1", "lse_1", "failed", {"why": "x"}, preview=Preview("a", "b", "v1")
+        )
+    assert len(fake.seen) == before  # nothing was sent
+
+
+async def test_async_complete_refuses_a_preview_without_state(fake: FakeServer) -> None:
+    async with fake.async_client(EXECUTOR_KEY) as ex:
+        with pytest.raises(ValueError, match=r"preview\.state"):
+            await ex.complete("job_1", "lse_1", "succeeded", preview=Preview("a", "b"))
+    assert fake.seen == []
+
+
 def test_wrong_credential_kinds(fake: FakeServer, service: Client) -> None:
     with pytest.raises(countersign.Forbidden):
         service.check("kb.search")

@@ -1,4 +1,4 @@
-"""Every error code of API.md maps to its own exception class, carrying code,
+"""Every error code of docs/api.md maps to its own exception class, carrying code,
 message, details and status, in the sync and the async client."""
 
 from __future__ import annotations
@@ -137,10 +137,36 @@ def test_detail_accessors() -> None:
     assert isinstance(r, RateLimited)
     assert r.retry_after_seconds == 7.0
     s = error_from_response(
-        422, {"error": {"code": "secret_in_args", "message": "m", "details": {"field": "args.x"}}}
+        422,
+        {
+            "error": {
+                "code": "secret_in_args",
+                "message": "m",
+                "details": {"field": "args.x", "kind": "AWS access key"},
+            }
+        },
     )
     assert isinstance(s, SecretInArgs)
     assert s.field == "args.x"
+    assert s.kind == "AWS access key"
+    for code, cls in (("tool_denied", ToolDenied), ("tool_not_allowed", ToolNotAllowed)):
+        t = error_from_response(
+            403,
+            {
+                "error": {
+                    "code": code,
+                    "message": "m",
+                    "details": {"tool": "db.write", "route": "support/send"},
+                }
+            },
+        )
+        assert isinstance(t, cls)
+        assert t.tool == "db.write"
+        assert t.route == "support/send"
+    bare = error_from_response(403, {"error": {"code": "tool_denied", "message": "m"}})
+    assert isinstance(bare, ToolDenied)
+    assert bare.tool is None
+    assert bare.route is None
 
 
 def test_unknown_code_falls_back_and_keeps_the_code() -> None:
@@ -167,6 +193,40 @@ def test_bodies_that_are_not_the_error_shape() -> None:
     u = error_from_response(418, None)
     assert type(u) is UnknownAPIError
     assert u.code == "http_418"
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (409, InvalidTransition),
+        (422, InvalidArgs),
+        (423, Disabled),
+        (429, RateLimited),
+    ],
+)
+def test_bare_bodies_of_the_other_statuses(status: int, cls: type[APIError]) -> None:
+    """A proxy's or a load balancer's answer, without the API's error shape."""
+    e = error_from_response(status, None, text="<html>nope</html>")
+    assert type(e) is cls
+    assert e.status == status
+    assert e.code == cls.CODE
+    assert "nope" in e.message
+
+
+def test_a_bare_429_keeps_its_retry_after_header() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, text="slow down", headers={"Retry-After": "7"})
+
+    with (
+        countersign.Client("http://cs.test", "tok", transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(RateLimited) as info,
+    ):
+        c.check("kb.search")
+    assert info.value.retry_after_seconds == 7.0
+    assert info.value.status == 429
+    without = error_from_response(429, None)
+    assert isinstance(without, RateLimited)
+    assert without.retry_after_seconds is None
 
 
 def test_internal_code_is_server_error() -> None:

@@ -5,14 +5,17 @@ execution with an executor key)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import countersign
+import countersign.gate
 from countersign import (
     ApprovalTimeout,
     Client,
@@ -27,7 +30,7 @@ from countersign import (
     gated,
     idempotency_key_for,
 )
-from fakeserver import EXECUTOR_KEY, FakeServer
+from fakeserver import ENV, EXECUTOR_KEY, FakeServer
 
 ARGS = {"ticket_id": "T-18421", "reason": "Issue resolved"}
 
@@ -245,25 +248,166 @@ def test_custom_key_and_reason_callable(fake: FakeServer, agent: Client) -> None
     assert body["reason"] == "closing T-18421"
 
 
+def test_a_result_the_executor_left_out_is_an_empty_object(fake: FakeServer, agent: Client) -> None:
+    @gated("ticket.close", client=agent, timeout=10)
+    def close(ticket_id: str, reason: str) -> None: ...
+
+    approve_on_wait(fake)
+
+    def run() -> None:
+        with fake.client(EXECUTOR_KEY) as ex:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                for job in ex.claim():
+                    ex.complete(job.job_id, job.lease_id, "succeeded")  # no result
+                    return
+                time.sleep(0.01)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert close(**ARGS) == {}
+    t.join()
+
+
+def test_an_identical_call_after_a_rejection_is_rejected_again_by_default(
+    fake: FakeServer, agent: Client
+) -> None:
+    @gated("ticket.close", client=agent, timeout=5)
+    def close(ticket_id: str, reason: str) -> Any: ...
+
+    fake.on_wait = lambda p: fake.reject(p["id"], by="sam", comment="not this one")
+    with pytest.raises(ProposalRejected):
+        close(**ARGS)
+    fake.on_wait = None
+    with pytest.raises(ProposalRejected, match="Rejected by sam: not this one"):
+        close(**ARGS)  # the reviewer's no stands for this exact call
+    assert len(fake.proposals) == 1
+
+
+def test_a_scope_makes_the_same_args_another_proposal(fake: FakeServer, agent: Client) -> None:
+    @gated("ticket.close", client=agent, timeout=0.2, scope=lambda a: "conversation-2")
+    def close_in_2(ticket_id: str, reason: str) -> Any: ...
+
+    @gated("ticket.close", client=agent, timeout=0.2, scope="conversation-1")
+    def close_in_1(ticket_id: str, reason: str) -> Any: ...
+
+    @gated("ticket.close", client=agent, timeout=0.2)
+    def close(ticket_id: str, reason: str) -> Any: ...
+
+    for call in (close_in_1, close_in_2, close_in_1, close):
+        with pytest.raises(ApprovalTimeout):
+            call(**ARGS)
+    keys = [s.body["idempotency_key"] for s in fake.calls("POST", "/api/v1/proposals")]
+    assert keys[0] == keys[2] == idempotency_key_for("ticket.close", ARGS, "conversation-1")
+    assert keys[1] == idempotency_key_for("ticket.close", ARGS, "conversation-2")
+    assert keys[3] == idempotency_key_for("ticket.close", ARGS)
+    assert len(set(keys)) == 3
+    assert len(fake.proposals) == 3
+    assert all(k.startswith("ticket.close:") for k in keys)
+
+
+def test_repropose_after_a_rejection(fake: FakeServer, agent: Client) -> None:
+    @gated("ticket.close", client=agent, timeout=10, repropose_after={"rejected"})
+    def close(ticket_id: str, reason: str) -> Any: ...
+
+    fake.on_wait = lambda p: fake.reject(p["id"], by="sam", comment="not yet")
+    with pytest.raises(ProposalRejected):
+        close(**ARGS)
+    first = idempotency_key_for("ticket.close", ARGS)
+    # the same call again proposes anew, under the next key of the chain
+    approve_on_wait(fake)
+    t = executor_thread(fake, result={"closed": True})
+    assert close(**ARGS) == {"closed": True}
+    t.join()
+    assert len(fake.proposals) == 2
+    keys = [s.body["idempotency_key"] for s in fake.calls("POST", "/api/v1/proposals")]
+    assert keys == [first, first, f"{first}#2"]
+    # and a third call walks the chain to the proposal that succeeded
+    assert close(**ARGS) == {"closed": True}
+    assert len(fake.proposals) == 2
+
+
+async def test_async_repropose_after_a_cancellation(fake: FakeServer) -> None:
+    async with fake.async_client(fake.run_token()) as agent:
+
+        @gated("ticket.close", client=agent, timeout=5, repropose_after=("cancelled",))
+        async def close(ticket_id: str, reason: str) -> Any: ...
+
+        fake.on_wait = lambda p: fake.set_status(p["id"], "cancelled")
+        with pytest.raises(ProposalCancelled):
+            await close(**ARGS)
+        fake.on_wait = lambda p: fake.reject(p["id"])
+        with pytest.raises(ProposalRejected):
+            await close(**ARGS)  # a new proposal (#2): rejected is not re-proposed
+        with pytest.raises(ProposalRejected):
+            await close(**ARGS)
+    assert len(fake.proposals) == 2
+
+
+def test_the_key_chain() -> None:
+    chain = countersign.gate.key_chain("ticket.close:abc")
+    assert [next(chain) for _ in range(3)] == [
+        "ticket.close:abc",
+        "ticket.close:abc#2",
+        "ticket.close:abc#3",
+    ]
+    long = "k" * 199
+    chain = countersign.gate.key_chain(long)
+    assert next(chain) == long
+    second = next(chain)
+    assert len(second) <= 200
+    assert second.startswith("cs:")
+    assert second.endswith("#2")
+
+
+def test_gate_option_checks(agent: Client) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        gated("ticket.close", client=agent, scope="s", idempotency_key=lambda a: "k")
+    with pytest.raises(ValueError, match="succeeded"):
+        gated("ticket.close", client=agent, repropose_after={"succeeded"})
+    with pytest.raises(TypeError, match="set of statuses"):
+        gated("ticket.close", client=agent, repropose_after="rejected")
+
+
 def test_the_wrong_client_kind_is_refused(fake: FakeServer, agent: Client) -> None:
+    """The overloads refuse these statically; at run time they are TypeErrors."""
     aclient = fake.async_client(fake.run_token())
-    with pytest.raises(TypeError):
 
-        @gated("ticket.close", client=aclient)
-        def sync_fn(ticket_id: str) -> None: ...
+    def sync_fn(ticket_id: str) -> None: ...
 
-    with pytest.raises(TypeError):
+    async def async_fn(ticket_id: str) -> None: ...
 
-        @gated("ticket.close", client=agent)
-        async def async_fn(ticket_id: str) -> None: ...
-
-    with pytest.raises(TypeError):
-
-        @gated("ticket.close", client=agent, executor=fake.async_client(EXECUTOR_KEY))
-        def mixed(ticket_id: str) -> None: ...
-
+    with pytest.raises(TypeError, match="is not async"):
+        gated("ticket.close", client=aclient)(sync_fn)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="is async"):
+        gated("ticket.close", client=agent)(async_fn)
+    mixed: Any = gated
+    with pytest.raises(TypeError, match="is not async"):
+        mixed("ticket.close", client=agent, executor=fake.async_client(EXECUTOR_KEY), env=ENV)(
+            sync_fn
+        )
     with pytest.raises(ValueError):
         gated("ticket.close", client=agent, timeout=0)
+
+
+def test_local_execution_needs_the_executors_own_env(
+    agent: Client, executor_client: Client
+) -> None:
+    with pytest.raises(ValueError, match="needs env="):
+        gated("ticket.close", client=agent, executor=executor_client)
+
+
+def test_the_wrapper_says_what_a_call_returns(agent: Client) -> None:
+    @gated("ticket.close", client=agent)
+    def close_ticket(ticket_id: str, reason: str) -> str:
+        """Close a support ticket."""
+        return "never"
+
+    sig = inspect.signature(close_ticket)
+    assert list(sig.parameters) == ["ticket_id", "reason"]
+    assert sig.return_annotation == dict[str, Any]
+    assert typing.get_type_hints(close_ticket)["return"] == dict[str, Any]
+    assert typing.get_type_hints(close_ticket)["ticket_id"] is str
 
 
 # ----------------------------------------------------------- local execution
@@ -274,13 +418,14 @@ def test_local_execution_runs_the_function_for_the_approved_job(
 ) -> None:
     calls: list[dict[str, Any]] = []
 
-    @gated("ticket.close", client=agent, executor=executor_client)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV)
     def close_ticket(ticket_id: str, reason: str) -> Any:
         calls.append({"ticket_id": ticket_id, "reason": reason})
         return f"closed {ticket_id}"
 
     approve_on_wait(fake)
-    assert close_ticket(**ARGS) == "closed T-18421"
+    # the call answers what was reported: the same as a replay answers later
+    assert close_ticket(**ARGS) == {"value": "closed T-18421"}
     assert calls == [ARGS]
     [pid] = fake.proposals
     assert fake.proposals[pid]["status"] == "succeeded"
@@ -296,7 +441,7 @@ def test_local_execution_uses_the_receipts_args(
 ) -> None:
     seen: list[str] = []
 
-    @gated("ticket.close", client=agent, executor=executor_client)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV)
     def close_ticket(ticket_id: str, reason: str) -> dict[str, str]:
         seen.append(ticket_id)
         return {"closed": ticket_id}
@@ -312,7 +457,7 @@ def test_local_execution_refuses_a_tampered_receipt(
 ) -> None:
     ran: list[bool] = []
 
-    @gated("ticket.close", client=agent, executor=executor_client)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV)
     def close_ticket(ticket_id: str, reason: str) -> None:
         ran.append(True)
 
@@ -327,7 +472,7 @@ def test_local_execution_refuses_a_tampered_receipt(
 def test_local_execution_raises_the_functions_error(
     fake: FakeServer, agent: Client, executor_client: Client
 ) -> None:
-    @gated("ticket.close", client=agent, executor=executor_client)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV)
     def close_ticket(ticket_id: str, reason: str) -> None:
         raise LookupError(f"no ticket {ticket_id}")
 
@@ -343,7 +488,7 @@ def test_local_execution_retries_a_retryable_failure(
 ) -> None:
     attempts: list[int] = []
 
-    @gated("ticket.close", client=agent, executor=executor_client, timeout=10)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV, timeout=10)
     def close_ticket(ticket_id: str, reason: str) -> str:
         attempts.append(1)
         if len(attempts) == 1:
@@ -351,7 +496,7 @@ def test_local_execution_retries_a_retryable_failure(
         return "done"
 
     approve_on_wait(fake)
-    assert close_ticket(**ARGS) == "done"
+    assert close_ticket(**ARGS) == {"value": "done"}
     assert len(attempts) == 2
 
 
@@ -364,19 +509,19 @@ def test_local_execution_also_runs_other_jobs_of_the_tool(
     fake.approve(earlier.id)
     ran: list[str] = []
 
-    @gated("ticket.close", client=agent, executor=executor_client)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV)
     def close_ticket(ticket_id: str, reason: str) -> str:
         ran.append(ticket_id)
         return ticket_id
 
     approve_on_wait(fake)
-    assert close_ticket(**ARGS) == "T-18421"
+    assert close_ticket(**ARGS) == {"value": "T-18421"}
     assert ran == ["T-1", "T-18421"]
     assert fake.proposals[earlier.id]["status"] == "succeeded"
 
 
 def test_local_execution_rejected(fake: FakeServer, agent: Client, executor_client: Client) -> None:
-    @gated("ticket.close", client=agent, executor=executor_client)
+    @gated("ticket.close", client=agent, executor=executor_client, env=ENV)
     def close_ticket(ticket_id: str, reason: str) -> None:
         raise AssertionError("must not run")
 
@@ -412,7 +557,7 @@ async def test_async_local_execution(fake: FakeServer) -> None:
     async with fake.async_client(fake.run_token()) as agent, fake.async_client(EXECUTOR_KEY) as ex:
         seen: list[str] = []
 
-        @gated("ticket.close", client=agent, executor=ex)
+        @gated("ticket.close", client=agent, executor=ex, env=ENV)
         async def close_ticket(ticket_id: str, reason: str) -> str:
             await asyncio.sleep(0)
             seen.append(ticket_id)
@@ -420,10 +565,12 @@ async def test_async_local_execution(fake: FakeServer) -> None:
 
         approve_on_wait(fake)
         fake.queue_args = {"ticket_id": "T-0", "reason": "queue"}
-        assert await close_ticket(**ARGS) == "closed"
+        assert await close_ticket(**ARGS) == {"value": "closed"}
+        assert seen == ["T-18421"]
+        assert await close_ticket(**ARGS) == {"value": "closed"}  # a replay: the same
         assert seen == ["T-18421"]
 
-        @gated("email.send", client=agent, executor=ex, timeout=0.3)
+        @gated("email.send", client=agent, executor=ex, env=ENV, timeout=0.3)
         async def send(to: str, subject: str, body: str) -> None: ...
 
         fake.on_wait = None

@@ -2,7 +2,7 @@
 
 The session fixture in conftest.py starts ``COUNTERSIGN_BIN`` on a fresh
 SQLite database with the example policy; reviewers decide through the
-browser door (harness.Reviewer). Tests that rely on API.md's newer sections
+browser door (harness.Reviewer). Tests that rely on docs/api.md's newer sections
 (receipts and JWKS, preview jobs and ``kinds``, ``execution_key``,
 revocation cancelling proposals, receipt-key rotation) say so in their name
 or docstring.
@@ -10,9 +10,12 @@ or docstring.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -27,6 +30,7 @@ from agents.tool_context import ToolContext
 import countersign
 from countersign import (
     AsyncClient,
+    AsyncExecutor,
     BadRequest,
     BudgetExhausted,
     Client,
@@ -42,6 +46,7 @@ from countersign import (
     PayloadTooLarge,
     Preview,
     ProposalRejected,
+    RateLimited,
     Retryable,
     SecretInArgs,
     ToolDenied,
@@ -49,10 +54,11 @@ from countersign import (
     Unauthenticated,
     UnknownRoute,
     gated,
+    idempotency_key_for,
 )
 from countersign.adapters import langchain as lc_adapter
 from countersign.adapters import openai_agents as oa_adapter
-from harness import POLICY, LocalServer, Reviewer
+from harness import ENV, POLICY, LocalServer, Reviewer
 
 pytestmark = pytest.mark.server
 
@@ -210,6 +216,7 @@ def test_wait_sees_approval_and_execution(
         alice.approve(p.id)
         ex = Executor(
             executor_client,
+            env=ENV,
             tools={"ticket.close": lambda j: {"closed": j.args["ticket_id"]}},
             verify_receipts=False,
         )
@@ -313,10 +320,13 @@ def test_error_tool_denied_and_not_allowed(service: Client) -> None:
         with pytest.raises(ToolDenied) as denied:
             agent.check("db.write")
         assert denied.value.status == 403
-        assert denied.value.details.get("tool") == "db.write"
+        assert denied.value.tool == "db.write"
+        assert denied.value.route == "support/send"
         with pytest.raises(ToolNotAllowed) as not_allowed:
             agent.propose("web.search", {"query": "x"})
         assert not_allowed.value.status == 403
+        assert not_allowed.value.tool == "web.search"
+        assert not_allowed.value.route == "support/send"
 
 
 def test_error_forbidden(server: LocalServer, service: Client, agent: Client) -> None:
@@ -377,6 +387,8 @@ def test_error_secret_in_args(agent: Client) -> None:
             f"it-{uuid.uuid4().hex}",
         )
     assert info.value.status == 422
+    assert info.value.field == "args.reason"
+    assert info.value.kind  # what it looked like, e.g. an AWS access key
     assert "AKIA" not in info.value.message
     assert "AKIA" not in str(info.value.details)
 
@@ -448,6 +460,7 @@ def test_gated_call_through_a_real_approval(
         alice.approve(pid)
         ex = Executor(
             executor_client,
+            env=ENV,
             tools={"ticket.close": lambda j: {"closed": j.args}},
             verify_receipts=False,
         )
@@ -477,20 +490,60 @@ def test_gated_call_rejected_by_a_reviewer(agent: Client, bob: Reviewer) -> None
 def test_gated_local_execution_with_receipts(
     agent: Client, alice: Reviewer, executor_client: Client
 ) -> None:
-    """Needs API.md's approval receipts and JWKS."""
+    """Needs docs/api.md's approval receipts and JWKS."""
     reason = marker()
     ran: list[dict[str, str]] = []
 
-    @gated("ticket.close", client=agent, executor=executor_client, reason=reason, timeout=90)
+    @gated(
+        "ticket.close",
+        client=agent,
+        executor=executor_client,
+        env=ENV,
+        reason=reason,
+        timeout=90,
+    )
     def close_ticket(ticket_id: str, reason: str) -> str:
         ran.append({"ticket_id": ticket_id, "reason": reason})
         return f"closed {ticket_id}"
 
     args = close_args()
     bg = Background(lambda: alice.approve(alice.find(reason)))
-    assert close_ticket(**args) == f"closed {args['ticket_id']}"
+    assert close_ticket(**args) == {"value": f"closed {args['ticket_id']}"}
     bg.join()
     assert args in ran
+    # the same call again is the recorded result, and the function does not run
+    assert close_ticket(**args) == {"value": f"closed {args['ticket_id']}"}
+    assert ran.count(args) == 1
+
+
+def test_gated_call_proposes_again_after_a_real_rejection(
+    agent: Client, alice: Reviewer, bob: Reviewer, executor_client: Client
+) -> None:
+    reason = marker()
+
+    @gated("ticket.close", client=agent, reason=reason, timeout=90, repropose_after={"rejected"})
+    def close_ticket(ticket_id: str, reason: str) -> None:
+        """Close a support ticket (executed elsewhere)."""
+
+    args = close_args()
+    bg = Background(lambda: bob.reject(bob.find(reason), "not yet"))
+    with pytest.raises(ProposalRejected, match="Rejected by bob: not yet"):
+        close_ticket(**args)
+    bg.join()
+    first = idempotency_key_for("ticket.close", args)
+
+    def approve_and_run() -> str:
+        pid = alice.find(reason)
+        alice.approve(pid)
+        ex = Executor(executor_client, env=ENV, tools={"ticket.close": lambda j: {"closed": True}})
+        drain(ex, pid)
+        return pid
+
+    bg2 = Background(approve_and_run)
+    assert close_ticket(**args) == {"closed": True}
+    second = bg2.join()
+    assert agent.get(second).idempotency_key == f"{first}#2"
+    assert close_ticket(**args) == {"closed": True}  # walks the chain, proposes nothing
 
 
 # --------------------------------------------------------------- executor
@@ -499,7 +552,7 @@ def test_gated_local_execution_with_receipts(
 def test_executor_verifies_the_receipt_and_runs_on_its_args(
     agent: Client, alice: Reviewer, executor_client: Client
 ) -> None:
-    """Needs API.md's approval receipts, JWKS and execution_key."""
+    """Needs docs/api.md's approval receipts, JWKS and execution_key."""
     args = close_args()
     pid = propose_and_approve(agent, alice, args)
     got: list[Job] = []
@@ -530,11 +583,11 @@ def test_executor_verifies_the_receipt_and_runs_on_its_args(
 def test_executor_refuses_a_tampered_receipt(
     agent: Client, alice: Reviewer, executor_client: Client
 ) -> None:
-    """Needs API.md's approval receipts."""
+    """Needs docs/api.md's approval receipts."""
     args = close_args()
     pid = propose_and_approve(agent, alice, args, tool="ticket.close")
     ran: list[Job] = []
-    ex = Executor(executor_client, tools={"ticket.close": ran.append})
+    ex = Executor(executor_client, env=ENV, tools={"ticket.close": ran.append})
     claimed = None
     deadline = time.monotonic() + 30
     while claimed is None and time.monotonic() < deadline:
@@ -580,6 +633,7 @@ def test_heartbeats_keep_a_long_jobs_lease(
 
     ex = Executor(
         executor_client,
+        env=ENV,
         tools={"email.send": slow},
         lease_seconds=2,
         heartbeat_every=0.5,
@@ -611,7 +665,7 @@ def test_heartbeats_keep_a_long_jobs_lease(
 def test_retryable_failure_comes_back_with_the_same_job_and_execution_key(
     agent: Client, alice: Reviewer, executor_client: Client
 ) -> None:
-    """The execution_key assertions need API.md's execution_key."""
+    """The execution_key assertions need docs/api.md's execution_key."""
     pid = propose_and_approve(agent, alice)
     seen: list[Job] = []
 
@@ -622,7 +676,7 @@ def test_retryable_failure_comes_back_with_the_same_job_and_execution_key(
                 raise Retryable("upstream timed out")
         return {"ok": True}
 
-    ex = Executor(executor_client, tools={"ticket.close": flaky}, verify_receipts=False)
+    ex = Executor(executor_client, env=ENV, tools={"ticket.close": flaky}, verify_receipts=False)
     first = drain(ex, pid)
     assert first.status == "failed"
     assert first.retryable
@@ -642,29 +696,44 @@ def test_retryable_failure_comes_back_with_the_same_job_and_execution_key(
 def test_receipt_key_rotation(
     server: LocalServer, agent: Client, alice: Reviewer, executor_client: Client
 ) -> None:
-    """Needs API.md's receipts and `countersign receipt-key rotate`."""
-    ex = Executor(executor_client, tools={"ticket.close": lambda j: {"ok": True}})
+    """`countersign receipt-key rotate` makes a new key; the running server
+    signs with it once it looks (every 10 s); the executor fetches the JWKS
+    once more for the new kid, and receipts of the old key still verify."""
+    ex = Executor(executor_client, env=ENV, tools={"ticket.close": lambda j: {"ok": True}})
     first = drain(ex, propose_and_approve(agent, alice))
     assert first.status == "succeeded"
     assert first.job is not None
-    assert first.job.receipt
+    assert first.job.receipt is not None
+    old_kid = first.job.receipt.kid
     assert ex.verifier is not None
     fetches = ex.verifier.fetches
     server.cli("receipt-key", "rotate")
-    second = drain(ex, propose_and_approve(agent, alice))
-    assert second.status == "succeeded"
-    assert second.job is not None
-    assert second.job.receipt
-    if second.job.receipt.kid != first.job.receipt.kid:
-        assert ex.verifier.fetches == fetches + 1  # one re-fetch for the new kid
-    else:
-        assert ex.verifier.fetches == fetches
+    published = {k["kid"] for k in executor_client.jwks()["keys"]}
+    assert old_kid in published
+    assert len(published) >= 2  # the new key is published at once
+    # Receipts are signed at approval: approve until one is signed with the new
+    # key (the server picks it up within its 10 s refresh).
+    kids: list[str] = []
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        outcome = drain(ex, propose_and_approve(agent, alice))
+        assert outcome.status == "succeeded"
+        assert outcome.job is not None
+        assert outcome.job.receipt is not None
+        kids.append(outcome.job.receipt.kid)
+        if kids[-1] != old_kid:
+            break
+        time.sleep(1.0)
+    assert kids[-1] != old_kid, f"the server still signed with {old_kid} after 25 s"
+    assert kids[-1] in published
+    assert all(k == old_kid for k in kids[:-1])  # old-key receipts verified meanwhile
+    assert ex.verifier.fetches == fetches + 1  # exactly one re-fetch, for the new kid
 
 
 def test_revoking_a_run_cancels_its_proposals_and_flags_running_jobs(
     server: LocalServer, service: Client, alice: Reviewer, executor_client: Client
 ) -> None:
-    """Needs API.md's revocation: pending proposals cancelled, heartbeats
+    """Needs docs/api.md's revocation: pending proposals cancelled, heartbeats
     answering cancel_requested."""
     run = service.mint_run("support/send")
     agent = service.for_run(run)
@@ -685,6 +754,7 @@ def test_revoking_a_run_cancels_its_proposals_and_flags_running_jobs(
 
     ex = Executor(
         executor_client,
+        env=ENV,
         tools={"ticket.close": long_close},
         heartbeat_every=0.3,
         verify_receipts=False,
@@ -705,15 +775,27 @@ def test_revoking_a_run_cancels_its_proposals_and_flags_running_jobs(
     agent.close()
 
 
+#: ticket.close on the second server: an approved job must run this soon.
+SHORT_EXECUTE_WITHIN = 6
+
+
 @pytest.fixture(scope="module")
-def preview_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    """A second server whose policy has email.send computed by the executor."""
-    workdir: Path = tmp_path_factory.mktemp("countersign-preview")
+def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """A second server whose policy has email.send previewed by the executor
+    and ticket.close executed within a few seconds of its approval."""
+    workdir: Path = tmp_path_factory.mktemp("countersign-second")
     text = POLICY.read_text()
-    anchor = '[tools."email.send"]\nkind = "write"\n'
-    assert anchor in text
     policy = workdir / "policy.toml"
-    policy.write_text(text.replace(anchor, anchor + 'preview = "executor"\n'))
+    for anchor, extra in [
+        ('[tools."email.send"]\nkind = "write"\n', 'preview = "executor"\n'),
+        (
+            '[tools."ticket.close"]\nkind = "write"\n',
+            f"execute_within_seconds = {SHORT_EXECUTE_WITHIN}\n",
+        ),
+    ]:
+        assert anchor in text
+        text = text.replace(anchor, anchor + extra)
+    policy.write_text(text)
     srv = LocalServer.start(workdir, policy=policy)
     try:
         yield srv
@@ -721,9 +803,9 @@ def preview_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
         srv.stop()
 
 
-def test_executor_previews_then_executes(preview_server: LocalServer) -> None:
-    """Needs API.md's previews computed by the executor (preview jobs, kinds)."""
-    srv = preview_server
+def test_executor_previews_then_executes(second_server: LocalServer) -> None:
+    """Needs docs/api.md's previews computed by the executor (preview jobs, kinds)."""
+    srv = second_server
     reviewer = Reviewer(srv.url, "alice")
     try:
         with Client(srv.url, srv.service_key) as service, Client(srv.url, srv.executor_key) as exc:
@@ -747,7 +829,9 @@ def test_executor_previews_then_executes(preview_server: LocalServer) -> None:
                     raise countersign.StalePreview("outbox changed")
                 return {"sent": True}
 
-            ex = Executor(exc, tools={"email.send": send}, previews={"email.send": preview})
+            ex = Executor(
+                exc, env=ENV, tools={"email.send": send}, previews={"email.send": preview}
+            )
             shown = drain(ex, p.id)
             assert shown.claimed.kind == "preview"
             assert shown.status == "succeeded"
@@ -762,6 +846,268 @@ def test_executor_previews_then_executes(preview_server: LocalServer) -> None:
             agent.close()
     finally:
         reviewer.close()
+
+
+def test_a_lease_cannot_outlast_the_execute_by_time(second_server: LocalServer) -> None:
+    """The server refuses a heartbeat past the job's execute-by time
+    (core/src/service/jobs.rs): that is not a lost lease. With a receipt the
+    executor asks for nothing past its exp; without, it reads the refusal."""
+    srv = second_server
+    reviewer = Reviewer(srv.url, "alice")
+    try:
+        with Client(srv.url, srv.service_key) as service, Client(srv.url, srv.executor_key) as exc:
+            agent = service.for_run(service.mint_run("support/send"))
+            flags: dict[str, tuple[bool, bool]] = {}
+
+            def slow(job: Job) -> dict[str, Any]:
+                time.sleep(1.5)
+                flags[job.proposal_id] = (job.deadline_reached, job.lease_lost)
+                return {"closed": True}
+
+            for verify in (True, False):
+                pid = propose_and_approve(agent, reviewer)
+                ex = Executor(
+                    exc,
+                    env=ENV,
+                    tools={"ticket.close": slow},
+                    lease_seconds=30,
+                    heartbeat_every=0.3,
+                    verify_receipts=verify,
+                )
+                outcome = drain(ex, pid, timeout=SHORT_EXECUTE_WITHIN)
+                assert flags[pid] == (True, False), verify
+                assert outcome.status == "succeeded"
+                assert outcome.completion is not None  # the lease was still held
+                assert outcome.completion_error is None
+                assert agent.get(pid).status == "succeeded"
+            # the raw refusal, as the client raises it
+            pid = propose_and_approve(agent, reviewer)
+            [job] = [
+                j
+                for j in exc.claim(tools=["ticket.close"], max=10, wait_seconds=2)
+                if j.proposal_id == pid
+            ]
+            with pytest.raises(InvalidTransition, match="execute-by") as refused:
+                exc.heartbeat(job.job_id, job.lease_id, lease_seconds=60)
+            assert refused.value.status == 409
+            exc.complete(job.job_id, job.lease_id, "succeeded", {"closed": True})
+            agent.close()
+    finally:
+        reviewer.close()
+
+
+# ------------------------------------------------------------ rate limits
+
+
+def test_error_rate_limited_past_16_long_polls_of_one_key(server: LocalServer) -> None:
+    """docs/api.md: 429 rate_limited when one holder has too many long polls
+    open (core/src/service/mod.rs: MAX_LONG_POLLS_PER_HOLDER = 16). A fresh
+    executor key of a tool nobody proposes keeps them waiting."""
+    key = server.new_executor_key(f"rl-{uuid.uuid4().hex[:8]}", ("alert.ack",))
+    hold = 5
+    with Client(server.url, key, timeout=30.0) as ex:
+        holders = [
+            Background(lambda: ex.claim(tools=["alert.ack"], wait_seconds=hold)) for _ in range(16)
+        ]
+        limited: RateLimited | None = None
+        deadline = time.monotonic() + hold - 1
+        while limited is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                ex.claim(tools=["alert.ack"], wait_seconds=1)
+            except RateLimited as exc:
+                limited = exc
+        for h in holders:
+            assert h.join(30) == []
+        assert limited is not None, "17 long polls at once were never refused"
+        assert limited.status == 429
+        assert limited.code == "rate_limited"
+        assert limited.retry_after_seconds == 1.0
+        # the slots are back once the long polls ended
+        assert ex.claim(tools=["alert.ack"], wait_seconds=1) == []
+
+
+def test_wait_rides_out_rate_limiting(server: LocalServer, service: Client) -> None:
+    """Client.wait when the run already holds 16 long polls: it pauses as the
+    429 says and goes on, without raising."""
+    answers: list[int] = []
+    hook = {"response": [lambda r: answers.append(r.status_code)]}
+    run = service.mint_run("support/send", ttl_seconds=600)
+    with (
+        httpx.Client(event_hooks=hook) as http,
+        Client(server.url, run.token, http_client=http, timeout=30.0) as agent,
+    ):
+        p = agent.propose("ticket.close", close_args(), f"it-{uuid.uuid4().hex}").proposal
+        holders = [
+            Background(
+                lambda: (
+                    httpx.get(
+                        f"{server.url}/api/v1/proposals/{p.id}/wait",
+                        params={"timeout_seconds": 4},
+                        headers={"Authorization": f"Bearer {run.token}"},
+                        timeout=30.0,
+                    ).status_code
+                )
+            )
+            for _ in range(16)
+        ]
+        time.sleep(1.0)  # the 16 are waiting
+        started = time.monotonic()
+        waited = agent.wait(p.id, timeout=6)
+        took = time.monotonic() - started
+        assert [h.join(30) for h in holders] == [200] * 16
+        assert waited.status == "pending"
+        assert 5 <= took < 15
+        assert 429 in answers  # it was refused, and rode it out
+        assert answers[-1] == 200
+        agent.cancel(p.id)
+
+
+# ------------------------------------------------------------------ async
+
+
+async def test_async_client_claims_heartbeats_and_completes(
+    server: LocalServer, service: Client, alice: Reviewer
+) -> None:
+    with service.for_run(service.mint_run("support/send")) as agent:
+        args = close_args()
+        pid = propose_and_approve(agent, alice, args)
+        async with AsyncClient(server.url, server.executor_key) as ex:
+            mine: countersign.ClaimedJob | None = None
+            deadline = time.monotonic() + 20
+            while mine is None and time.monotonic() < deadline:
+                for job in await ex.claim(tools=["ticket.close"], max=10, wait_seconds=2):
+                    if job.proposal_id == pid:
+                        mine = job
+                    else:  # another test's leftover: finish it
+                        await ex.complete(job.job_id, job.lease_id, "succeeded", {"ok": True})
+            assert mine is not None
+            jwks = await ex.jwks()
+            receipt = countersign.verify_receipt(
+                mine.receipt, countersign.KeySet(jwks), mine, env=ENV
+            )
+            assert receipt.args == args
+            beat = await ex.heartbeat(mine.job_id, mine.lease_id, lease_seconds=30)
+            assert beat.lease_id == mine.lease_id
+            assert not beat.cancel_requested
+            done = await ex.complete(mine.job_id, mine.lease_id, "succeeded", {"closed": True})
+            assert done.state == "succeeded"
+            again = await ex.complete(mine.job_id, mine.lease_id, "succeeded", {"closed": True})
+            assert again.state == "succeeded"
+            with pytest.raises(InvalidTransition):
+                await ex.complete(mine.job_id, mine.lease_id, "failed", {"no": True})
+            with pytest.raises(InvalidTransition):
+                await ex.heartbeat(mine.job_id, mine.lease_id)
+        assert agent.get(pid).result == {"closed": True}
+
+
+async def test_async_executor_against_the_server(
+    server: LocalServer, service: Client, alice: Reviewer
+) -> None:
+    """Receipts verified, the receipt's args, heartbeats holding a lease three
+    times its length, and a tampered receipt refused."""
+    with service.for_run(service.mint_run("support/send")) as agent:
+        args = close_args()
+        pid = propose_and_approve(agent, alice, args)
+        forged_pid = propose_and_approve(agent, alice)
+        got: list[Job] = []
+
+        async def close(job: Job) -> dict[str, Any]:
+            got.append(job)
+            if job.proposal_id == pid:
+                await asyncio.sleep(6)  # three times the lease
+            return {"closed": job.args["ticket_id"]}
+
+        async with AsyncClient(server.url, server.executor_key) as ex_client:
+            ex = AsyncExecutor(
+                ex_client,
+                env=ENV,
+                tools={"ticket.close": close},
+                lease_seconds=2,
+                heartbeat_every=0.5,
+            )
+            outcomes: dict[str, JobOutcome] = {}
+            deadline = time.monotonic() + 40
+            while pid not in outcomes and time.monotonic() < deadline:
+                for o in await ex.run_once(wait_seconds=2):
+                    outcomes[o.proposal_id] = o
+            outcome = outcomes[pid]
+            assert outcome.status == "succeeded"
+            assert outcome.completion is not None
+            assert outcome.completion.attempt == 1
+            job = next(j for j in got if j.proposal_id == pid)
+            assert job.args == args
+            assert job.receipt is not None
+            assert job.receipt.env == ENV
+            assert not job.lease_lost
+
+            if forged_pid in outcomes:  # claimed with the first: run as usual
+                assert outcomes[forged_pid].status == "succeeded"
+            else:
+                claimed = None
+                deadline = time.monotonic() + 20
+                while claimed is None and time.monotonic() < deadline:
+                    for j in await ex_client.claim(tools=["ticket.close"], max=10, wait_seconds=2):
+                        if j.proposal_id == forged_pid:
+                            claimed = j
+                        else:
+                            await ex.process(j)
+                assert claimed is not None
+                assert claimed.receipt
+                head, payload, sig = claimed.receipt.split(".")
+                flipped = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1]
+                forged = dataclasses.replace(claimed, receipt=".".join([head, flipped, sig]))
+                refused = await ex.process(forged)
+                assert refused.status == "failed"
+                assert not refused.retryable
+                assert all(j.proposal_id != forged_pid for j in got)
+                assert agent.get(forged_pid).result["error"] == "receipt_rejected"
+        assert agent.get(pid).status == "succeeded"
+
+
+# ----------------------------------------------------------- graceful stop
+
+
+def test_sigterm_hands_back_an_unfinished_job_and_the_queue_offers_it_again(
+    agent: Client, alice: Reviewer, executor_client: Client
+) -> None:
+    pid = propose_and_approve(agent, alice)
+    attempts: list[int] = []
+
+    def slow(job: Job) -> dict[str, Any]:
+        if job.proposal_id != pid:
+            return {"ok": True}
+        attempts.append(job.attempt)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while not job.handed_back and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return {"too": "late"}
+
+    ex = Executor(
+        executor_client,
+        env=ENV,
+        tools={"ticket.close": slow},
+        wait_seconds=2,
+        grace_seconds=1.0,
+    )
+    started = time.monotonic()
+    ex.run()
+    assert time.monotonic() - started < 15
+    assert attempts == [1]
+    again = agent.get(pid)
+    assert again.status == "queued"  # handed back, to be offered again
+    assert again.execution is not None
+    assert again.execution.result == {
+        "code": "executor_stopping",
+        "message": "executor stopping: handed back before it finished",
+    }
+    # another executor (or this one, restarted) gets it, as attempt 2
+    other = Executor(executor_client, env=ENV, tools={"ticket.close": lambda j: {"ok": 2}})
+    done = drain(other, pid, timeout=30)
+    assert done.status == "succeeded"
+    assert done.claimed.attempt == 2
+    assert agent.get(pid).result == {"ok": 2}
 
 
 # ---------------------------------------------------------------- adapters
@@ -783,6 +1129,7 @@ async def test_openai_agents_tool_drives_a_gated_call(
             alice.approve(pid)
             ex = Executor(
                 executor_client,
+                env=ENV,
                 tools={"ticket.close": lambda j: {"closed": True}},
                 verify_receipts=False,
             )
@@ -826,6 +1173,7 @@ def test_langchain_tool_drives_a_gated_call(
         alice.approve(pid)
         ex = Executor(
             executor_client,
+            env=ENV,
             tools={"ticket.close": lambda j: {"closed": True}},
             verify_receipts=False,
         )

@@ -22,7 +22,7 @@ from countersign import (
     TransportError,
     verify_receipt,
 )
-from fakeserver import SigningKey, b64url
+from fakeserver import ENV, SigningKey, b64url
 
 JOB = ClaimedJob(
     job_id="job_1",
@@ -86,7 +86,7 @@ def job(receipt: str | None, **over: Any) -> ClaimedJob:
 
 
 def test_a_good_receipt(key: SigningKey) -> None:
-    r = verify_receipt(sign(key, claims()), keyset(key), job(None))
+    r = verify_receipt(sign(key, claims()), keyset(key), job(None), env=ENV)
     assert r.jti == "job_1"
     assert r.sub == "prp_1"
     assert r.kid == "k1"
@@ -105,14 +105,14 @@ def test_tampered_payload_fails(key: SigningKey) -> None:
     body["args"]["ticket_id"] = "T-999"
     forged = ".".join([head, b64url(json.dumps(body).encode()), sig])
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(forged, keyset(key), job(None))
+        verify_receipt(forged, keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_bad_signature"
 
 
 def test_signed_by_another_key_with_the_same_kid(key: SigningKey) -> None:
     impostor = SigningKey("k1", Ed25519PrivateKey.generate())
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(sign(impostor, claims()), keyset(key), job(None))
+        verify_receipt(sign(impostor, claims()), keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_bad_signature"
 
 
@@ -120,15 +120,15 @@ def test_expired(key: SigningKey) -> None:
     now = int(time.time())
     token = sign(key, claims(iat=now - 1000, exp=now - 10))
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(token, keyset(key), job(None))
+        verify_receipt(token, keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_expired"
     # leeway covers clock skew when asked for
-    assert verify_receipt(token, keyset(key), job(None), leeway=60).jti == "job_1"
+    assert verify_receipt(token, keyset(key), job(None), leeway=60, env=ENV).jti == "job_1"
 
 
 def test_unknown_kid(key: SigningKey) -> None:
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(sign(key, claims(), kid="k-unknown"), keyset(key), job(None))
+        verify_receipt(sign(key, claims(), kid="k-unknown"), keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_unknown_key"
 
 
@@ -145,7 +145,7 @@ def test_unknown_kid(key: SigningKey) -> None:
 )
 def test_receipt_for_another_job(key: SigningKey, field: str, value: str) -> None:
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(sign(key, claims(**{field: value})), keyset(key), job(None))
+        verify_receipt(sign(key, claims(**{field: value})), keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_mismatch"
     assert field in info.value.message
 
@@ -156,18 +156,44 @@ def test_expected_env_tools_and_issuer(key: SigningKey) -> None:
     with pytest.raises(ReceiptError, match="env"):
         verify_receipt(token, ks, job(None), env="staging")
     with pytest.raises(ReceiptError, match="tool"):
-        verify_receipt(token, ks, job(None), tools=frozenset({"email.send"}))
+        verify_receipt(token, ks, job(None), tools=frozenset({"email.send"}), env=ENV)
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(token, ks, job(None), issuer="http://elsewhere")
+        verify_receipt(token, ks, job(None), issuer="http://elsewhere", env=ENV)
     assert info.value.code == "receipt_mismatch"
     assert verify_receipt(token, ks, job(None), env="prod", issuer="http://cs.test").env == "prod"
 
 
+def test_env_is_the_executors_own_not_the_jobs(key: SigningKey) -> None:
+    """A job and receipt that agree with each other on another env are still
+    refused: the env to act in comes from the executor's configuration."""
+    staging = job(None, env="staging")
+    token = sign(key, claims(env="staging"))
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(token, keyset(key), staging, env="prod")
+    assert info.value.code == "receipt_mismatch"
+    assert "'staging', not 'prod'" in info.value.message
+    assert verify_receipt(token, keyset(key), staging, env="staging").env == "staging"
+
+
+@pytest.mark.parametrize("env", ["", None, 7])
+def test_env_is_required(key: SigningKey, env: Any) -> None:
+    token = sign(key, claims())
+    with pytest.raises(ValueError, match="env must name the env"):
+        verify_receipt(token, keyset(key), job(None), env=env)
+    with pytest.raises(ValueError, match="env must name the env"):
+        ReceiptVerifier(JWKS(key), env=env)
+    with pytest.raises(ValueError, match="env must name the env"):
+        AsyncReceiptVerifier(JWKS(key).fetch_async, env=env)
+
+
 def test_preview_state_must_match(key: SigningKey) -> None:
     token = sign(key, claims(preview_state="v1"))
-    assert verify_receipt(token, keyset(key), job(None, preview_state="v1")).preview_state == "v1"
+    assert (
+        verify_receipt(token, keyset(key), job(None, preview_state="v1"), env=ENV).preview_state
+        == "v1"
+    )
     with pytest.raises(ReceiptError, match="preview_state"):
-        verify_receipt(token, keyset(key), job(None, preview_state="v2"))
+        verify_receipt(token, keyset(key), job(None, preview_state="v2"), env=ENV)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +206,7 @@ def test_preview_state_must_match(key: SigningKey) -> None:
 )
 def test_missing_or_malformed(key: SigningKey, token: str | None, code: str) -> None:
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(token, keyset(key), job(None))
+        verify_receipt(token, keyset(key), job(None), env=ENV)
     assert info.value.code == code
 
 
@@ -189,11 +215,11 @@ def test_other_algorithms_are_refused(key: SigningKey) -> None:
         claims(), "secret-secret-secret-secret-32by", algorithm="HS256", headers={"kid": "k1"}
     )
     with pytest.raises(ReceiptError, match="alg"):
-        verify_receipt(hs, keyset(key), job(None))
+        verify_receipt(hs, keyset(key), job(None), env=ENV)
     header = b64url(json.dumps({"alg": "none", "kid": "k1"}).encode())
     unsigned = f"{header}.{b64url(json.dumps(claims()).encode())}."
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(unsigned, keyset(key), job(None))
+        verify_receipt(unsigned, keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_malformed"
 
 
@@ -201,10 +227,10 @@ def test_missing_claims_and_args(key: SigningKey) -> None:
     no_exp = claims()
     del no_exp["exp"]
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(sign(key, no_exp), keyset(key), job(None))
+        verify_receipt(sign(key, no_exp), keyset(key), job(None), env=ENV)
     assert info.value.code == "receipt_malformed"
     with pytest.raises(ReceiptError, match="args"):
-        verify_receipt(sign(key, claims(args="x")), keyset(key), job(None))
+        verify_receipt(sign(key, claims(args="x")), keyset(key), job(None), env=ENV)
 
 
 def test_keyset_ignores_keys_that_are_not_ed25519(key: SigningKey) -> None:
@@ -247,7 +273,7 @@ class JWKS:
 
 def test_verifier_fetches_once_and_caches(key: SigningKey) -> None:
     endpoint = JWKS(key)
-    v = ReceiptVerifier(endpoint)
+    v = ReceiptVerifier(endpoint, env=ENV)
     for _ in range(3):
         assert v.verify(job(sign(key, claims()))).jti == "job_1"
     assert endpoint.fetches == 1 == v.fetches
@@ -255,7 +281,7 @@ def test_verifier_fetches_once_and_caches(key: SigningKey) -> None:
 
 def test_verifier_refetches_once_for_a_rotated_key(key: SigningKey) -> None:
     endpoint = JWKS(key)
-    v = ReceiptVerifier(endpoint)
+    v = ReceiptVerifier(endpoint, env=ENV)
     v.verify(job(sign(key, claims())))
     new = SigningKey("k2", Ed25519PrivateKey.generate())
     endpoint.keys.append(new)  # rotation: the server publishes the new key
@@ -268,7 +294,7 @@ def test_verifier_refetches_once_for_a_rotated_key(key: SigningKey) -> None:
 
 def test_verifier_unknown_kid_after_refetch_fails(key: SigningKey) -> None:
     endpoint = JWKS(key)
-    v = ReceiptVerifier(endpoint)
+    v = ReceiptVerifier(endpoint, env=ENV)
     stranger = SigningKey("k9", Ed25519PrivateKey.generate())
     with pytest.raises(ReceiptError) as info:
         v.verify(job(sign(stranger, claims())))
@@ -283,7 +309,7 @@ def test_verifier_reports_an_unreachable_jwks(key: SigningKey) -> None:
     endpoint = JWKS(key)
     endpoint.down = True
     with pytest.raises(ReceiptError) as info:
-        ReceiptVerifier(endpoint).verify(job(sign(key, claims())))
+        ReceiptVerifier(endpoint, env=ENV).verify(job(sign(key, claims())))
     assert info.value.code == "jwks_unavailable"
 
 
@@ -295,7 +321,7 @@ def test_verifier_passes_its_expectations(key: SigningKey) -> None:
 
 async def test_async_verifier(key: SigningKey) -> None:
     endpoint = JWKS(key)
-    v = AsyncReceiptVerifier(endpoint.fetch_async)
+    v = AsyncReceiptVerifier(endpoint.fetch_async, env=ENV)
     assert (await v.verify(job(sign(key, claims())))).jti == "job_1"
     new = SigningKey("k2", Ed25519PrivateKey.generate())
     endpoint.keys.append(new)

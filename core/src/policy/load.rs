@@ -4,7 +4,7 @@
 
 use super::schema::{ArgsSchema, FieldSchema, FieldType, HARD_MAX_STRING};
 use super::upstreams::{check_mcp, check_tool_upstream, check_upstreams, RawMcp, RawUpstream, ToolUpstream};
-use super::{Breakers, Budgets, People, Policy, PreviewBy, Route, Tool, ToolKind, UpstreamTool};
+use super::{Breakers, Budgets, People, Policy, PreviewBy, Privacy, Route, Tool, ToolKind, UpstreamTool};
 use regex::Regex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -43,6 +43,14 @@ struct RawPolicy {
     upstreams: BTreeMap<Spanned<String>, RawUpstream>,
     #[serde(default)]
     mcp: Option<RawMcp>,
+    #[serde(default)]
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    retain_pii_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +114,8 @@ struct RawField {
     values: Option<Vec<String>>,
     #[serde(default = "yes")]
     required: bool,
+    #[serde(default)]
+    pii: bool,
 }
 
 fn yes() -> bool {
@@ -157,7 +167,9 @@ pub const DEFAULT_BUDGETS: Budgets = Budgets {
 const DEFAULT_EXPIRES_AFTER: i64 = 24 * 3600;
 const DEFAULT_EXECUTE_WITHIN: i64 = 3600;
 const DEFAULT_MAX_ATTEMPTS: i64 = 3;
-const MAX_SECONDS: i64 = 30 * 24 * 3600;
+/// The longest any deadline in a policy may be (`expires_after_seconds`,
+/// `execute_within_seconds`).
+pub const MAX_SECONDS: i64 = 30 * 24 * 3600;
 const DEFAULT_PREVIEW_WITHIN: i64 = 60;
 
 /// Every problem found, each at the place in the source it is about (toml's
@@ -232,6 +244,7 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
     }
 
     let breakers = check_breakers(&mut p, raw.breakers.as_ref());
+    let privacy = check_privacy(&mut p, raw.privacy.as_ref());
     let mut warnings = Vec::new();
     if !raw.upstreams.is_empty() {
         // The gateway forwards reads to an upstream; a read tool without one
@@ -286,6 +299,7 @@ pub fn load_policy(source: &str) -> Result<Policy, Vec<PolicyError>> {
         people,
         upstreams,
         mcp,
+        privacy,
         warnings,
         hash: hex::encode(Sha256::digest(source.as_bytes())),
         source: source.to_owned(),
@@ -609,6 +623,7 @@ fn check_field(p: &mut Problems, tool: &Spanned<String>, fname: &Spanned<String>
     Some(FieldSchema {
         ty,
         required: f.required,
+        pii: f.pii,
     })
 }
 
@@ -745,6 +760,25 @@ fn check_route(
         budgets,
         audit_enabled: r.audit.as_ref().is_none_or(|a| a.enabled),
     })
+}
+
+/// The longest personal data may be kept after a proposal finished: ten years.
+const MAX_RETAIN_PII_DAYS: i64 = 3650;
+
+fn check_privacy(p: &mut Problems, raw: Option<&RawPrivacy>) -> Privacy {
+    let d = Privacy::default();
+    let Some(raw) = raw else { return d };
+    let mut report = |p: &mut Problems, span: Range<usize>, msg: String| p.at(span, format!("privacy: {msg}"));
+    Privacy {
+        retain_pii_days: bounded(
+            p,
+            "retain_pii_days",
+            raw.retain_pii_days.as_ref(),
+            1..=MAX_RETAIN_PII_DAYS,
+            d.retain_pii_days,
+            &mut report,
+        ),
+    }
 }
 
 fn check_breakers(p: &mut Problems, raw: Option<&RawBreakers>) -> Breakers {

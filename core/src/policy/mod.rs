@@ -8,7 +8,7 @@ pub mod schema;
 mod upstreams;
 
 pub use expect::{run_expectations, ExpectReport};
-pub use load::{load_policy, PolicyError};
+pub use load::{load_policy, PolicyError, MAX_SECONDS as MAX_DEADLINE_SECONDS};
 pub use upstreams::{is_mcp_tool_name, DEFAULT_MCP_WAIT, DEFAULT_UPSTREAM_TIMEOUT, ENV_PREFIX, FILE_PREFIX};
 
 use schema::ArgsSchema;
@@ -166,6 +166,25 @@ pub struct People {
     pub admins_may_review: bool,
 }
 
+/// What happens to personal data (policy `[privacy]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privacy {
+    /// Days after a proposal finished that its `pii` args are erased.
+    pub retain_pii_days: i64,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Self { retain_pii_days: 30 }
+    }
+}
+
+impl Privacy {
+    pub fn retain_ms(&self) -> i64 {
+        self.retain_pii_days * 24 * 3600 * 1000
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub tools: BTreeMap<String, Tool>,
@@ -174,6 +193,7 @@ pub struct Policy {
     pub people: People,
     pub upstreams: BTreeMap<String, Upstream>,
     pub mcp: Mcp,
+    pub privacy: Privacy,
     /// Things allowed but worth a second look (`policy check` prints them).
     pub warnings: Vec<PolicyError>,
     /// SHA-256 of the source text, hex.
@@ -208,6 +228,7 @@ impl Policy {
             people: People::default(),
             upstreams: BTreeMap::new(),
             mcp: Mcp::default(),
+            privacy: Privacy::default(),
             warnings: Vec::new(),
             hash: String::new(),
             source: String::new(),
@@ -220,6 +241,15 @@ impl Policy {
 
     pub fn tool(&self, name: &str) -> Option<&Tool> {
         self.tools.get(name)
+    }
+
+    /// The args of `tool` this policy marks as personal data (none for a
+    /// tool it does not declare).
+    pub fn personal_fields(&self, tool: &str) -> BTreeSet<String> {
+        self.tools
+            .get(tool)
+            .map(|t| t.args.personal_fields())
+            .unwrap_or_default()
     }
 
     /// What the gate does with `tool` on `route`. The rules, in order:

@@ -21,6 +21,10 @@ pub enum FieldType {
 pub struct FieldSchema {
     pub ty: FieldType,
     pub required: bool,
+    /// Personal data (policy `pii = true`): shown to the reviewers who decide
+    /// and given to the executor, masked everywhere else, erased after
+    /// retention.
+    pub pii: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -32,6 +36,15 @@ pub struct ArgsSchema {
 pub type FieldProblems = BTreeMap<String, String>;
 
 impl ArgsSchema {
+    /// The names of the fields that hold personal data (`pii = true`).
+    pub fn personal_fields(&self) -> std::collections::BTreeSet<String> {
+        self.fields
+            .iter()
+            .filter(|(_, f)| f.pii)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Check `args` against the schema. Unknown fields are refused (the schema is
     /// closed); every problem is reported, not only the first.
     pub fn validate(&self, args: &Value) -> Result<(), FieldProblems> {
@@ -218,6 +231,7 @@ mod tests {
                     pattern: Some(Regex::new("^T-[0-9]{1,10}$").unwrap()),
                 },
                 required: true,
+                pii: false,
             },
         );
         fields.insert(
@@ -228,6 +242,7 @@ mod tests {
                     pattern: None,
                 },
                 required: false,
+                pii: false,
             },
         );
         fields.insert(
@@ -235,6 +250,7 @@ mod tests {
             FieldSchema {
                 ty: FieldType::Integer { min: 1, max: 100 },
                 required: false,
+                pii: false,
             },
         );
         fields.insert(
@@ -244,6 +260,7 @@ mod tests {
                     values: vec!["EUR".into(), "USD".into()],
                 },
                 required: false,
+                pii: false,
             },
         );
         fields.insert(
@@ -251,6 +268,7 @@ mod tests {
             FieldSchema {
                 ty: FieldType::Boolean,
                 required: false,
+                pii: false,
             },
         );
         ArgsSchema { fields }

@@ -354,3 +354,80 @@ fn policy_hash_changes_with_content() {
     assert_ne!(a.hash, b.hash);
     assert_eq!(a.hash.len(), 64);
 }
+
+#[test]
+fn args_marked_pii_are_the_tools_personal_fields() {
+    let src = BASE_TOOLS.replace(
+        "args.body = { type = \"string\", max_len = 100 }",
+        "args.body = { type = \"string\", max_len = 100, pii = true }\nargs.to = { type = \"string\", max_len = 100, pii = false }",
+    );
+    let p = load_policy(&format!("{src}\n{ALL_ROUTE}")).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(p.personal_fields("email.draft"), ["body".to_owned()].into());
+    assert!(p.personal_fields("ticket.close").is_empty());
+    assert!(p.personal_fields("no.such").is_empty());
+    assert_eq!(p.privacy.retain_pii_days, 30, "the default retention");
+}
+
+#[test]
+fn pii_must_be_true_or_false() {
+    let src = BASE_TOOLS.replace(
+        "args.body = { type = \"string\", max_len = 100 }",
+        "args.body = { type = \"string\", max_len = 100, pii = \"yes\" }",
+    );
+    let errs = load_policy(&format!("{src}\n{ALL_ROUTE}")).unwrap_err();
+    let e = &errs[0];
+    assert!(e.message.contains("boolean"), "{e}");
+    let line = e.line.expect("a line");
+    assert!(format!("{src}\n{ALL_ROUTE}")
+        .lines()
+        .nth(line - 1)
+        .unwrap()
+        .contains("pii"));
+}
+
+#[test]
+fn retention_is_between_one_day_and_ten_years() {
+    let p = policy_with(&format!("{ALL_ROUTE}\n[privacy]\nretain_pii_days = 7\n"));
+    assert_eq!(p.privacy.retain_pii_days, 7);
+    assert_eq!(p.privacy.retain_ms(), 7 * 86_400_000);
+    for bad in ["0", "-1", "3651"] {
+        assert_refused(
+            &format!("{ALL_ROUTE}\n[privacy]\nretain_pii_days = {bad}\n"),
+            "privacy: retain_pii_days must be between 1 and 3650",
+        );
+    }
+    let errs = errors_of(&format!("{BASE_TOOLS}\n{ALL_ROUTE}\n[privacy]\nretain_days = 7\n"));
+    assert!(errs.iter().any(|e| e.contains("unknown field")), "{errs:?}");
+}
+
+#[test]
+fn the_example_policy_marks_addresses_and_bodies_as_personal() {
+    let p = load_policy(include_str!("../../../examples/policy.toml")).unwrap();
+    for tool in ["email.send", "email.draft"] {
+        assert_eq!(
+            p.personal_fields(tool),
+            ["body".to_owned(), "to".to_owned()].into(),
+            "{tool}"
+        );
+    }
+    assert!(p.personal_fields("ticket.close").is_empty());
+    assert_eq!(p.privacy.retain_pii_days, 30);
+}
+
+#[test]
+fn a_schema_problem_never_repeats_the_value() {
+    let p = load_policy(include_str!("../../../examples/policy.toml")).unwrap();
+    let schema = &p.tool("email.send").unwrap().args;
+    let value = "dana.smith@example com";
+    let problems = schema
+        .validate(&json!({"to": value, "subject": 7, "body": "x".repeat(4001), "bcc": value}))
+        .unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    for (field, problem) in &problems {
+        assert!(
+            !problem.contains("dana") && !field.contains("dana"),
+            "{field}: {problem}"
+        );
+        assert!(!problem.contains("xxxx"), "{field}: {problem}");
+    }
+}

@@ -83,6 +83,9 @@ async fn record_policy_in(tx: &mut Tx<'_>, p: Arc<Policy>, actor: String) -> Res
         // A change, not the first load: people who watch the gate hear of it.
         let data = serde_json::json!({ "hash": p.hash, "previous_hash": previous_hash, "by": actor });
         super::notify::emit(tx, "policy.changed", data).await?;
+        // Args it newly marks as personal data are masked and erased on
+        // proposals made before it, too.
+        super::privacy::mark_newly_personal(tx, &p, &actor).await?;
     }
     Ok(true)
 }

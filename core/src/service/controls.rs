@@ -348,7 +348,7 @@ impl Core {
             .await?;
         if !self
             .passwords
-            .verify(password.to_owned(), Some(user.password_hash))
+            .verify_signed_in(password.to_owned(), user.password_hash)
             .await?
         {
             let (actor, id, addr) = (person.actor(), person.id.clone(), addr.to_owned());

@@ -3,6 +3,7 @@
 
 use super::audit_log::VerifyReport;
 use super::people::Person;
+use super::privacy::{mask_decision, mask_job, mask_proposal, personal_fields};
 use super::Core;
 use crate::audit::AuditEvent;
 use crate::clock::parse_rfc3339;
@@ -32,7 +33,7 @@ pub struct HistoryQuery {
     pub cursor: Option<String>,
 }
 
-/// A proposal with what happened to it.
+/// A proposal with what happened to it, its personal data masked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
     pub proposal: ProposalRow,
@@ -65,6 +66,52 @@ fn parse_time(what: &str, s: &str) -> Result<i64> {
 
 fn none_if_blank(s: &Option<String>) -> Option<String> {
     s.as_ref().map(|x| x.trim().to_owned()).filter(|x| !x.is_empty())
+}
+
+/// Whom an event of no tenant is about, when it is about people.
+#[derive(Debug, PartialEq)]
+enum Concerns {
+    /// The tenants it names (`details.tenants`).
+    Tenants(Vec<String>),
+    /// A person: `id:` their user id, `name:` the account typed at sign-in.
+    User(String),
+}
+
+/// Events of people (accounts, sign-ins) concern the tenants those people
+/// work in; everything else of no tenant (policy loads, break-glass, key
+/// rotations, switches) concerns the whole deployment.
+fn about_whom(e: &AuditEvent) -> Option<Concerns> {
+    let details: serde_json::Value = serde_json::from_str(&e.details).unwrap_or_default();
+    if let Some(ts) = details.get("tenants").and_then(|t| t.as_array()) {
+        return Some(Concerns::Tenants(
+            ts.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+        ));
+    }
+    let people = e.action.starts_with("user.") || e.action.starts_with("login.") || e.action == "logout";
+    if !people {
+        return None;
+    }
+    match (&e.subject, details.get("account").and_then(|a| a.as_str())) {
+        (Some(id), _) => Some(Concerns::User(format!("id:{id}"))),
+        (None, Some(name)) => Some(Concerns::User(format!("name:{name}"))),
+        // A failed sign-in that named no account names nobody.
+        (None, None) => None,
+    }
+}
+
+/// The tenants of the person `key` names (`id:` or `name:`), or None if no
+/// such person is found: then only admins see their events.
+async fn tenants_of_user(conn: &mut crate::store::Conn<'_>, key: &str) -> Result<Option<Vec<String>>> {
+    use crate::store::queries::users;
+    let user = match key.split_once(':') {
+        Some(("id", id)) => users::by_id(conn, id).await?,
+        Some((_, name)) => users::by_name(conn, name).await?,
+        None => None,
+    };
+    Ok(match user {
+        Some(u) => Some(users::access_of(conn, &u.id).await?.1),
+        None => None,
+    })
 }
 
 impl Core {
@@ -136,12 +183,22 @@ impl Core {
         for j in jobs::by_proposals(&mut r.conn(), &ids).await? {
             job_of.insert(j.proposal_id.clone(), j);
         }
+        let policy = self.policy();
         Ok(ps
             .into_iter()
-            .map(|p| HistoryEntry {
-                decisions: decisions.remove(&p.id).unwrap_or_default(),
-                job: job_of.remove(&p.id),
-                proposal: p,
+            .map(|mut p| {
+                let mut decisions = decisions.remove(&p.id).unwrap_or_default();
+                let mut job = job_of.remove(&p.id);
+                // History is read by auditors: personal data only masked.
+                let fields = personal_fields(&policy, &p);
+                let r = mask_proposal(&mut p, &fields);
+                job.iter_mut().for_each(|j| mask_job(j, &r));
+                decisions.iter_mut().for_each(|d| mask_decision(d, &r));
+                HistoryEntry {
+                    decisions,
+                    job,
+                    proposal: p,
+                }
             })
             .collect())
     }
@@ -179,11 +236,39 @@ impl Core {
             before_seq: before,
             ..Default::default()
         };
-        let events = audit::events_page(&mut self.store.reader().await?.conn(), &f, AUDIT_PAGE).await?;
-        let report = self.verify_audit_chain_since_last().await?;
+        let mut r = self.store.reader().await?;
+        let mut events = audit::events_page(&mut r.conn(), &f, AUDIT_PAGE).await?;
         let next_before = (events.len() as i64 == AUDIT_PAGE)
             .then(|| events.last().map(|e| e.seq))
             .flatten();
+        if let Some(mine) = &f.tenants {
+            // Events of no tenant that are about people name them and their
+            // tenants: an auditor sees those only when every tenant they
+            // concern is theirs.
+            let mut people: HashMap<String, Option<Vec<String>>> = HashMap::new();
+            let mut kept = Vec::with_capacity(events.len());
+            for e in events {
+                let about = if e.tenant.is_some() { None } else { about_whom(&e) };
+                let theirs = match about {
+                    None => Some(Vec::new()),
+                    Some(Concerns::Tenants(ts)) => Some(ts),
+                    Some(Concerns::User(key)) => match people.get(&key) {
+                        Some(ts) => ts.clone(),
+                        None => {
+                            let ts = tenants_of_user(&mut r.conn(), &key).await?;
+                            people.insert(key, ts.clone());
+                            ts
+                        }
+                    },
+                };
+                if theirs.is_some_and(|ts| ts.iter().all(|t| mine.contains(t))) {
+                    kept.push(e);
+                }
+            }
+            events = kept;
+        }
+        drop(r);
+        let report = self.verify_audit_chain_since_last().await?;
         Ok(AuditLogPage {
             events,
             next_before,

@@ -175,9 +175,10 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
     let until = now + c.lease_secs * 1000;
     let ids: Vec<String> = candidates.iter().map(|j| j.id.clone()).collect();
     let claim = ulid::Ulid::new().to_string().to_lowercase();
-    let leased: HashMap<String, String> = jobs::lease_many(&mut tx.conn, &ids, &claim, now, until)
+    let leased: HashMap<String, (String, i64)> = jobs::lease_many(&mut tx.conn, &ids, &claim, now, until)
         .await?
         .into_iter()
+        .map(|(id, lease, ends)| (id, (lease, ends)))
         .collect();
     let of_kind = |kind: JobKind| -> Vec<String> {
         candidates
@@ -199,7 +200,7 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
     }
     let mut out = Vec::with_capacity(leased.len());
     for j in candidates {
-        let (Some(lease_id), Some(p)) = (leased.get(&j.id).cloned(), facts.get(&j.proposal_id)) else {
+        let (Some((lease_id, lease_ends)), Some(p)) = (leased.get(&j.id).cloned(), facts.get(&j.proposal_id)) else {
             continue;
         };
         let mut ev = AuditDraft::new(c.exec.actor(), "job.claimed")
@@ -230,7 +231,7 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
             args: serde_json::from_str(&p.args)?,
             idempotency_key: p.idempotency_key.clone(),
             attempt: j.attempt + 1,
-            lease_expires_at_ms: until,
+            lease_expires_at_ms: lease_ends,
             kind: j.kind,
             execution_key: j.execution_key,
             receipt: j.receipt,
@@ -263,9 +264,11 @@ async fn heartbeat_in(
     if !jobs::extend_lease(&mut tx.conn, &j.id, &lease_id, now, until).await? {
         return Err(Error::InvalidTransition("this lease is no longer held".into()));
     }
+    // A dry run nobody waits for any more may stop at once.
+    let unwanted = j.kind == JobKind::Preview && closed_before_its_preview(tx, &j).await?.is_some();
     Ok(Heartbeat {
         lease_expires_at_ms: until,
-        cancel_requested: jobs::run_revoked(&mut tx.conn, &j.id).await?,
+        cancel_requested: unwanted || jobs::run_revoked(&mut tx.conn, &j.id).await?,
     })
 }
 
@@ -365,6 +368,51 @@ async fn finish_preview_in(
     })
 }
 
+/// The status of a preview job's proposal if it is no longer waiting for
+/// the preview (cancelled, its run revoked, expired).
+async fn closed_before_its_preview(tx: &mut Tx<'_>, j: &JobRow) -> Result<Option<Status>> {
+    let p = proposals::get(&mut tx.conn, &j.proposal_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    Ok((p.status != Status::Previewing).then_some(p.status))
+}
+
+/// A preview reported for a proposal that no longer wants it: the job ends
+/// as reported (never offered again), the proposal is left as it is, and the
+/// executor is told its status.
+async fn finish_unwanted_preview(
+    tx: &mut Tx<'_>,
+    c: &Completing,
+    j: &JobRow,
+    proposal_status: Status,
+    now: i64,
+) -> Result<Completion> {
+    let state = if c.succeeded {
+        JobState::Succeeded
+    } else {
+        JobState::Failed
+    };
+    if !jobs::finish(&mut tx.conn, &j.id, &c.req.lease_id, state, &c.result, &c.body, now).await? {
+        return Err(Error::InvalidTransition("this lease is no longer held".into()));
+    }
+    tx.audit(
+        AuditDraft::new(c.exec.actor(), "preview.unwanted")
+            .tenant(j.tenant.clone())
+            .tool(j.tool.clone())
+            .subject(j.proposal_id.clone())
+            .scope(c.exec.scope())
+            .status(proposal_status.as_str())
+            .details(serde_json::json!({ "job": j.id, "lease": c.req.lease_id, "attempt": j.attempt })),
+    );
+    Ok(Completion {
+        job_id: j.id.clone(),
+        state,
+        proposal_status,
+        attempt: j.attempt,
+        next_attempt_at_ms: None,
+    })
+}
+
 async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
     let now = tx.now_ms();
     let j = jobs::get_for_update(&mut tx.conn, &c.job_id)
@@ -414,6 +462,11 @@ async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
             return Err(Error::BadRequest("only a preview job takes a preview".into()));
         }
         _ => {}
+    }
+    if j.kind == JobKind::Preview {
+        if let Some(closed) = closed_before_its_preview(tx, &j).await? {
+            return finish_unwanted_preview(tx, &c, &j, closed, now).await;
+        }
     }
     let retry = !c.succeeded && c.req.retryable && j.attempt < j.max_attempts;
     let (state, next) = if c.succeeded {
@@ -511,6 +564,23 @@ pub(super) async fn reoffer_lost(tx: &mut Tx<'_>, policy: &Policy, public_url: &
     let now = tx.now_ms();
     let mut moved = 0;
     for j in jobs::leases_lost(&mut tx.conn, now, 200).await? {
+        if j.kind == JobKind::Preview && closed_before_its_preview(tx, &j).await?.is_some() {
+            // Nobody waits for this dry run any more: never offer it again.
+            let lease = j.lease_id.clone().unwrap_or_default();
+            let result = r#"{"error":"the proposal was closed before its preview arrived"}"#;
+            if jobs::finish(&mut tx.conn, &j.id, &lease, JobState::Failed, result, "", now).await? {
+                tx.audit(
+                    AuditDraft::new("system", "job.lease_lost")
+                        .tenant(j.tenant.clone())
+                        .tool(j.tool.clone())
+                        .subject(j.proposal_id.clone())
+                        .status("unwanted")
+                        .details(serde_json::json!({ "job": j.id, "lease": j.lease_id, "attempt": j.attempt })),
+                );
+                moved += 1;
+            }
+            continue;
+        }
         let last = j.attempt >= j.max_attempts;
         let to = if last { JobState::Failed } else { JobState::Queued };
         let done = if last {

@@ -6,15 +6,16 @@
 //! Dependencies between the modules point one way (an arrow: "calls"):
 //!
 //! ```text
-//! sweeper     ─> proposals, jobs, controls           (each module's expiry)
+//! sweeper     ─> proposals, jobs, controls, privacy  (each module's expiry; erasure)
 //! credentials ─> runs ─> release                     (revocation cancels)
-//! proposals   ─> runs, release, previews, waiting
-//! decisions   ─> people, release
+//! proposals   ─> runs, release, previews, receipts, waiting
+//! decisions   ─> people, release, receipts
 //! controls    ─> people, release                     (a switch off releases what it held)
 //! jobs        ─> previews, finishing, breakers, waiting
 //! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
 //! upstream_calls                                     (the upstream executor's intents and outcomes)
-//! history     ─> audit_log, people;  review ─> people
+//! history     ─> audit_log, people, privacy;  review ─> people, privacy, previews
+//! proposals, audit_log ─> privacy                    (recording personal fields)
 //! audit_log, people, previews, proposals, decisions, controls, jobs ─> notify
 //! ```
 //!
@@ -31,6 +32,7 @@ mod jobs;
 mod notify;
 mod people;
 mod previews;
+mod privacy;
 mod proposals;
 mod receipts;
 mod release;
@@ -49,7 +51,9 @@ pub use history::{AuditLogPage, HistoryEntry, HistoryPage, HistoryQuery};
 pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewReport};
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
+pub use privacy::{PersonalData, PurgeReport};
 pub use proposals::{ProposalOut, ProposeRequest, Via};
+pub use receipts::RECEIPT_KEY_REFRESH;
 pub use review::{QueueEntry, ReviewData};
 pub use runs::{CheckOutcome, MintRequest, MintedRun};
 pub use upstream_calls::{CallOutcome, CallStart, UpstreamCall, MAX_UPSTREAM_RESULT_BYTES, UPSTREAM_EXECUTOR_KEY_ID};
@@ -168,7 +172,10 @@ impl Admin {
     }
 }
 
-/// Where the browser sessions live: beside the core's data.
+/// Where the browser sessions live: beside the core's data. The one place a
+/// pool leaves the core, kept on purpose: tower-sessions' sqlx store takes a
+/// pool and owns its own table, and on PostgreSQL sharing the core's pool
+/// keeps the connection count bounded. Nothing else may reach the store.
 pub enum SessionDatabase {
     Sqlite(Box<sqlx::sqlite::SqliteConnectOptions>),
     Postgres(sqlx::PgPool),
@@ -203,6 +210,11 @@ pub struct Core {
     receipt_key: RwLock<Option<crate::receipts::ReceiptKey>>,
     /// Gathers executors' successes into shared writes.
     finisher: finishing::Finisher,
+    /// When the sweeper last forgot old sign-in throttle records (ms).
+    throttles_forgotten_at: std::sync::atomic::AtomicI64,
+    /// When (application clock) the sweeper last looked for personal data
+    /// past its retention.
+    erasure_checked_at: std::sync::atomic::AtomicI64,
 }
 
 impl Core {
@@ -225,6 +237,8 @@ impl Core {
             verified_to: std::sync::Mutex::new(None),
             diffs: crate::limits::Workers::new("diff", 1, 32),
             long_polls: std::sync::Arc::default(),
+            throttles_forgotten_at: std::sync::atomic::AtomicI64::new(0),
+            erasure_checked_at: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         });
         core.load_keyring().await?;
         core.load_receipt_keys().await?;
@@ -344,6 +358,7 @@ mod module_graph {
         ("notify", include_str!("notify.rs")),
         ("people", include_str!("people.rs")),
         ("previews", include_str!("previews.rs")),
+        ("privacy", include_str!("privacy.rs")),
         ("proposals", include_str!("proposals.rs")),
         ("receipts", include_str!("receipts.rs")),
         ("release", include_str!("release.rs")),

@@ -158,12 +158,32 @@ pub(super) type ThrottleKey = (String, i64);
 /// from anywhere (a distributed guesser). A stranger flooding alice's name
 /// from one address is stopped there, and alice signs in from hers.
 pub(super) fn sign_in_keys(username: &str, addr: &str, free: i64) -> Vec<ThrottleKey> {
-    let name = username.trim().to_lowercase();
+    let name = throttled_name(username);
     vec![
         (format!("user:{name}@{addr}"), free),
         (format!("addr:{addr}"), free * 4),
         (format!("user:{name}"), ACCOUNT_WIDE_FREE),
     ]
+}
+
+/// The typed name as a throttle key: a name no account could have (longer
+/// than any username) is kept as its hash, so a key stays short whatever is
+/// typed.
+fn throttled_name(username: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let name = username.trim().to_lowercase();
+    if name.len() <= 64 {
+        name
+    } else {
+        format!("#{}", &hex::encode(Sha256::digest(name.as_bytes()))[..32])
+    }
+}
+
+/// Throttle records whose window has passed and that block nothing are
+/// forgotten (the sweeper calls this, at most once a minute).
+pub(super) async fn forget_old_attempts(tx: &mut Tx<'_>) -> Result<usize> {
+    let now = tx.now_ms();
+    users::forget_throttles(&mut tx.conn, now - THROTTLE_WINDOW_MS, now).await
 }
 
 /// What re-entering the password for break-glass is counted against: the

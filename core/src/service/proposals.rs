@@ -158,6 +158,21 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
         }
         None => None,
     };
+    let personal = tool.args.personal_fields();
+    // Idempotency keys go into the audit chain, which can never be erased.
+    if key
+        .as_ref()
+        .is_some_and(|k| crate::privacy::Redactor::erasing(&args, &personal).finds(k.as_str()))
+    {
+        return Err(Error::InvalidArgs {
+            tool: tool.name.clone(),
+            fields: [(
+                "idempotency_key".to_owned(),
+                "must not repeat a personal-data arg: the audit log keeps idempotency keys for ever".to_owned(),
+            )]
+            .into(),
+        });
+    }
     let args_canonical = canonical_json(&args);
     let (before, after) = req.preview.clone().unzip();
     let content_hash = content_hash(&tool.name, &args_canonical, before.as_deref(), after.as_deref(), None);
@@ -201,6 +216,8 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
             preview_by: None,
             preview_at: None,
             idempotency_scope: key.is_some().then(|| format!("{}/{}", run.tenant, run.env)),
+            pii_fields: super::privacy::stored_fields(&personal),
+            pii_erased_at: None,
             upstream: tool.upstream.as_ref().map(|u| u.upstream.clone()),
             upstream_tool: tool.upstream.as_ref().map(|u| u.tool.clone()),
             via: req.via.stored(),

@@ -18,9 +18,17 @@ pub(super) struct Signer {
     pub issuer: String,
 }
 
+/// How often a running process looks for a key rotated by another process
+/// (`countersign receipt-key rotate`, or another server): until it does, it
+/// signs with the key it has.
+pub const RECEIPT_KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a retired key stays published: as long as any receipt it signed
-/// can still be valid (the longest execute-by any policy allows).
-const RETIRED_KEY_SERVED_MS: i64 = 30 * 24 * 3600 * 1000;
+/// can still be valid. A receipt expires at most the longest execute-by a
+/// policy allows after it is signed, and a process may sign with a retired
+/// key until it next refreshes (`RECEIPT_KEY_REFRESH`); an hour covers that
+/// with room for a process whose refresh failed a few times.
+const RETIRED_KEY_SERVED_MS: i64 = (crate::policy::MAX_DEADLINE_SECONDS + 3600) * 1000;
 
 async fn rotate_in(tx: &mut Tx<'_>, actor: String, key: ReceiptKey) -> Result<u64> {
     let now = tx.now_ms();
@@ -85,9 +93,26 @@ impl Core {
         Ok(json!({ "keys": keys }))
     }
 
-    /// Pick up a key another process rotated to (the sweeper calls this).
+    /// Pick up a key another process rotated to; the server calls this every
+    /// `RECEIPT_KEY_REFRESH`.
     pub async fn refresh_receipt_keys(&self) -> Result<()> {
-        self.load_receipt_keys().await
+        let before = self
+            .receipt_key
+            .read()
+            .map_err(super::poisoned)?
+            .as_ref()
+            .map(|k| k.id.clone());
+        self.load_receipt_keys().await?;
+        let after = self
+            .receipt_key
+            .read()
+            .map_err(super::poisoned)?
+            .as_ref()
+            .map(|k| k.id.clone());
+        if before != after {
+            tracing::info!(key = ?after, "receipts are now signed with a key rotated elsewhere");
+        }
+        Ok(())
     }
 
     pub(super) fn receipt_signer(&self) -> Result<Signer> {

@@ -2,6 +2,7 @@
 //! one proposal, with who may still decide and why this person may not.
 
 use super::people::Person;
+use super::privacy::{mask_decision, mask_job, mask_proposal, personal_fields, reads_personal_data, PersonalData};
 use super::Core;
 use crate::diff;
 use crate::error::{Error, Result};
@@ -38,6 +39,9 @@ pub struct ReviewData {
     /// Who of those who decided became a reviewer (or had their access or
     /// password changed) within the last day: a co-approver should know.
     pub recent_review_changes: Vec<ReviewChange>,
+    /// Which args are personal data, whether this person reads them or
+    /// their masks, and when they were erased.
+    pub personal: PersonalData,
 }
 
 /// How long a change to who may review stays marked beside their decisions.
@@ -56,14 +60,14 @@ impl Core {
     pub async fn review_for(&self, person: &Person, id: &str) -> Result<ReviewData> {
         let break_glass = self.break_glass_of(person).await?.is_some();
         let mut r = self.store.reader().await?;
-        let p: ProposalRow = proposals::get(&mut r.conn(), id)
+        let mut p: ProposalRow = proposals::get(&mut r.conn(), id)
             .await?
             .filter(|p| {
                 break_glass || (person.sees_tenant(&p.tenant) && (person.roles.reviewer || person.roles.auditor))
             })
             .ok_or(Error::NotFound)?;
-        let decisions = proposals::decisions_of(&mut r.conn(), &p.id).await?;
-        let job = jobs::by_proposal(&mut r.conn(), &p.id).await?;
+        let mut decisions = proposals::decisions_of(&mut r.conn(), &p.id).await?;
+        let mut job = jobs::by_proposal(&mut r.conn(), &p.id).await?;
         let reviewers = users::with_role_in_tenant(&mut r.conn(), Role::Reviewer, &p.tenant).await?;
         let admins = users::ids_with_role(&mut r.conn(), Role::Admin).await?;
         let now = self.now_ms();
@@ -132,6 +136,24 @@ impl Core {
         } else {
             Vec::new()
         };
+        // The reviewers who decide read personal data; anyone else (an
+        // auditor) reads it masked, here and in everything derived from it.
+        let personal = PersonalData {
+            fields: personal_fields(&policy, &p),
+            shown: reads_personal_data(person, &p.tenant, break_glass),
+            erased_at: p.pii_erased_at,
+        };
+        if !personal.shown && !personal.fields.is_empty() {
+            let had_diff = p.diff.is_some();
+            let r = mask_proposal(&mut p, &personal.fields);
+            job.iter_mut().for_each(|j| mask_job(j, &r));
+            decisions.iter_mut().for_each(|d| mask_decision(d, &r));
+            // Masking dropped the stored diff (a value may straddle its
+            // spans): the masked preview is diffed again.
+            if let (Some(before), Some(after), true) = (&p.preview_before, &p.preview_after, had_diff) {
+                p.diff = Some(super::previews::diff_json(&self.diffs, before.clone(), after.clone()).await?);
+            }
+        }
         let args: serde_json::Value = serde_json::from_str(&p.args).unwrap_or_default();
         Ok(ReviewData {
             undo: tool
@@ -149,6 +171,7 @@ impl Core {
             break_glass,
             now_ms: now,
             recent_review_changes,
+            personal,
         })
     }
 }

@@ -279,6 +279,8 @@ async fn run_and_proposal(s: &Store) -> super::queries::proposals::ProposalRow {
         preview_by: None,
         preview_at: None,
         idempotency_scope: Some("acme/prod".into()),
+        pii_fields: None,
+        pii_erased_at: None,
         upstream: Some("tickets".into()),
         upstream_tool: Some("close_ticket".into()),
         via: Some("mcp".into()),

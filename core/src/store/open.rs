@@ -73,6 +73,10 @@ pub fn sqlite_options(url: &str) -> Result<SqliteConnectOptions> {
         // Every acknowledged write is on disk: group commit pays for this.
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
+        // A deleted or overwritten value (erased personal data, a row
+        // removed) is overwritten with zeros in the page, not left in its
+        // free space; `Tx::reclaim_after_commit` clears the write-ahead log.
+        .pragma("secure_delete", "ON")
         .busy_timeout(Duration::from_secs(10))
         .log_statements(tracing::log::LevelFilter::Trace))
 }

@@ -22,9 +22,21 @@ pub struct Tx<'c> {
     /// Events appended in this transaction, inserted together at commit.
     pending: Vec<AuditEvent>,
     caches: std::sync::Arc<super::Caches>,
+    /// Clear the old bytes of what this transaction overwrote from the
+    /// write-ahead log once it commits (erased personal data).
+    reclaim: bool,
 }
 
 impl<'c> Tx<'c> {
+    /// Once this transaction commits, leave no earlier copy of what it
+    /// overwrote in the database's files: on SQLite (`secure_delete` has
+    /// zeroed the pages themselves) the write-ahead log is checkpointed
+    /// into the database and truncated, by this same connection. On
+    /// PostgreSQL earlier row versions wait for VACUUM (docs/operations.md).
+    pub fn reclaim_after_commit(&mut self) {
+        self.reclaim = true;
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -110,10 +122,7 @@ pub(crate) async fn run(
         }
         let n = batch.len();
         metrics::histogram!("countersign_write_batch_size").record(n as f64);
-        let outcome = run_batch(&mut conn, batch, &notices, &clock, &caches).await;
-        if outcome.is_ok() {
-            batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let outcome = run_batch(&mut conn, batch, &notices, &clock, &caches, &batches).await;
         if let Err(e) = outcome {
             tracing::error!(error = %e, batch = n, "write batch failed");
             if !conn.ping().await {
@@ -137,6 +146,7 @@ async fn run_batch(
     notices: &broadcast::Sender<Notice>,
     clock: &SharedClock,
     caches: &std::sync::Arc<super::Caches>,
+    committed: &std::sync::atomic::AtomicU64,
 ) -> Result<()> {
     let local_notices = !wc.dialect().notifies_through_database();
     let result = match attempt(wc, &mut batch, clock, caches, false).await {
@@ -153,7 +163,17 @@ async fn run_batch(
         Err(e) => Err(e),
     };
     match result {
-        Ok(published) => {
+        Ok((published, reclaim)) => {
+            if reclaim && wc.dialect() == super::Backend::Sqlite {
+                // Outside any transaction, before the callers are answered:
+                // when they hear it is done, it is.
+                if let Err(e) = wc.conn().exec("PRAGMA wal_checkpoint(TRUNCATE)").await {
+                    tracing::warn!(error = %e, "could not truncate the write-ahead log after an erasure");
+                }
+            }
+            // Counted before anyone hears of the commit: a caller that reads
+            // the count after its write sees its own batch in it.
+            committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for w in batch {
                 (w.deliver)(Ok(()));
             }
@@ -184,7 +204,7 @@ async fn attempt(
     clock: &SharedClock,
     caches: &std::sync::Arc<super::Caches>,
     careful: bool,
-) -> Result<Option<Vec<Notice>>> {
+) -> Result<Option<(Vec<Notice>, bool)>> {
     let (head_seq, head_hash) = begin(&mut wc.conn()).await?;
     let started = std::time::Instant::now();
     let mut tx = Tx {
@@ -196,6 +216,7 @@ async fn attempt(
         request_id: None,
         pending: Vec::new(),
         caches: caches.clone(),
+        reclaim: false,
     };
     for w in batch.iter_mut() {
         tx.request_id = w.request_id.clone();
@@ -208,7 +229,7 @@ async fn attempt(
     let committing = std::time::Instant::now();
     finish(&mut tx, head_seq).await?;
     metrics::histogram!("countersign_write_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
-    Ok(Some(std::mem::take(&mut tx.notices)))
+    Ok(Some((std::mem::take(&mut tx.notices), tx.reclaim)))
 }
 
 async fn begin(conn: &mut Conn<'_>) -> Result<(i64, String)> {

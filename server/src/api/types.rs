@@ -57,7 +57,8 @@ pub struct Budgets {
     pub usd: f64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// `Debug` leaves the token out: it is a credential.
+#[derive(Serialize, ToSchema)]
 pub struct MintRunResponse {
     pub run_id: String,
     /// The run token: send it as `Authorization: Bearer …`. Shown once.
@@ -69,6 +70,18 @@ pub struct MintRunResponse {
     pub allow_tools: Vec<String>,
     pub require_approval: Vec<String>,
     pub budgets: Budgets,
+}
+
+impl std::fmt::Debug for MintRunResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintRunResponse")
+            .field("run_id", &self.run_id)
+            .field("tenant", &self.tenant)
+            .field("env", &self.env)
+            .field("route", &self.route)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<MintedRun> for MintRunResponse {
@@ -186,6 +199,10 @@ pub struct ProposalResponse {
     /// `agent` (not checked); null when there is no preview.
     pub preview_source: Option<String>,
     pub preview_by: Option<String>,
+    /// When the proposal's personal data (its `pii` args, and wherever its
+    /// reason, preview or result repeated them) was erased, its retention
+    /// over; null while it is kept.
+    pub pii_erased_at: Option<String>,
 }
 
 impl From<ProposalOut> for ProposalResponse {
@@ -232,6 +249,7 @@ impl From<ProposalOut> for ProposalResponse {
                 (None, None) => None,
             },
             preview_by: p.preview_by.clone(),
+            pii_erased_at: p.pii_erased_at.map(rfc3339),
             id: p.id,
             status: p.status.to_string(),
             tool: p.tool,

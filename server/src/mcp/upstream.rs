@@ -173,13 +173,12 @@ impl Upstreams {
     /// means nothing was sent.
     async fn session(&self, up: &Upstream) -> Result<Arc<Session>, UpstreamError> {
         let headers = Self::headers(up).await?;
-        let mut parts: Vec<&[u8]> = vec![up.url.as_bytes()];
+        let mut parts: Vec<String> = vec![up.url.clone()];
         for (n, v) in &headers {
-            parts.push(n.as_str().as_bytes());
-            parts.push(v.as_bytes());
+            parts.push(n.as_str().to_owned());
+            parts.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
         }
-        let joined: Vec<String> = parts.iter().map(hex::encode).collect();
-        let refs: Vec<&str> = joined.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
         let fingerprint = hash_parts(&refs);
         let slot = self.slot(&up.name);
         let mut held = slot.lock().await;

@@ -53,7 +53,7 @@ from .executor import (
     Retryable,
     StalePreview,
 )
-from .gate import canonical_json, gated, idempotency_key_for, outcome_of
+from .gate import JSONObject, canonical_json, gated, idempotency_key_for, outcome_of
 from .models import (
     FINAL_STATUSES,
     STATUSES,
@@ -101,6 +101,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidArgs",
     "InvalidTransition",
+    "JSONObject",
     "Job",
     "JobFailed",
     "JobOutcome",

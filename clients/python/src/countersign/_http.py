@@ -124,6 +124,7 @@ def raise_for(response: httpx.Response) -> None:
         _decode(response),
         request_id=response.headers.get("x-request-id"),
         text=response.text if response.content else "",
+        retry_after=_retry_after(response),
     )
 
 

@@ -173,7 +173,19 @@ def _complete(
     if result is not None:
         body["result"] = result
     if preview is not None:
-        body["preview"] = Preview.coerce(preview).to_json()
+        # The server answers both of these 400; say why before sending.
+        p = Preview.coerce(preview)
+        if p.state is None:
+            raise ValueError(
+                "a preview job is completed with preview.state: the precondition the "
+                "execute job re-checks (a row version, an ETag; state='' if there is none)"
+            )
+        if status != "succeeded":
+            raise ValueError(
+                "a failed preview job reports why in result, not with a preview; "
+                "pass preview only with status='succeeded'"
+            )
+        body["preview"] = p.to_json()
     return Request("POST", f"/api/v1/jobs/{_id(job_id)}/complete", json=body)
 
 
@@ -408,7 +420,8 @@ class Client(_Common):
     ) -> Completion:
         """Report a job's outcome. Repeating the same body is answered alike;
         a stale lease or another outcome is ``InvalidTransition``. A preview
-        job is completed with ``status="succeeded"`` and ``preview``."""
+        job is completed with ``status="succeeded"`` and a ``preview`` with
+        its ``state`` (``ValueError`` without it, before anything is sent)."""
         return Completion.from_json(
             json_body(self._send(_complete(job_id, lease_id, status, result, retryable, preview)))
         )

@@ -112,13 +112,29 @@ class Unauthenticated(APIError):
     CODE = "unauthenticated"
 
 
-class ToolDenied(APIError):
+class _ToolRefusal(APIError):
+    """A refusal by the route's policy; ``details`` name the tool and route."""
+
+    @property
+    def tool(self) -> str | None:
+        """The tool that was refused (``details.tool``)."""
+        value = self.details.get("tool")
+        return value if isinstance(value, str) else None
+
+    @property
+    def route(self) -> str | None:
+        """The run's route that refused it (``details.route``)."""
+        value = self.details.get("route")
+        return value if isinstance(value, str) else None
+
+
+class ToolDenied(_ToolRefusal):
     """403: the tool is in the route's ``deny_tools``."""
 
     CODE = "tool_denied"
 
 
-class ToolNotAllowed(APIError):
+class ToolNotAllowed(_ToolRefusal):
     """403: the tool is not in the route's ``allow_tools``."""
 
     CODE = "tool_not_allowed"
@@ -179,7 +195,14 @@ class SecretInArgs(APIError):
 
     @property
     def field(self) -> str | None:
+        """Where the secret was found, e.g. ``"args.note"`` or ``"result.token"``."""
         value = self.details.get("field")
+        return value if isinstance(value, str) else None
+
+    @property
+    def kind(self) -> str | None:
+        """What it looked like, e.g. ``"AWS access key"`` (never the value)."""
+        value = self.details.get("kind")
         return value if isinstance(value, str) else None
 
 
@@ -201,7 +224,7 @@ class Disabled(APIError):
 
 
 class BudgetExhausted(APIError):
-    """429: the run's step or usd budget is used up."""
+    """429: the run's steps, seconds or usd are used up; :attr:`budget` says which."""
 
     CODE = "budget_exhausted"
 
@@ -212,7 +235,8 @@ class BudgetExhausted(APIError):
 
 
 class RateLimited(APIError):
-    """429: too many attempts; ``retry_after_seconds`` says when to try again."""
+    """429: too many at once from this holder (more than 16 long polls of one
+    run or executor key); ``retry_after_seconds`` says when to try again."""
 
     CODE = "rate_limited"
 
@@ -256,13 +280,19 @@ _BY_CODE: dict[str, type[APIError]] = {
 }
 
 # What a status means when the body is not the API's error shape (a proxy's
-# page, an empty body).
+# page, an empty body): the most general class of that status. A bare 409 is
+# a conflict with the object's state, a bare 422 a request the server could
+# not take as it is, a bare 429 a limit (its Retry-After header kept).
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequest,
     401: Unauthenticated,
     403: Forbidden,
     404: NotFound,
+    409: InvalidTransition,
     413: PayloadTooLarge,
+    422: InvalidArgs,
+    423: Disabled,
+    429: RateLimited,
 }
 
 
@@ -272,8 +302,12 @@ def error_from_response(
     *,
     request_id: str | None = None,
     text: str = "",
+    retry_after: float | None = None,
 ) -> APIError:
-    """The exception for an error response: by ``code``, else by status."""
+    """The exception for an error response: by ``code``, else by status.
+
+    ``retry_after`` is the response's ``Retry-After`` header in seconds; a
+    bare 429 carries it as ``details.retry_after_seconds``."""
     err = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(err, Mapping) and isinstance(err.get("code"), str):
         code = str(err["code"])
@@ -293,7 +327,10 @@ def error_from_response(
         return ServerError(message, code="internal", status=status, request_id=request_id)
     cls = _BY_STATUS.get(status, UnknownAPIError)
     code = cls.CODE or f"http_{status}"
-    return cls(message, code=code, status=status, request_id=request_id)
+    extra: dict[str, Any] = {}
+    if cls is RateLimited and retry_after is not None:
+        extra["retry_after_seconds"] = retry_after
+    return cls(message, code=code, details=extra, status=status, request_id=request_id)
 
 
 class TransportError(CountersignError):

@@ -8,7 +8,10 @@ handler under a heartbeated lease, report the outcome.
         return {"closed": job.args["ticket_id"]}
 
     with countersign.Client(URL, executor_key) as client:
-        countersign.Executor(client, tools={"ticket.close": close_ticket}).run()
+        countersign.Executor(client, env="prod", tools={"ticket.close": close_ticket}).run()
+
+``env`` is the env this executor acts in, from its own configuration: every
+receipt must name it (docs/api.md, "Writing an executor", step 3).
 
 What a handler returns is the job's ``result`` (a mapping; anything else
 JSON-serialisable is sent as ``{"value": …}``). Raising :class:`Retryable`
@@ -16,21 +19,30 @@ completes the job ``failed`` + ``retryable`` (the server offers it again,
 up to the tool's attempt limit); :class:`StalePreview` completes it ``failed``
 with ``{"code": "stale_preview"}``; :class:`JobFailed` or any other exception
 completes it ``failed``, not retryable.
+
+On SIGTERM / SIGINT (or :meth:`Executor.stop`) the executor claims no more;
+jobs in hand get ``grace_seconds`` to finish, then are *handed back*:
+completed ``failed`` + ``retryable`` with ``{"code": "executor_stopping"}``, so
+the queue offers them again. A second signal hands them back at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 import json
 import logging
+import re
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
 from .client import AsyncClient, Client
@@ -45,7 +57,7 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .models import ClaimedJob, Completion, Preview
+from .models import ClaimedJob, Completion, Heartbeat, Preview
 from .receipts import AsyncReceiptVerifier, Receipt, ReceiptVerifier
 
 __all__ = [
@@ -64,6 +76,9 @@ log = logging.getLogger("countersign.executor")
 
 #: Pause between empty claims when they do not long-poll (wait_seconds=0).
 _IDLE_PAUSE = 0.5
+#: How long jobs in hand may finish after a stop, by default: inside the 30 s
+#: most process managers allow between SIGTERM and SIGKILL.
+DEFAULT_GRACE_SECONDS = 25.0
 
 
 # -------------------------------------------------------- handler signals
@@ -140,13 +155,26 @@ class MemoryStore:
 @dataclass
 class Job:
     """What a handler gets. ``args`` are the verified receipt's args (or, for
-    a preview job, which no person approved yet, the queue's)."""
+    a preview job, which no person approved yet, the queue's).
+
+    A long handler should look at :attr:`should_stop` between steps: it turns
+    true when the run was revoked, the lease was lost, or the job was handed
+    back because the executor is stopping."""
 
     claimed: ClaimedJob
     args: dict[str, Any]
     receipt: Receipt | None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _lost: threading.Event = field(default_factory=threading.Event, repr=False)
+    _deadline: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    _handed_back: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: When the lease ends (POSIX seconds, the server's clock), as last granted.
+    _lease_until: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._lease_until is None and self.claimed.lease_expires_at is not None:
+            self._lease_until = self.claimed.lease_expires_at.timestamp()
 
     @property
     def job_id(self) -> str:
@@ -200,6 +228,21 @@ class Job:
         return self.claimed.preview_state
 
     @property
+    def execute_by(self) -> datetime | None:
+        """The job's execute-by deadline (the receipt's ``exp``); ``None``
+        without a verified receipt."""
+        if self.receipt is None:
+            return None
+        return datetime.fromtimestamp(self.receipt.exp, tz=timezone.utc)
+
+    @property
+    def lease_expires_at(self) -> datetime | None:
+        """When the lease ends, as last granted by the claim or a heartbeat."""
+        if self._lease_until is None:
+            return None
+        return datetime.fromtimestamp(self._lease_until, tz=timezone.utc)
+
+    @property
     def cancel_requested(self) -> bool:
         """True once a heartbeat said the run was revoked."""
         return self._cancel.is_set()
@@ -209,6 +252,33 @@ class Job:
         """True once a heartbeat was refused: another holder may run the job;
         this one's completion will be refused."""
         return self._lost.is_set()
+
+    @property
+    def deadline_reached(self) -> bool:
+        """True once the lease can no longer be extended because it would
+        outlast the job's execute-by time. The lease is still held, until
+        :attr:`lease_expires_at`: finish before then, or the completion is
+        refused."""
+        return self._deadline.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once the executor was asked to stop: finish within its grace
+        period, start nothing new."""
+        return self._stopping.is_set()
+
+    @property
+    def handed_back(self) -> bool:
+        """True once the job was handed back (the executor stopped before it
+        finished): it will be offered again, and what this handler does now
+        is never reported. Stop without acting."""
+        return self._handed_back.is_set()
+
+    @property
+    def should_stop(self) -> bool:
+        """True when going on is pointless or harmful: the run was revoked,
+        the lease was lost, or the job was handed back."""
+        return self.cancel_requested or self.lease_lost or self.handed_back
 
 
 Outcome = Literal["succeeded", "failed"]
@@ -238,6 +308,9 @@ class JobOutcome:
     #: result over 16 KiB or with a secret in it, a preview it cannot show):
     #: the job was then completed with a note in ``result`` instead.
     result_refused: CountersignError | None = None
+    #: True when the executor stopped before the job finished (or started):
+    #: it was completed as a retryable failure, to be offered again.
+    handed_back: bool = False
 
     @property
     def proposal_id(self) -> str:
@@ -328,6 +401,45 @@ def _receipt_failure(exc: ReceiptError) -> tuple[dict[str, Any], bool]:
     return {"code": exc.code, "error": "receipt_rejected", "message": exc.message}, retryable
 
 
+def _env_mismatch(claimed: ClaimedJob, env: str) -> JobOutcome | None:
+    """Without receipt verification, the queue's word for the env is still
+    checked against the executor's own: a job of another env is refused."""
+    if claimed.env == env:
+        return None
+    return JobOutcome(
+        claimed,
+        "failed",
+        {
+            "error": "job_refused",
+            "code": "env_mismatch",
+            "message": f"the job is for env {claimed.env!r}; this executor acts in {env!r}",
+        },
+    )
+
+
+def _handed_back(claimed: ClaimedJob, job: Job | None, started: bool) -> JobOutcome:
+    """The completion that gives a job back to the queue when the executor
+    stops: a retryable failure, so it is offered again."""
+    when = "before it finished" if started else "before it started"
+    return JobOutcome(
+        claimed,
+        "failed",
+        {"code": "executor_stopping", "message": f"executor stopping: handed back {when}"},
+        retryable=True,
+        job=job,
+        handed_back=True,
+    )
+
+
+def _check_env(env: object) -> str:
+    if not isinstance(env, str) or not env:
+        raise ValueError(
+            "env must name the env this executor acts in, from its own configuration "
+            f"(e.g. env='prod'), not the job's; got {env!r}"
+        )
+    return env
+
+
 class _Config:
     """Settings and pure decisions shared by both executors."""
 
@@ -336,11 +448,13 @@ class _Config:
         tools: Mapping[str, Any],
         previews: Mapping[str, Any] | None,
         *,
+        env: str,
         lease_seconds: int,
         wait_seconds: int,
         concurrency: int,
         heartbeat_every: float | None,
         store: ExecutionStore | None,
+        grace_seconds: float,
     ) -> None:
         if not tools and not previews:
             raise ValueError("an executor needs at least one tool handler or preview handler")
@@ -350,6 +464,9 @@ class _Config:
             raise ValueError("lease_seconds must be between 1 and 3600")
         if not 0 <= wait_seconds <= 60:
             raise ValueError("wait_seconds must be between 0 and 60")
+        if not grace_seconds >= 0:
+            raise ValueError("grace_seconds must be >= 0")
+        self.env = _check_env(env)
         self.tools = dict(tools)
         self.previews = dict(previews or {})
         self.lease_seconds = lease_seconds
@@ -357,6 +474,7 @@ class _Config:
         self.concurrency = concurrency
         self.heartbeat_every = heartbeat_every or max(0.5, lease_seconds / 3)
         self.store = store
+        self.grace_seconds = float(grace_seconds)
         # One claim per set of tools that want the same kinds of job, so a
         # job is only ever claimed by an executor with a handler for it. A
         # server that knows no previews knows no `kinds`: sent only when needed.
@@ -396,6 +514,81 @@ class _Config:
         return None, f"unknown job kind {job.kind!r}"
 
 
+# --------------------------------------------------------------- leases
+
+# The server's refusal of a heartbeat that would outlast the job's
+# execute-by time (core/src/service/jobs.rs): "a lease cannot outlast the
+# job's execute-by deadline (…): ask for at most N s". It carries no details,
+# so the sentence is what tells it from a lost lease.
+_DEADLINE_REFUSAL = re.compile(r"execute-by")
+_AT_MOST = re.compile(r"at most (\d+) s\b")
+
+
+class _Lease:
+    """What one job's heartbeats decide: how long to ask for, and what a
+    refusal means. A heartbeat may not extend a lease past the job's
+    execute-by time; that is not a lost lease (the lease is still held until
+    it ends), so heartbeats then stop and the job says
+    :attr:`Job.deadline_reached`."""
+
+    def __init__(self, job: Job, lease_seconds: int) -> None:
+        self.job = job
+        self.lease_seconds = lease_seconds
+        self.exp = float(job.receipt.exp) if job.receipt is not None else None
+        if job._lease_until is None:
+            job._lease_until = time.time() + lease_seconds
+
+    @property
+    def until(self) -> float:
+        return self.job._lease_until or 0.0
+
+    def ask(self) -> int | None:
+        """Seconds to ask for now; ``None`` when no heartbeat can extend the
+        lease any more (it already reaches the execute-by time)."""
+        if self.exp is None:
+            return self.lease_seconds
+        now = time.time()
+        cap = int(self.exp - now)
+        if cap >= self.lease_seconds:
+            return self.lease_seconds
+        if cap < 1 or now + cap <= self.until:
+            return None
+        return cap
+
+    def granted(self, beat: Heartbeat, asked: int, sent_at: float) -> None:
+        at = beat.lease_expires_at
+        self.job._lease_until = at.timestamp() if at is not None else sent_at + asked
+
+    def refused(self, exc: InvalidTransition) -> int | None:
+        """``None`` when the refusal means the lease was lost; else it was
+        the execute-by time, and this is how many seconds one last heartbeat
+        may still ask for (0 when it would not make the lease longer)."""
+        if not _DEADLINE_REFUSAL.search(exc.message):
+            return None
+        m = _AT_MOST.search(exc.message)
+        most = int(m.group(1)) if m else 0
+        return most if most >= 1 and time.time() + most > self.until else 0
+
+    def lost(self) -> None:
+        log.warning("lease of %s lost; its completion will be refused", self.job.job_id)
+        self.job._lost.set()
+
+    def deadline(self) -> None:
+        if not self.job._deadline.is_set():
+            log.warning(
+                "%s: the lease cannot outlast the job's execute-by time; it ends at %s: "
+                "finish before then",
+                self.job.job_id,
+                self.job.lease_expires_at,
+            )
+            self.job._deadline.set()
+
+    def beat(self, beat: Heartbeat) -> None:
+        if beat.cancel_requested and not self.job._cancel.is_set():
+            log.warning("%s: cancel requested (the run was revoked)", self.job.job_id)
+            self.job._cancel.set()
+
+
 @contextlib.contextmanager
 def _signals(handler: Callable[[], None], enabled: bool) -> Iterator[None]:
     """SIGTERM and SIGINT call ``handler`` while inside (main thread only)."""
@@ -421,9 +614,12 @@ def _fatal(exc: CountersignError) -> bool:
 
 
 class _Heartbeat:
+    """Heartbeats one job's lease from a background thread while inside."""
+
     def __init__(self, client: Client, job: Job, lease_seconds: int, every: float) -> None:
         self._client, self._job = client, job
-        self._lease_seconds, self._every = lease_seconds, every
+        self._lease = _Lease(job, lease_seconds)
+        self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"countersign-heartbeat-{job.job_id}", daemon=True
@@ -438,20 +634,47 @@ class _Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        job = self._job
         while not self._stop.wait(self._every):
-            try:
-                beat = self._client.heartbeat(job.job_id, job.lease_id, self._lease_seconds)
-            except InvalidTransition:
-                log.warning("lease of %s lost; its completion will be refused", job.job_id)
-                job._lost.set()
+            if not self._once():
                 return
-            except CountersignError as exc:
-                log.warning("heartbeat of %s failed: %s", job.job_id, exc)
-                continue
-            if beat.cancel_requested and not job._cancel.is_set():
-                log.warning("%s: cancel requested (the run was revoked)", job.job_id)
-                job._cancel.set()
+
+    def _send(self, seconds: int) -> Heartbeat:
+        job = self._job
+        return self._client.heartbeat(job.job_id, job.lease_id, seconds)
+
+    def _once(self) -> bool:
+        """One heartbeat; False when there will be no more."""
+        lease = self._lease
+        asked = lease.ask()
+        if asked is None:
+            lease.deadline()
+            return False
+        sent = time.time()
+        try:
+            beat = self._send(asked)
+        except InvalidTransition as exc:
+            last = lease.refused(exc)
+            if last is None:
+                lease.lost()
+                return False
+            if last:
+                sent = time.time()
+                try:
+                    lease.granted(self._send(last), last, sent)
+                except InvalidTransition as again:
+                    if lease.refused(again) is None:
+                        lease.lost()
+                        return False
+                except CountersignError as again:
+                    log.warning("heartbeat of %s failed: %s", self._job.job_id, again)
+            lease.deadline()
+            return False
+        except CountersignError as exc:
+            log.warning("heartbeat of %s failed: %s", self._job.job_id, exc)
+            return True
+        lease.granted(beat, asked, sent)
+        lease.beat(beat)
+        return True
 
 
 class Executor:
@@ -462,11 +685,13 @@ class Executor:
     :param previews: preview handler per tool whose policy says
         ``preview = "executor"``: ``handler(job) -> Preview(before, after, state)``;
         it must read the current state and change nothing.
+    :param env: the env this executor acts in, from **its own
+        configuration** (required). Every receipt must name it; without
+        receipt verification, every job must.
     :param verify_receipts: verify each execute job's approval receipt
         (signature, ``exp``, ``env``, ``tool``, ``jti``) before its handler
         runs, and hand the handler the receipt's args. Turn off only against
         a server that issues no receipts.
-    :param env: also require receipts (and so jobs) of this env.
     :param issuer: also require this ``iss`` in receipts.
     :param store: an :class:`ExecutionStore` consulted on ``execution_key``.
     :param lease_seconds: the lease asked for at claim and at each heartbeat.
@@ -475,6 +700,12 @@ class Executor:
     :param concurrency: jobs claimed and run at once (threads).
     :param heartbeat_every: seconds between heartbeats (default a third of
         the lease).
+    :param grace_seconds: after a stop, how long jobs in hand may finish
+        before they are handed back (default 25).
+
+    Handlers run in a worker thread of their own (with the caller's
+    ``contextvars``), so that a stop can hand a job back while its handler
+    is still running.
     """
 
     def __init__(
@@ -483,8 +714,8 @@ class Executor:
         tools: Mapping[str, Handler] | None = None,
         previews: Mapping[str, PreviewHandler] | None = None,
         *,
+        env: str,
         verify_receipts: bool = True,
-        env: str | None = None,
         issuer: str | None = None,
         leeway: float = 0.0,
         store: ExecutionStore | None = None,
@@ -492,6 +723,7 @@ class Executor:
         wait_seconds: int = 10,
         concurrency: int = 1,
         heartbeat_every: float | None = None,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
         if not isinstance(client, Client):
             raise TypeError(
@@ -501,16 +733,18 @@ class Executor:
         self._c = _Config(
             tools or {},
             previews,
+            env=env,
             lease_seconds=lease_seconds,
             wait_seconds=wait_seconds,
             concurrency=concurrency,
             heartbeat_every=heartbeat_every,
             store=store,
+            grace_seconds=grace_seconds,
         )
         self.verifier: ReceiptVerifier | None = (
             ReceiptVerifier(
                 client.jwks,
-                env=env,
+                env=self._c.env,
                 tools=frozenset(self._c.tools),
                 issuer=issuer,
                 leeway=leeway,
@@ -519,36 +753,87 @@ class Executor:
             else None
         )
         self._stop = threading.Event()
+        self._handback = threading.Event()
+        # Reentrant: a signal handler runs on the main thread, perhaps while
+        # that thread holds it.
+        self._lock = threading.RLock()
+        self._wakes: set[threading.Event] = set()
+        self._grace: threading.Timer | None = None
+
+    @property
+    def env(self) -> str:
+        """The env this executor acts in."""
+        return self._c.env
 
     # -- control
 
-    def stop(self) -> None:
-        """Claim no more; :meth:`run` returns after the jobs in hand finish."""
-        self._stop.set()
+    def stop(self, *, now: bool = False) -> None:
+        """Claim no more. Jobs in hand may finish for ``grace_seconds``, then
+        are handed back (completed ``failed`` + ``retryable``, to be offered
+        again). A second call, or ``now=True``, hands them back at once.
+        SIGTERM and SIGINT call this while :meth:`run` runs."""
+        with self._lock:
+            first = not self._stop.is_set()
+            self._stop.set()
+        if now or not first:
+            self.hand_back()
+            return
+        log.info(
+            "stopping: claiming no more; jobs in hand have %.1fs to finish",
+            self._c.grace_seconds,
+        )
+        timer = threading.Timer(self._c.grace_seconds, self.hand_back)
+        timer.daemon = True
+        timer.name = "countersign-executor-grace"
+        with self._lock:
+            self._grace = timer
+        timer.start()
+
+    def hand_back(self) -> None:
+        """Stop now: every job in hand is handed back without waiting for its
+        handler (whose late result is never reported; a success is still
+        remembered in the ``store``)."""
+        with self._lock:
+            self._stop.set()
+            if self._handback.is_set():
+                return
+            self._handback.set()
+            wakes = list(self._wakes)
+        if wakes:
+            log.warning("handing back %d job(s) in hand", len(wakes))
+        for wake in wakes:
+            wake.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Claim and process jobs until :meth:`stop`, SIGTERM or SIGINT.
-        Connection failures and 5xx answers are retried with backoff; a
-        credential the server refuses ends the loop with its exception."""
+        """Claim and process jobs until :meth:`stop`, SIGTERM or SIGINT (a
+        second signal hands the jobs in hand back at once). Connection
+        failures, 5xx and ``rate_limited`` answers are retried with backoff;
+        a credential the server refuses ends the loop with its exception."""
         failures = 0
-        with _signals(self.stop, install_signal_handlers):
-            while not self._stop.is_set():
-                try:
-                    jobs = self.run_once()
-                    failures = 0
-                    if not jobs and self._c.wait_seconds == 0:
-                        self._stop.wait(_IDLE_PAUSE)  # no long poll: do not spin
-                except CountersignError as exc:
-                    if _fatal(exc):
-                        raise
-                    failures += 1
-                    delay = min(30.0, 0.5 * 2**failures)
-                    log.warning("claim failed (%s); again in %.1fs", exc, delay)
-                    self._stop.wait(delay)
+        try:
+            with _signals(self.stop, install_signal_handlers):
+                while not self._stop.is_set():
+                    try:
+                        jobs = self.run_once()
+                        failures = 0
+                        if not jobs and self._c.wait_seconds == 0:
+                            self._stop.wait(_IDLE_PAUSE)  # no long poll: do not spin
+                    except CountersignError as exc:
+                        if _fatal(exc):
+                            raise
+                        failures += 1
+                        delay = min(30.0, 0.5 * 2**failures)
+                        log.warning("claim failed (%s); again in %.1fs", exc, delay)
+                        self._stop.wait(delay)
+        finally:
+            with self._lock:
+                grace, self._grace = self._grace, None
+            if grace is not None:
+                grace.cancel()
         log.info("executor stopped")
 
     def run_once(
@@ -589,7 +874,8 @@ class Executor:
     # -- one job
 
     def process(self, claimed: ClaimedJob) -> JobOutcome:
-        """Verify, run and complete one claimed job."""
+        """Verify, run and complete one claimed job. A job that arrives after
+        a stop was asked for is handed back without starting."""
         log.info(
             "claimed %s (%s %s, attempt %d, proposal %s)",
             claimed.job_id,
@@ -598,6 +884,8 @@ class Executor:
             claimed.attempt,
             claimed.proposal_id,
         )
+        if self._stop.is_set():
+            return self._finish(_handed_back(claimed, None, started=False))
         handler, missing = self._c.handler_for(claimed)
         if handler is None:
             return self._finish(
@@ -613,7 +901,12 @@ class Executor:
                 result, retryable = _receipt_failure(exc)
                 return self._finish(JobOutcome(claimed, "failed", result, retryable, error=exc))
             args = receipt.args
-        job = Job(claimed=claimed, args=args, receipt=receipt)
+        else:
+            refused = _env_mismatch(claimed, self._c.env)
+            if refused is not None:
+                log.error("refusing %s: %s", claimed.job_id, (refused.result or {})["message"])
+                return self._finish(refused)
+        job = Job(claimed=claimed, args=args, receipt=receipt, _stopping=self._stop)
         store, key = self._c.store, claimed.execution_key
         if claimed.kind == "execute" and store is not None and key:
             prior = store.seen(key)
@@ -623,10 +916,59 @@ class Executor:
                     JobOutcome(claimed, "succeeded", dict(prior), duplicate=True, job=job)
                 )
         with _Heartbeat(self.client, job, self._c.lease_seconds, self._c.heartbeat_every):
-            outcome = self._call(handler, job)
-        if outcome.status == "succeeded" and claimed.kind == "execute" and store and key:
-            store.remember(key, outcome.result or {})
+            outcome = self._run_handler(handler, job)
+        if not outcome.handed_back:
+            self._remember(outcome)
         return self._finish(outcome)
+
+    def _remember(self, outcome: JobOutcome) -> None:
+        store, c = self._c.store, outcome.claimed
+        if outcome.status == "succeeded" and c.kind == "execute" and store and c.execution_key:
+            store.remember(c.execution_key, outcome.result or {})
+
+    def _run_handler(self, handler: Callable[[Job], Any], job: Job) -> JobOutcome:
+        """Run the handler in a worker thread; its outcome, or a hand-back
+        when the executor stops first."""
+        wake = threading.Event()
+        done: list[JobOutcome] = []
+        context = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                outcome = context.run(self._call, handler, job)
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt in the handler
+                result, retryable = _failure(exc)
+                outcome = JobOutcome(job.claimed, "failed", result, retryable, error=exc, job=job)
+            with self._lock:
+                late = job._handed_back.is_set()
+                if not late:
+                    done.append(outcome)
+            wake.set()
+            if late:
+                log.warning(
+                    "%s finished (%s) after it was handed back; that is not reported",
+                    job.job_id,
+                    outcome.status,
+                )
+                self._remember(outcome)
+
+        with self._lock:
+            if self._handback.is_set():
+                job._handed_back.set()
+                return _handed_back(job.claimed, job, started=False)
+            self._wakes.add(wake)
+        try:
+            threading.Thread(target=work, name=f"countersign-job-{job.job_id}", daemon=True).start()
+            wake.wait()
+        finally:
+            with self._lock:
+                self._wakes.discard(wake)
+                if not done:
+                    job._handed_back.set()
+        if done:
+            return done[0]
+        log.warning("%s: handing it back unfinished (the executor is stopping)", job.job_id)
+        return _handed_back(job.claimed, job, started=True)
 
     def _call(self, handler: Callable[[Job], Any], job: Job) -> JobOutcome:
         try:
@@ -674,7 +1016,8 @@ class Executor:
 class AsyncExecutor:
     """The asyncio twin of :class:`Executor`, for an
     :class:`~countersign.AsyncClient`. Handlers may be coroutine functions or
-    plain functions (run in a worker thread)."""
+    plain functions (run in a worker thread). A handed-back coroutine handler
+    is cancelled; a plain one runs on in its thread, unreported."""
 
     def __init__(
         self,
@@ -682,8 +1025,8 @@ class AsyncExecutor:
         tools: Mapping[str, AsyncHandler] | None = None,
         previews: Mapping[str, AsyncPreviewHandler] | None = None,
         *,
+        env: str,
         verify_receipts: bool = True,
-        env: str | None = None,
         issuer: str | None = None,
         leeway: float = 0.0,
         store: ExecutionStore | None = None,
@@ -691,6 +1034,7 @@ class AsyncExecutor:
         wait_seconds: int = 10,
         concurrency: int = 1,
         heartbeat_every: float | None = None,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
         if not isinstance(client, AsyncClient):
             raise TypeError("AsyncExecutor needs a countersign.AsyncClient")
@@ -698,16 +1042,18 @@ class AsyncExecutor:
         self._c = _Config(
             tools or {},
             previews,
+            env=env,
             lease_seconds=lease_seconds,
             wait_seconds=wait_seconds,
             concurrency=concurrency,
             heartbeat_every=heartbeat_every,
             store=store,
+            grace_seconds=grace_seconds,
         )
         self.verifier: AsyncReceiptVerifier | None = (
             AsyncReceiptVerifier(
                 client.jwks,
-                env=env,
+                env=self._c.env,
                 tools=frozenset(self._c.tools),
                 issuer=issuer,
                 leeway=leeway,
@@ -716,10 +1062,38 @@ class AsyncExecutor:
             else None
         )
         self._stop = asyncio.Event()
+        self._handback = asyncio.Event()
+        # What handlers see as Job.stopping (they may read it from a thread).
+        self._stopping = threading.Event()
+        self._grace: asyncio.TimerHandle | None = None
 
-    def stop(self) -> None:
-        """Claim no more (call from the event loop's thread)."""
+    @property
+    def env(self) -> str:
+        """The env this executor acts in."""
+        return self._c.env
+
+    def stop(self, *, now: bool = False) -> None:
+        """See :meth:`Executor.stop`. Call it from the event loop's thread
+        (from another: ``loop.call_soon_threadsafe(executor.stop)``)."""
+        first = not self._stop.is_set()
         self._stop.set()
+        self._stopping.set()
+        if now or not first:
+            self.hand_back()
+            return
+        log.info(
+            "stopping: claiming no more; jobs in hand have %.1fs to finish",
+            self._c.grace_seconds,
+        )
+        self._grace = asyncio.get_running_loop().call_later(self._c.grace_seconds, self.hand_back)
+
+    def hand_back(self) -> None:
+        """See :meth:`Executor.hand_back` (from the event loop's thread)."""
+        self._stop.set()
+        self._stopping.set()
+        if not self._handback.is_set():
+            log.warning("handing back the jobs in hand")
+            self._handback.set()
 
     @property
     def stopping(self) -> bool:
@@ -756,6 +1130,9 @@ class AsyncExecutor:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = None
         log.info("executor stopped")
 
     async def run_once(
@@ -798,6 +1175,8 @@ class AsyncExecutor:
             claimed.attempt,
             claimed.proposal_id,
         )
+        if self._stop.is_set():
+            return await self._finish(_handed_back(claimed, None, started=False))
         handler, missing = self._c.handler_for(claimed)
         if handler is None:
             return await self._finish(
@@ -815,7 +1194,12 @@ class AsyncExecutor:
                     JobOutcome(claimed, "failed", result, retryable, error=exc)
                 )
             args = receipt.args
-        job = Job(claimed=claimed, args=args, receipt=receipt)
+        else:
+            refused = _env_mismatch(claimed, self._c.env)
+            if refused is not None:
+                log.error("refusing %s: %s", claimed.job_id, (refused.result or {})["message"])
+                return await self._finish(refused)
+        job = Job(claimed=claimed, args=args, receipt=receipt, _stopping=self._stopping)
         store, key = self._c.store, claimed.execution_key
         if claimed.kind == "execute" and store is not None and key:
             prior = store.seen(key)
@@ -823,31 +1207,94 @@ class AsyncExecutor:
                 return await self._finish(
                     JobOutcome(claimed, "succeeded", dict(prior), duplicate=True, job=job)
                 )
+        if self._handback.is_set():
+            job._handed_back.set()
+            return await self._finish(_handed_back(claimed, job, started=False))
         beat = asyncio.create_task(self._heartbeat(job))
         try:
-            outcome = await self._call(handler, job)
+            outcome = await self._run_handler(handler, job)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-        if outcome.status == "succeeded" and claimed.kind == "execute" and store and key:
-            store.remember(key, outcome.result or {})
+        if not outcome.handed_back:
+            self._remember(outcome)
         return await self._finish(outcome)
 
+    def _remember(self, outcome: JobOutcome) -> None:
+        store, c = self._c.store, outcome.claimed
+        if outcome.status == "succeeded" and c.kind == "execute" and store and c.execution_key:
+            store.remember(c.execution_key, outcome.result or {})
+
+    async def _run_handler(self, handler: Callable[[Job], Any], job: Job) -> JobOutcome:
+        """The handler's outcome, or a hand-back when the executor stops first
+        (a coroutine handler is then cancelled)."""
+        work = asyncio.create_task(self._call(handler, job))
+        stopped = asyncio.create_task(self._handback.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if work.done():
+            return work.result()
+        job._handed_back.set()
+        work.cancel()
+
+        def late(task: asyncio.Task[JobOutcome]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            outcome = task.result()
+            log.warning(
+                "%s finished (%s) after it was handed back; that is not reported",
+                job.job_id,
+                outcome.status,
+            )
+            self._remember(outcome)
+
+        work.add_done_callback(late)
+        log.warning("%s: handing it back unfinished (the executor is stopping)", job.job_id)
+        return _handed_back(job.claimed, job, started=True)
+
     async def _heartbeat(self, job: Job) -> None:
+        lease = _Lease(job, self._c.lease_seconds)
+
+        async def send(seconds: int) -> Heartbeat:
+            return await self.client.heartbeat(job.job_id, job.lease_id, seconds)
+
         while True:
             await asyncio.sleep(self._c.heartbeat_every)
+            asked = lease.ask()
+            if asked is None:
+                lease.deadline()
+                return
+            sent = time.time()
             try:
-                beat = await self.client.heartbeat(job.job_id, job.lease_id, self._c.lease_seconds)
-            except InvalidTransition:
-                log.warning("lease of %s lost; its completion will be refused", job.job_id)
-                job._lost.set()
+                beat = await send(asked)
+            except InvalidTransition as exc:
+                last = lease.refused(exc)
+                if last is None:
+                    lease.lost()
+                    return
+                if last:
+                    sent = time.time()
+                    try:
+                        lease.granted(await send(last), last, sent)
+                    except InvalidTransition as again:
+                        if lease.refused(again) is None:
+                            lease.lost()
+                            return
+                    except CountersignError as again:
+                        log.warning("heartbeat of %s failed: %s", job.job_id, again)
+                lease.deadline()
                 return
             except CountersignError as exc:
                 log.warning("heartbeat of %s failed: %s", job.job_id, exc)
                 continue
-            if beat.cancel_requested:
-                job._cancel.set()
+            lease.granted(beat, asked, sent)
+            lease.beat(beat)
 
     async def _call(self, handler: Callable[[Job], Any], job: Job) -> JobOutcome:
         try:

@@ -112,7 +112,7 @@ def verify_receipt(
     keys: KeySet,
     job: ClaimedJob,
     *,
-    env: str | None = None,
+    env: str,
     tools: frozenset[str] | None = None,
     issuer: str | None = None,
     leeway: float = 0.0,
@@ -122,10 +122,13 @@ def verify_receipt(
     Checks the EdDSA signature with the key named by ``kid``, that it has not
     expired (``exp``, with ``leeway`` seconds of clock skew), that ``jti`` is
     the job id, ``sub`` the proposal, and that tenant, env, tool,
-    ``execution_key`` and ``preview_state`` are the job's. ``env``, ``tools``
-    and ``issuer``, when given, must also match. Raises :class:`ReceiptError`
-    naming the reason.
+    ``execution_key`` and ``preview_state`` are the job's. ``env`` is the env
+    the caller acts in, from its **own configuration** (never the job's: the
+    queue is what the receipt checks); ``tools`` (the tools the caller
+    implements) and ``issuer``, when given, must also match. Raises
+    :class:`ReceiptError` naming the reason.
     """
+    _check_env(env)
     kid = receipt_kid(token)
     assert token is not None
     key = keys.get(kid)
@@ -175,7 +178,7 @@ def verify_receipt(
                 "receipt_mismatch",
                 f"the receipt's {name} is {claims.get(name)!r}, the job's is {value!r}",
             )
-    if env is not None and claims.get("env") != env:
+    if claims.get("env") != env:
         raise ReceiptError(
             "receipt_mismatch", f"the receipt is for env {claims.get('env')!r}, not {env!r}"
         )
@@ -216,9 +219,17 @@ def verify_receipt(
     )
 
 
+def _check_env(env: object) -> None:
+    if not isinstance(env, str) or not env:
+        raise ValueError(
+            "env must name the env this executor acts in (from its own configuration, "
+            f"e.g. 'prod'), got {env!r}"
+        )
+
+
 @dataclass(frozen=True)
 class VerifyOptions:
-    env: str | None = None
+    env: str
     tools: frozenset[str] | None = None
     issuer: str | None = None
     leeway: float = 0.0
@@ -227,17 +238,19 @@ class VerifyOptions:
 class ReceiptVerifier:
     """Verifies receipts against the server's JWKS, fetched with ``fetch``
     (e.g. ``client.jwks``) on first use and once more whenever a receipt names
-    a ``kid`` the cached set lacks."""
+    a ``kid`` the cached set lacks. ``env`` is the env the executor acts in,
+    from its own configuration (see :func:`verify_receipt`)."""
 
     def __init__(
         self,
         fetch: Callable[[], Mapping[str, Any]],
         *,
-        env: str | None = None,
+        env: str,
         tools: frozenset[str] | None = None,
         issuer: str | None = None,
         leeway: float = 0.0,
     ) -> None:
+        _check_env(env)
         self._fetch = fetch
         self._opts = VerifyOptions(env=env, tools=tools, issuer=issuer, leeway=leeway)
         self._keys: KeySet | None = None
@@ -275,11 +288,12 @@ class AsyncReceiptVerifier:
         self,
         fetch: Callable[[], Awaitable[Mapping[str, Any]]],
         *,
-        env: str | None = None,
+        env: str,
         tools: frozenset[str] | None = None,
         issuer: str | None = None,
         leeway: float = 0.0,
     ) -> None:
+        _check_env(env)
         self._fetch = fetch
         self._opts = VerifyOptions(env=env, tools=tools, issuer=issuer, leeway=leeway)
         self._keys: KeySet | None = None

@@ -104,9 +104,9 @@ pub struct ClaimableRow {
     pub receipt: Option<String>,
 }
 
-/// Queued jobs of `env`, `tools` and `kinds` that may run now, oldest first, from the
-/// queue's index alone. PostgreSQL locks them and skips rows other claimers
-/// hold.
+/// Queued jobs of `env`, `tools` and `kinds` that may run now and are not yet
+/// past their deadline (the sweeper expires those), oldest first, from the
+/// queue's index. PostgreSQL locks them and skips rows other claimers hold.
 pub async fn claimable_rows(
     conn: &mut Conn<'_>,
     env: &str,
@@ -125,6 +125,7 @@ pub async fn claimable_rows(
              WHERE state = 'queued' AND env = ");
         qb.push_bind(env.to_owned());
         qb.push(" AND available_at <= ").push_bind(now);
+        qb.push(" AND execute_by > ").push_bind(now);
         qb.push(" AND tool IN (");
         let mut sep = qb.separated(", ");
         for t in tools {
@@ -142,15 +143,16 @@ pub async fn claimable_rows(
 }
 
 /// Lease many queued jobs in one statement. Each gets the lease id
-/// `lse_<claim>_<job id>`: new at every claim. Returns (job id, lease id) of
-/// those leased.
+/// `lse_<claim>_<job id>`: new at every claim. A lease ends at `until` or at
+/// the job's execute-by deadline, whichever comes first: work may not be
+/// done after it. Returns (job id, lease id, lease end) of those leased.
 pub async fn lease_many(
     conn: &mut Conn<'_>,
     ids: &[String],
     claim: &str,
     now: i64,
     until: i64,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<(String, String, i64)>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -159,15 +161,16 @@ pub async fn lease_many(
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
         qb.push_bind(claim.to_owned());
-        qb.push(" || '_' || id, lease_expires_at = ").push_bind(until);
-        qb.push(", leased_at = ").push_bind(now);
+        qb.push(" || '_' || id, lease_expires_at = CASE WHEN execute_by < ").push_bind(until);
+        qb.push(" THEN execute_by ELSE ").push_bind(until);
+        qb.push(" END, leased_at = ").push_bind(now);
         qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id IN (");
         let mut sep = qb.separated(", ");
         for id in super::padded(ids, pad).iter() {
             sep.push_bind(id.clone());
         }
-        sep.push_unseparated(") RETURNING id, lease_id");
-        qb.build_query_as::<(String, String)>().fetch_all(&mut **c).await?
+        sep.push_unseparated(") RETURNING id, lease_id, lease_expires_at");
+        qb.build_query_as::<(String, String, i64)>().fetch_all(&mut **c).await?
     }))
 }
 
@@ -296,7 +299,6 @@ pub async fn set_receipt(conn: &mut Conn<'_>, id: &str, receipt: &str) -> Result
     Ok(())
 }
 
-/// Held jobs (approved while a switch or breaker covered them).
 /// Jobs of a run not yet claimed (held or queued), with their proposal's status.
 pub async fn unclaimed_of_run(conn: &mut Conn<'_>, run_id: &str) -> Result<Vec<JobRow>> {
     let cols = JOB_COLUMNS
@@ -367,6 +369,16 @@ fn check_move(from: JobState, to: JobState) -> Result<()> {
     } else {
         Err(Error::internal(format!("illegal job move {from} -> {to}")))
     }
+}
+
+/// A job with its personal data erased: its result and accepted completion
+/// body replaced, its receipt (which signs the args) removed.
+pub async fn erase(conn: &mut Conn<'_>, id: &str, result: Option<&str>, completion: Option<&str>) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE jobs SET result = $1, completion = $2, receipt = NULL WHERE id = $3")
+            .bind(result).bind(completion).bind(id).execute(&mut **c).await?;
+    });
+    Ok(())
 }
 
 /// The envs that have queued jobs of `tools` (the built-in upstream

@@ -38,6 +38,11 @@ pub struct ProposalRow {
     pub preview_at: Option<i64>,
     /// Where the idempotency key is unique: `tenant/env`.
     pub idempotency_scope: Option<String>,
+    /// The args that were personal data when it was proposed (a JSON array
+    /// of names); None: none were.
+    pub pii_fields: Option<String>,
+    /// When its personal data was erased.
+    pub pii_erased_at: Option<i64>,
     /// The upstream MCP server and tool it will call (`upstream` tools).
     pub upstream: Option<String>,
     pub upstream_tool: Option<String>,
@@ -48,10 +53,10 @@ pub struct ProposalRow {
 pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, args_hash, content_hash, \
      idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
      approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by, preview_state, \
-     preview_by, preview_at, idempotency_scope, upstream, upstream_tool, via";
+     preview_by, preview_at, idempotency_scope, pii_fields, pii_erased_at, upstream, upstream_tool, via";
 
-/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$31`.
-const PROPOSAL_VALUES: usize = 31;
+/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$33`.
+const PROPOSAL_VALUES: usize = 33;
 
 /// The insert of a proposal unless its idempotency key was used in its scope
 /// (or, for rows older than the tenant + env scope, in its run); written
@@ -64,7 +69,7 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The insert, then the charge of its run (values from `$32` on) only if the
+/// The insert, then the charge of its run (values from `$34` on) only if the
 /// insert added the row.
 static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -74,7 +79,7 @@ static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Bind a proposal's 31 values onto a query, in `PROPOSAL_COLUMNS` order.
+/// Bind a proposal's 33 values onto a query, in `PROPOSAL_COLUMNS` order.
 macro_rules! bind_proposal {
     ($query:expr, $p:expr) => {
         $query
@@ -106,6 +111,8 @@ macro_rules! bind_proposal {
             .bind(&$p.preview_by)
             .bind($p.preview_at)
             .bind(&$p.idempotency_scope)
+            .bind(&$p.pii_fields)
+            .bind($p.pii_erased_at)
             .bind(&$p.upstream)
             .bind(&$p.upstream_tool)
             .bind(&$p.via)
@@ -559,4 +566,72 @@ pub async fn count_pending(conn: &mut Conn<'_>) -> Result<i64> {
         on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM proposals WHERE status = 'pending'")
         .fetch_one(&mut **c).await?),
     )
+}
+
+/// The statuses a proposal ends in, as SQL: `'succeeded', 'failed', …`.
+fn terminal_statuses() -> String {
+    Status::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Finished proposals that still hold personal data and finished at or
+/// before `cutoff` (their last job's end, else their decision), oldest
+/// first. Reads `proposals_pii_kept`: a proposal finishes after it was made,
+/// so only rows made by `cutoff` are looked at.
+pub async fn erasable(conn: &mut Conn<'_>, cutoff: i64, limit: i64) -> Result<Vec<ProposalRow>> {
+    let sql = format!(
+        "SELECT {PROPOSAL_COLUMNS} FROM proposals p WHERE p.pii_fields IS NOT NULL AND p.pii_erased_at IS NULL \
+         AND p.created_at <= $1 AND p.status IN ({}) \
+         AND COALESCE((SELECT MAX(j.finished_at) FROM jobs j WHERE j.proposal_id = p.id), p.decided_at, p.created_at) <= $1 \
+         ORDER BY p.created_at, p.id LIMIT $2",
+        terminal_statuses()
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(cutoff).bind(limit).fetch_all(&mut **c).await?))
+}
+
+/// A proposal with its personal data replaced (args, reason, preview,
+/// precondition), marked erased at `at`. The args hash and content hash
+/// stay. False if it was already erased.
+#[derive(Debug, Clone)]
+pub struct Erased<'a> {
+    pub args: &'a str,
+    pub reason: &'a str,
+    pub preview_before: Option<&'a str>,
+    pub preview_after: Option<&'a str>,
+    pub preview_state: Option<&'a str>,
+    pub pii_fields: &'a str,
+    pub at: i64,
+}
+
+pub async fn erase(conn: &mut Conn<'_>, id: &str, e: &Erased<'_>) -> Result<bool> {
+    let n = on!(conn, c => sqlx::query(
+        "UPDATE proposals SET args = $1, reason = $2, preview_before = $3, preview_after = $4, preview_state = $5, \
+         diff = NULL, pii_fields = $6, pii_erased_at = $7 WHERE id = $8 AND pii_erased_at IS NULL")
+        .bind(e.args).bind(e.reason).bind(e.preview_before).bind(e.preview_after).bind(e.preview_state)
+        .bind(e.pii_fields).bind(e.at).bind(id)
+        .execute(&mut **c).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// Record `fields` as personal data on the proposals of `tool` that
+/// recorded none and were not erased: those made before the policy marked
+/// them. Answers how many. (A scan of the table: run when the loaded policy
+/// changes, and by an on-demand purge.)
+pub async fn mark_personal(conn: &mut Conn<'_>, tool: &str, fields: &str) -> Result<u64> {
+    Ok(on!(conn, c => sqlx::query(
+        "UPDATE proposals SET pii_fields = $1 WHERE tool = $2 AND pii_fields IS NULL AND pii_erased_at IS NULL")
+        .bind(fields).bind(tool).execute(&mut **c).await?.rows_affected()))
+}
+
+/// Replace a decision's comment (personal data erased from it).
+pub async fn set_comment(conn: &mut Conn<'_>, decision_id: &str, comment: &str) -> Result<()> {
+    on!(conn, c => {
+        sqlx::query("UPDATE decisions SET comment = $1 WHERE id = $2")
+            .bind(comment).bind(decision_id).execute(&mut **c).await?;
+    });
+    Ok(())
 }

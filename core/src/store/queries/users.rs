@@ -185,6 +185,16 @@ pub async fn put_throttle(conn: &mut Conn<'_>, t: &ThrottleRow) -> Result<()> {
     Ok(())
 }
 
+/// Delete up to 1,000 throttle records that started before `window_start`
+/// and block nothing at `now`; answers how many.
+pub async fn forget_throttles(conn: &mut Conn<'_>, window_start: i64, now: i64) -> Result<usize> {
+    let n = on!(conn, c => sqlx::query(
+        "DELETE FROM login_throttle WHERE key IN (SELECT key FROM login_throttle \
+         WHERE first_failure_at < $1 AND blocked_until <= $2 LIMIT 1000)")
+        .bind(window_start).bind(now).execute(&mut **c).await?.rows_affected());
+    Ok(n as usize)
+}
+
 pub async fn clear_throttle(conn: &mut Conn<'_>, key: &str) -> Result<()> {
     on!(conn, c => {
         sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key).execute(&mut **c).await?;

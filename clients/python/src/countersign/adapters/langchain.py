@@ -12,7 +12,8 @@
     # or: langgraph.prebuilt.ToolNode([close_ticket]), create_react_agent(model, [close_ticket])
 
 The result is a ``StructuredTool`` whose call goes through
-:func:`countersign.gated` (same options). A call without a result raises a
+:func:`countersign.gated` (same options) and answers the job's reported
+result. A call without a result raises a
 ``ToolException`` carrying the one-sentence reason
 (:func:`countersign.adapters.model_message`), which the tool turns into the
 model-visible answer (``handle_tool_error=True``; pass another value to
@@ -25,14 +26,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from langchain_core.tools import StructuredTool, ToolException
 
 from ..client import AsyncClient, Client
 from ..errors import CountersignError
-from ..gate import gated
+from ..gate import KeyFn, Scope, _gate, _Plan
 from . import model_message
 
 __all__ = ["gated_tool"]
@@ -43,12 +44,15 @@ def gated_tool(
     *,
     client: Client | AsyncClient,
     executor: Client | AsyncClient | None = None,
+    env: str | None = None,
     name: str | None = None,
     description: str | None = None,
     timeout: float = 300.0,
     reason: str | Callable[[dict[str, Any]], Any] | None = None,
     preview: Callable[[dict[str, Any]], Any] | None = None,
-    idempotency_key: Callable[[dict[str, Any]], str] | None = None,
+    idempotency_key: KeyFn | None = None,
+    scope: Scope | None = None,
+    repropose_after: Collection[str] = (),
     verify_receipts: bool = True,
     lease_seconds: int = 60,
     handle_tool_error: Any = True,
@@ -60,15 +64,16 @@ def gated_tool(
     docstring. Other keyword options go to ``StructuredTool.from_function``.
     """
 
+    plan = _Plan(tool, reason, preview, idempotency_key, scope, repropose_after)
+
     def decorate(fn: Callable[..., Any]) -> StructuredTool:
-        wrapped = gated(
+        wrapped = _gate(
             tool,
             client=client,
             executor=executor,
+            env=env,
             timeout=timeout,
-            reason=reason,
-            preview=preview,
-            idempotency_key=idempotency_key,
+            plan=plan,
             verify_receipts=verify_receipts,
             lease_seconds=lease_seconds,
         )(fn)
@@ -80,7 +85,7 @@ def gated_tool(
         common.update(structured_tool_options)
         if inspect.iscoroutinefunction(fn):
 
-            @functools.wraps(fn)
+            @functools.wraps(wrapped)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 try:
                     return await wrapped(*args, **kwargs)
@@ -90,7 +95,7 @@ def gated_tool(
             made: StructuredTool = StructuredTool.from_function(coroutine=run_async, **common)
             return made
 
-        @functools.wraps(fn)
+        @functools.wraps(wrapped)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return wrapped(*args, **kwargs)

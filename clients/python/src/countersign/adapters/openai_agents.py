@@ -11,15 +11,24 @@
     agent = Agent(name="support", tools=[close_ticket])
 
 The result is an ``agents.FunctionTool`` whose call goes through
-:func:`countersign.gated` (same options). When the call has no result
-(rejected, expired, cancelled, failed, refused by the server) the model is
-told why in one sentence (see :func:`countersign.adapters.model_message`);
-other exceptions get the SDK's default message.
+:func:`countersign.gated` (same options) and answers the job's reported
+result. When the call has no result (rejected, expired, cancelled, failed,
+refused by the server) the model is told why in one sentence (see
+:func:`countersign.adapters.model_message`); other exceptions get the SDK's
+default message.
+
+A plain function with a sync :class:`~countersign.Client` blocks for the
+whole approval; the tool runs it in a worker thread (``asyncio.to_thread``),
+so the event loop, and the agent's other tools, go on meanwhile. An
+``async def`` with an :class:`~countersign.AsyncClient` needs no thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable, Collection
 from typing import Any
 
 from agents import FunctionTool, RunContextWrapper, function_tool
@@ -27,7 +36,7 @@ from agents.tool import default_tool_error_function
 
 from ..client import AsyncClient, Client
 from ..errors import CountersignError
-from ..gate import gated
+from ..gate import JSONObject, KeyFn, Scope, _gate, _Plan
 from . import model_message
 
 __all__ = ["gated_tool", "tool_error_message"]
@@ -45,12 +54,15 @@ def gated_tool(
     *,
     client: Client | AsyncClient,
     executor: Client | AsyncClient | None = None,
+    env: str | None = None,
     name: str | None = None,
     description: str | None = None,
     timeout: float = 300.0,
     reason: str | Callable[[dict[str, Any]], Any] | None = None,
     preview: Callable[[dict[str, Any]], Any] | None = None,
-    idempotency_key: Callable[[dict[str, Any]], str] | None = None,
+    idempotency_key: KeyFn | None = None,
+    scope: Scope | None = None,
+    repropose_after: Collection[str] = (),
     verify_receipts: bool = True,
     lease_seconds: int = 60,
     **function_tool_options: Any,
@@ -62,22 +74,24 @@ def gated_tool(
     docstring. Other keyword options go to ``agents.function_tool``.
     """
 
+    plan = _Plan(tool, reason, preview, idempotency_key, scope, repropose_after)
+
     def decorate(fn: Callable[..., Any]) -> FunctionTool:
-        wrapped = gated(
+        wrapped = _gate(
             tool,
             client=client,
             executor=executor,
+            env=env,
             timeout=timeout,
-            reason=reason,
-            preview=preview,
-            idempotency_key=idempotency_key,
+            plan=plan,
             verify_receipts=verify_receipts,
             lease_seconds=lease_seconds,
         )(fn)
+        target = wrapped if inspect.iscoroutinefunction(wrapped) else _in_a_thread(wrapped)
         options: dict[str, Any] = {"failure_error_function": tool_error_message}
         options.update(function_tool_options)
         made: FunctionTool = function_tool(
-            wrapped,
+            target,
             name_override=name or fn.__name__,
             description_override=description,
             **options,
@@ -85,3 +99,13 @@ def gated_tool(
         return made
 
     return decorate
+
+
+def _in_a_thread(call: Callable[..., JSONObject]) -> Callable[..., Any]:
+    """``call`` as a coroutine function that runs it in a worker thread."""
+
+    @functools.wraps(call)
+    async def run(*args: Any, **kwargs: Any) -> JSONObject:
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    return run
