@@ -11,6 +11,8 @@
 //!
 //! `--smoke` runs each part for a moment and checks the counts (CI).
 //! `--attacks` measures what an attacker's bursts get instead (see attacks.rs).
+//! `--mcp` measures what the MCP gateway adds to a pass-through read (mcp.rs);
+//! with `--smoke`, briefly.
 //! `DATABASE_URL=postgres://…/postgres` benchmarks PostgreSQL instead: a fresh
 //! database is created on that server and dropped afterwards.
 //!
@@ -18,6 +20,9 @@
 //! the load generator, printed once before it exits; nothing branches on them.
 
 mod attacks;
+mod mcp;
+#[path = "../server/tests/support/mcp_upstream.rs"]
+mod mcp_upstream;
 
 use serde_json::{json, Value};
 use sqlx::Connection;
@@ -91,6 +96,9 @@ struct Opts {
     /// previews, anonymous floods) instead of throughput.
     #[arg(long)]
     attacks: bool,
+    /// Measure what the MCP gateway adds to a pass-through read instead.
+    #[arg(long)]
+    mcp: bool,
     /// Keep the database (and a PostgreSQL database) afterwards, for EXPLAIN.
     #[arg(long)]
     keep: bool,
@@ -904,6 +912,9 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
     )
     .map_err(|e| e.to_string())?;
 
+    if o.mcp {
+        return mcp::run(o, db, backend).await;
+    }
     if o.attacks {
         cli(o, db, &["migrate"], None)?;
         for name in ["rita", "gus", "vic", "val", "vin", "viv", "vera"] {

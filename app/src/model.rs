@@ -159,6 +159,29 @@ pub struct Review {
     pub break_glass: bool,
     /// None: no arg is personal data.
     pub personal: Option<PersonalView>,
+    /// The upstream MCP call it will make (a tool with `upstream`).
+    pub upstream_call: Option<UpstreamCallView>,
+}
+
+/// The upstream MCP server and tool a proposal calls, and whether it came
+/// through the MCP gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamCallView {
+    pub upstream: String,
+    pub tool: String,
+    pub via_mcp: bool,
+}
+
+impl UpstreamCallView {
+    /// "close_ticket on tickets, asked through the MCP gateway"
+    pub fn describe(&self) -> String {
+        let via = if self.via_mcp {
+            ", asked through the MCP gateway"
+        } else {
+            ""
+        };
+        format!("{} on {}{via}", self.tool, self.upstream)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +199,7 @@ pub struct HistoryRow {
     pub destructive: bool,
     /// When its personal data was erased.
     pub pii_erased_at_ms: Option<i64>,
+    pub upstream_call: Option<UpstreamCallView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

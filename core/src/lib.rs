@@ -51,4 +51,5 @@ pub mod records {
     pub use crate::store::queries::policy::PolicyVersionRow as PolicyVersion;
     pub use crate::store::queries::proposals::{DecisionRow as Decision, ProposalRow as Proposal};
     pub use crate::store::queries::runs::RunRow as Run;
+    pub use crate::store::queries::upstream_calls::UpstreamCallRow as UpstreamCallRecord;
 }

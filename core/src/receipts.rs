@@ -53,6 +53,19 @@ pub struct ReceiptClaims {
     pub iat: i64,
     /// The execute-by deadline, seconds since the epoch.
     pub exp: i64,
+    /// For a tool performed on an upstream MCP server: the server (by its
+    /// policy name) and the tool called there. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<ReceiptUpstream>,
+}
+
+/// The upstream MCP call a receipt approves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptUpstream {
+    /// The `[upstreams.NAME]` of the policy.
+    pub name: String,
+    /// The tool's name on that server.
+    pub tool: String,
 }
 
 /// A receipt signing key. The private half never leaves the server and never
@@ -166,6 +179,7 @@ mod tests {
             policy_sha256: "ab".into(),
             iat: 1_800_000_000,
             exp: 4_000_000_000,
+            upstream: None,
         }
     }
 

@@ -47,6 +47,16 @@ impl Inspect {
         runs::get(&mut self.store.reader().await?.conn(), id).await
     }
 
+    /// A run's proposals still previewing or pending.
+    pub async fn open_proposals_of_run(&self, run_id: &str) -> Result<Vec<Proposal>> {
+        proposals::open_of_run(&mut self.store.reader().await?.conn(), run_id).await
+    }
+
+    /// The upstream executor's record of a proposal's call.
+    pub async fn upstream_call(&self, proposal_id: &str) -> Result<Option<crate::records::UpstreamCallRecord>> {
+        crate::store::queries::upstream_calls::of_proposal(&mut self.store.reader().await?.conn(), proposal_id).await
+    }
+
     pub async fn count_pending(&self) -> Result<i64> {
         proposals::count_pending(&mut self.store.reader().await?.conn()).await
     }

@@ -143,6 +143,7 @@ async fn run(cli: Cli) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mcp(McpCommand::Check { policy }) => mcp_check(&policy).await,
         Command::Privacy(PrivacyCommand::Purge { before, policy }) => purge(db, before, policy).await,
         Command::Run(RunCommand::Revoke { id, reason }) => {
             let core = open_core(&db, Policy::empty()).await?;
@@ -169,6 +170,40 @@ pub fn read_policy(path: &Path) -> Result<Policy, CliError> {
     })
 }
 
+/// `mcp check`: each upstream of the policy, whether it answers, and the
+/// tools the policy performs on it that it does not offer.
+async fn mcp_check(path: &Path) -> CliResult {
+    let policy = read_policy(path)?;
+    if policy.upstreams.is_empty() {
+        println!("the policy {} declares no upstreams", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reports = crate::mcp::upstream::Upstreams::new().check(&policy).await;
+    let mut healthy = true;
+    for r in &reports {
+        match &r.offered {
+            Ok(tools) => {
+                println!(
+                    "{}  {}  answers, offering {} tool(s): {}",
+                    r.name,
+                    r.url,
+                    tools.len(),
+                    tools.join(", ")
+                );
+                if !r.missing.is_empty() {
+                    healthy = false;
+                    println!("  lacks tools the policy performs on it: {}", r.missing.join(", "));
+                }
+            }
+            Err(e) => {
+                healthy = false;
+                println!("{}  {}  does not answer: {e}", r.name, r.url);
+            }
+        }
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 async fn open_core(db: &str, policy: Policy) -> Result<Arc<Core>, CliError> {
     Ok(Core::open(StoreOptions::new(db), policy, Settings::default()).await?)
 }
@@ -185,6 +220,7 @@ async fn serve(db: String, args: ServeArgs) -> CliResult {
         secure_cookies: args.secure_cookies(),
         read_connections: args.read_connections,
         sign_in_sessions_per_minute: args.sign_in_sessions_per_minute,
+        upstream_lease: std::time::Duration::from_secs(args.upstream_lease),
         ..AppConfig::new(db.clone(), policy)
     };
     let app = startup::start(cfg).await?;

@@ -96,6 +96,9 @@ pub enum Command {
     /// Route circuit breakers.
     #[command(subcommand)]
     Breaker(BreakerCommand),
+    /// The MCP gateway's upstream servers.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Webhooks that receive signed notifications.
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -115,6 +118,17 @@ pub enum PrivacyCommand {
         #[arg(long)]
         before: Option<String>,
         /// The policy that marks the personal args and sets the retention.
+        #[arg(long, env = "COUNTERSIGN_POLICY", default_value = "policy.toml")]
+        policy: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Say which upstreams answer and which tools the policy performs on
+    /// them that they do not offer; non-zero exit if any.
+    Check {
+        /// The policy that declares the upstreams.
         #[arg(long, env = "COUNTERSIGN_POLICY", default_value = "policy.toml")]
         policy: PathBuf,
     },
@@ -180,6 +194,11 @@ pub struct ServeArgs {
     /// people behind one NAT share it).
     #[arg(long, env = "COUNTERSIGN_SIGN_IN_SESSIONS_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub sign_in_sessions_per_minute: u32,
+    /// The lease, in seconds, the built-in upstream executor takes on each
+    /// job; heartbeats renew it while it calls. A job whose server died is
+    /// offered again once its lease runs out.
+    #[arg(long, env = "COUNTERSIGN_UPSTREAM_LEASE", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub upstream_lease: u64,
 }
 
 impl ServeArgs {

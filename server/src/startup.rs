@@ -58,6 +58,11 @@ pub struct AppConfig {
     pub sweep_every: Duration,
     /// How often a long-poll looks again without a notice (a safety net).
     pub wait_recheck: Duration,
+    /// The lease the built-in upstream executor takes on each job (renewed
+    /// by heartbeats while it calls).
+    pub upstream_lease: Duration,
+    /// Whether to log at start-up which upstreams answer (off in tests).
+    pub check_upstreams_at_start: bool,
     /// How often to look for a receipt key rotated by another process.
     pub receipt_key_refresh: Duration,
 }
@@ -79,6 +84,8 @@ impl AppConfig {
             clock: Arc::new(SystemClock),
             sweep_every: Duration::from_secs(1),
             wait_recheck: Duration::from_secs(5),
+            upstream_lease: Duration::from_secs(60),
+            check_upstreams_at_start: true,
             receipt_key_refresh: countersign_core::service::RECEIPT_KEY_REFRESH,
         }
     }
@@ -87,6 +94,9 @@ impl AppConfig {
 pub struct RunningApp {
     pub addr: SocketAddr,
     pub core: Arc<Core>,
+    /// The upstream MCP sessions, shared by the gateway and its executor.
+    pub upstreams: Arc<crate::mcp::upstream::Upstreams>,
+    mcp_stop: tokio_util::sync::CancellationToken,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -106,6 +116,7 @@ impl RunningApp {
         for t in self.background.drain(..) {
             t.abort();
         }
+        self.mcp_stop.cancel();
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -127,6 +138,7 @@ impl Drop for RunningApp {
         for t in &self.background {
             t.abort();
         }
+        self.mcp_stop.cancel();
         if let Some(t) = &self.server {
             t.abort();
         }
@@ -172,7 +184,7 @@ pub async fn open_core(cfg: &AppConfig, public_url: String) -> Result<Arc<Core>,
 }
 
 /// The whole HTTP surface over `core`.
-pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Result<Router, StartError> {
+pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str, mcp: Router) -> Result<Router, StartError> {
     let leptos_options = LeptosOptions::builder()
         .output_name("countersign")
         .site_root(cfg.site_root.to_string_lossy().to_string())
@@ -233,6 +245,7 @@ pub async fn router(cfg: &AppConfig, core: Arc<Core>, public_url: &str) -> Resul
 
     Ok(Router::new()
         .merge(api::router(core.clone()))
+        .merge(mcp)
         .merge(edges)
         .merge(stream)
         .nest_service("/pkg", assets)
@@ -267,7 +280,35 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
     let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let cfg = AppConfig { addr, ..cfg };
     let core = open_core(&cfg, public_url.clone()).await?;
-    let app = router(&cfg, core.clone(), &public_url).await?;
+    let upstreams = Arc::new(crate::mcp::upstream::Upstreams::new());
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let mcp = crate::mcp::router(core.clone(), upstreams.clone(), mcp_stop.clone());
+    let app = router(&cfg, core.clone(), &public_url, mcp).await?;
+    let executor = crate::mcp::executor::spawn(
+        core.clone(),
+        upstreams.clone(),
+        crate::mcp::executor::ExecutorSettings {
+            lease: cfg.upstream_lease,
+        },
+    );
+    if cfg.check_upstreams_at_start && !cfg.policy.upstreams.is_empty() {
+        // Said once, in the background: the server does not wait for upstreams.
+        let (upstreams, policy) = (upstreams.clone(), cfg.policy.clone());
+        tokio::spawn(async move {
+            for r in upstreams.check(&policy).await {
+                match &r.offered {
+                    Ok(_) if r.missing.is_empty() => {
+                        tracing::info!(upstream = %r.name, url = %r.url, "upstream answers")
+                    }
+                    Ok(_) => tracing::warn!(
+                        upstream = %r.name, url = %r.url, missing = ?r.missing,
+                        "upstream answers but lacks tools the policy performs on it"
+                    ),
+                    Err(e) => tracing::warn!(upstream = %r.name, url = %r.url, error = %e, "upstream does not answer"),
+                }
+            }
+        });
+    }
 
     let sweeper = {
         let core = core.clone();
@@ -314,8 +355,10 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
     Ok(RunningApp {
         addr,
         core,
+        upstreams,
+        mcp_stop,
         shutdown: Some(tx),
         server: Some(server),
-        background: vec![sweeper, receipt_keys, webhooks],
+        background: vec![sweeper, receipt_keys, webhooks, executor],
     })
 }

@@ -29,6 +29,7 @@ fn is_protected_page(path: &str) -> bool {
 fn is_machine_path(path: &str) -> bool {
     path.starts_with("/api/v1/")
         || path == "/api/v1"
+        || path == "/mcp"
         || matches!(
             path,
             "/healthz" | "/readyz" | "/metrics" | "/favicon.ico" | "/.well-known/jwks.json"

@@ -119,6 +119,15 @@ pub fn queue(rows: Vec<Proposal>, now_ms: i64) -> Queue {
     }
 }
 
+/// The upstream call a proposal makes, if its tool has an upstream.
+fn upstream_call(p: &Proposal) -> Option<UpstreamCallView> {
+    Some(UpstreamCallView {
+        upstream: p.upstream.clone()?,
+        tool: p.upstream_tool.clone()?,
+        via_mcp: p.via.as_deref() == Some("mcp"),
+    })
+}
+
 pub fn review(r: ReviewData, quick_ms: i64) -> Review {
     let p = r.proposal;
     let note = |d: &Decision| {
@@ -146,6 +155,7 @@ pub fn review(r: ReviewData, quick_ms: i64) -> Review {
         preview_by: p.preview_by.clone(),
         preview_at_ms: p.preview_at,
         execution: r.job.as_ref().map(execution),
+        upstream_call: upstream_call(&p),
         diff: r.diff.map(|d| d.into_iter().map(diff_line).collect()),
         id: p.id,
         tool: p.tool,
@@ -188,6 +198,7 @@ pub fn history_row(e: &HistoryEntry, quick_ms: i64) -> HistoryRow {
         execution: e.job.as_ref().map(execution),
         destructive: p.destructive,
         pii_erased_at_ms: p.pii_erased_at,
+        upstream_call: upstream_call(p),
     }
 }
 

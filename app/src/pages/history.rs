@@ -106,7 +106,12 @@ pub fn HistoryPage() -> impl IntoView {
                                     {page.rows.into_iter().map(|r| view! {
                                         <tr>
                                             <td>{format_time(r.created_at_ms)}</td>
-                                            <td><a href=format!("/proposals/{}", r.id)>{r.tool}</a></td>
+                                            <td>
+                                                <a href=format!("/proposals/{}", r.id)>{r.tool}</a>
+                                                {r.upstream_call.map(|u| view! {
+                                                    <small class="gateway">{format!(" MCP: {}/{}", u.upstream, u.tool)}</small>
+                                                })}
+                                            </td>
                                             <td><EnvBadge tenant=r.tenant env=r.env/></td>
                                             <td>
                                                 <StatusBadge status=r.status/>

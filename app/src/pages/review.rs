@@ -48,6 +48,11 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                     <RiskMarkers destructive=review.destructive irreversible=review.irreversible/>
                     <span class="approvals">{format!("{} of {} approvals", review.approvals, review.approvals_required)}</span>
                     {review.break_glass.then(|| view! { <span class="badge danger">"break-glass: you may approve alone"</span> })}
+                    {review.upstream_call.clone().map(|u| view! {
+                        <span class="badge gateway" title="countersign performs this call itself, once approved">
+                            {format!("MCP: calls {}", u.describe())}
+                        </span>
+                    })}
                 </p>
                 <p class="reason"><strong>"Reason: "</strong>{if review.reason.is_empty() { "(none given)".to_owned() } else { review.reason.clone() }}</p>
             </header>
@@ -91,6 +96,10 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 <h2 id="details">"Details"</h2>
                 <dl class="facts">
                     <dt>"Tool"</dt><dd>{review.tool.clone()}</dd>
+                    {review.upstream_call.clone().map(|u| view! {
+                        <dt>"Upstream call"</dt><dd><code>{u.tool.clone()}</code>" on upstream "<code>{u.upstream.clone()}</code>
+                            {u.via_mcp.then_some(" (asked through the MCP gateway)")}</dd>
+                    })}
                     <dt>"Tenant"</dt><dd>{review.tenant.clone()}</dd>
                     <dt>"Env"</dt><dd>{review.env.clone()}</dd>
                     <dt>"Route"</dt><dd>{review.route.clone()}</dd>

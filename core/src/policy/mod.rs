@@ -9,7 +9,7 @@ mod upstreams;
 
 pub use expect::{run_expectations, ExpectReport};
 pub use load::{load_policy, PolicyError, MAX_SECONDS as MAX_DEADLINE_SECONDS};
-pub use upstreams::{is_mcp_tool_name, DEFAULT_MCP_WAIT, DEFAULT_UPSTREAM_TIMEOUT, ENV_PREFIX};
+pub use upstreams::{is_mcp_tool_name, DEFAULT_MCP_WAIT, DEFAULT_UPSTREAM_TIMEOUT, ENV_PREFIX, FILE_PREFIX};
 
 use schema::ArgsSchema;
 use serde_json::Value;
@@ -71,10 +71,30 @@ pub struct Upstream {
     pub name: String,
     /// Its Streamable HTTP endpoint.
     pub url: String,
-    /// Header name → the environment variable its value is read from. The
-    /// value itself is never in the policy.
-    pub headers: BTreeMap<String, String>,
+    /// Header name → where its value is read from when the upstream is
+    /// called. The value itself is never in the policy.
+    pub headers: BTreeMap<String, SecretRef>,
     pub timeout_seconds: i64,
+}
+
+/// Where a credential is read from, at the moment it is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `env:NAME`: an environment variable of the server.
+    Env(String),
+    /// `file:/path`: a file, such as a secret manager's mounted secret; one
+    /// trailing newline is not part of the value.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for SecretRef {
+    /// The reference, never the value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "{ENV_PREFIX}{name}"),
+            SecretRef::File(path) => write!(f, "{FILE_PREFIX}{}", path.display()),
+        }
+    }
 }
 
 /// The MCP gateway's settings (policy `[mcp]`).

@@ -1,11 +1,12 @@
 //! The MCP servers countersign calls for agents (`[upstreams.NAME]`), the
 //! gateway's own settings (`[mcp]`), and the rules tying tools to them. The
 //! credentials an upstream needs are never written in the policy: a header's
-//! value names an environment variable of the server (`env:NAME`), read when
-//! the upstream is called, so the file can be reviewed and shared freely.
+//! value names an environment variable of the server (`env:NAME`) or a file
+//! (`file:/path`, such as a secret manager's mounted secret), read when the
+//! upstream is called, so the file can be reviewed and shared freely.
 
 use super::load::Problems;
-use super::{Mcp, Upstream};
+use super::{Mcp, SecretRef, Upstream};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -31,6 +32,8 @@ pub const DEFAULT_MCP_WAIT: i64 = 120;
 
 /// The prefix of a header value read from the environment.
 pub const ENV_PREFIX: &str = "env:";
+/// The prefix of a header value read from a file.
+pub const FILE_PREFIX: &str = "file:";
 
 /// An upstream's name: lowercase letters, digits, `-` and `_`.
 fn is_upstream_name(s: &str) -> bool {
@@ -110,28 +113,44 @@ fn check_upstream(p: &mut Problems, name: &Spanned<String>, u: &RawUpstream) -> 
             report(p, h.span(), format!("\"{}\" is not an HTTP header name", h.get_ref()));
         }
         // Never echo the value: if it is a literal, it may be the secret.
-        match v.get_ref().strip_prefix(ENV_PREFIX) {
-            Some(var) if is_env_name(var) => {
-                headers.insert(h.get_ref().clone(), var.to_owned());
+        let value = v.get_ref();
+        if let Some(var) = value.strip_prefix(ENV_PREFIX) {
+            if is_env_name(var) {
+                headers.insert(h.get_ref().clone(), SecretRef::Env(var.to_owned()));
+            } else {
+                report(
+                    p,
+                    v.span(),
+                    format!(
+                        "header {}: after env: comes the name of an environment variable \
+                         (letters, digits and '_')",
+                        h.get_ref()
+                    ),
+                );
             }
-            Some(_) => report(
+        } else if let Some(path) = value.strip_prefix(FILE_PREFIX) {
+            if path.starts_with('/') && !path.contains('\0') && path.len() > 1 {
+                headers.insert(h.get_ref().clone(), SecretRef::File(path.into()));
+            } else {
+                report(
+                    p,
+                    v.span(),
+                    format!(
+                        "header {}: after file: comes an absolute path, such as file:/run/secrets/tickets",
+                        h.get_ref()
+                    ),
+                );
+            }
+        } else {
+            report(
                 p,
                 v.span(),
                 format!(
-                    "header {}: after env: comes the name of an environment variable \
-                     (letters, digits and '_')",
+                    "header {}: a value is read from the server's environment (env:NAME) or a file \
+                     (file:/path); a credential written in the policy would reach everyone who reads the file",
                     h.get_ref()
                 ),
-            ),
-            None => report(
-                p,
-                v.span(),
-                format!(
-                    "header {}: a value is read from the server's environment, written env:NAME; \
-                     a credential written in the policy would reach everyone who reads the file",
-                    h.get_ref()
-                ),
-            ),
+            );
         }
     }
     let timeout_seconds = super::load::bounded(
@@ -220,7 +239,7 @@ pub(super) fn check_tool_upstream(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{load_policy, Policy, UpstreamTool};
+    use super::super::{load_policy, Policy, SecretRef, UpstreamTool};
 
     const ROUTE: &str = r#"
 [routes."r"]
@@ -276,8 +295,8 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
         assert_eq!(up.url, "http://127.0.0.1:9100/mcp");
         assert_eq!(up.timeout_seconds, 30);
         assert_eq!(
-            up.headers.get("Authorization").map(String::as_str),
-            Some("TICKETS_TOKEN"),
+            up.headers.get("Authorization"),
+            Some(&SecretRef::Env("TICKETS_TOKEN".into())),
             "the variable's name is kept, never a value"
         );
         assert_eq!(
@@ -315,7 +334,7 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
         );
         let errs = refused(
             &src,
-            "header Authorization: a value is read from the server's environment",
+            "header Authorization: a value is read from the server's environment (env:NAME) or a file",
         );
         assert!(
             errs.iter().all(|e| !e.contains("s3cr3t")),
@@ -328,6 +347,34 @@ headers = { Authorization = "env:TICKETS_TOKEN" }
             ),
             "after env: comes the name of an environment variable",
         );
+    }
+
+    #[test]
+    fn a_header_may_be_read_from_a_file_named_by_its_absolute_path() {
+        let p = loads(&with(
+            "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = { Authorization = \"file:/run/secrets/tickets\" }\n",
+            "",
+        ));
+        assert_eq!(
+            p.upstreams["tickets"].headers.get("Authorization"),
+            Some(&SecretRef::File("/run/secrets/tickets".into()))
+        );
+        assert_eq!(
+            p.upstreams["tickets"].headers["Authorization"].to_string(),
+            "file:/run/secrets/tickets",
+            "shown as the reference it is"
+        );
+        for bad in ["file:secrets/tickets", "file:", "file:/"] {
+            refused(
+                &with(
+                    &format!(
+                        "[upstreams.tickets]\nurl = \"https://t.example/mcp\"\nheaders = {{ X-Key = \"{bad}\" }}\n"
+                    ),
+                    "",
+                ),
+                "after file: comes an absolute path",
+            );
+        }
     }
 
     #[test]

@@ -107,7 +107,13 @@ impl Core {
 
     /// Swap in a new policy (already checked) and record it.
     pub async fn replace_policy(&self, policy: Policy, actor: &str) -> Result<bool> {
+        let hash = policy.hash.clone();
         *self.policy.write().map_err(super::poisoned)? = Arc::new(policy);
+        self.policy_hash.send_if_modified(|h| {
+            let changed = *h != hash;
+            *h = hash;
+            changed
+        });
         self.record_policy_load(actor).await
     }
 

@@ -185,6 +185,18 @@ impl Core {
                 if let Some(t) = k.tools.iter().find(|t| policy.tool(t).is_none()) {
                     return Err(Error::BadRequest(format!("tool {t:?} is not declared in the policy")));
                 }
+                // Such a key would never be offered the tool's jobs (`claim`).
+                if let Some(t) = k
+                    .tools
+                    .iter()
+                    .find_map(|t| policy.tool(t).filter(|t| t.upstream.is_some()))
+                {
+                    return Err(Error::BadRequest(format!(
+                        "tool {:?} is performed by countersign's upstream executor on upstream {:?}: no key performs it",
+                        t.name,
+                        t.upstream.as_ref().map_or("", |u| u.upstream.as_str())
+                    )));
+                }
                 (None, k.tools.clone())
             }
         };

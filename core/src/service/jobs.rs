@@ -641,10 +641,14 @@ impl Core {
                 "kinds must name at least one of preview, execute".into(),
             ));
         }
-        let tools: Vec<String> = match &req.tools {
+        let mut tools: Vec<String> = match &req.tools {
             Some(ts) => ts.iter().filter(|t| exec.tools.contains(*t)).cloned().collect(),
             None => exec.tools.iter().cloned().collect(),
         };
+        // A tool with an upstream is performed by countersign's own upstream
+        // executor and by no key holder; that executor performs nothing else.
+        let policy = self.policy();
+        tools.retain(|t| policy.tool(t).is_some_and(|t| t.upstream.is_some()) == exec.is_upstream_executor());
         if tools.is_empty() {
             return Ok(Vec::new());
         }

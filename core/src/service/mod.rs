@@ -13,6 +13,7 @@
 //! controls    ─> people, release                     (a switch off releases what it held)
 //! jobs        ─> previews, finishing, breakers, waiting
 //! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
+//! upstream_calls                                     (the upstream executor's intents and outcomes)
 //! history     ─> audit_log, people, privacy;  review ─> people, privacy, previews
 //! proposals, audit_log ─> privacy                    (recording personal fields)
 //! audit_log, people, previews, proposals, decisions, controls, jobs ─> notify
@@ -38,6 +39,7 @@ mod release;
 mod review;
 mod runs;
 mod sweeper;
+mod upstream_calls;
 mod waiting;
 
 pub use audit_log::VerifyReport;
@@ -50,10 +52,11 @@ pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewRepo
 pub use notify::{Delivery, EVENTS};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
 pub use privacy::{PersonalData, PurgeReport};
-pub use proposals::{ProposalOut, ProposeRequest};
+pub use proposals::{ProposalOut, ProposeRequest, Via};
 pub use receipts::RECEIPT_KEY_REFRESH;
 pub use review::{QueueEntry, ReviewData};
 pub use runs::{CheckOutcome, MintRequest, MintedRun};
+pub use upstream_calls::{CallOutcome, CallStart, UpstreamCall, MAX_UPSTREAM_RESULT_BYTES, UPSTREAM_EXECUTOR_KEY_ID};
 
 pub use crate::audit::{current_request_id, REQUEST_ID};
 pub use crate::store::StoreOptions;
@@ -192,6 +195,8 @@ pub struct Core {
     passwords: Passwords,
     settings: Settings,
     policy: RwLock<Arc<Policy>>,
+    /// The hash of the policy in force, changed when another is swapped in.
+    policy_hash: tokio::sync::watch::Sender<String>,
     keyring: RwLock<Keyring>,
     /// When the run-token keys were last reloaded for an unknown key id.
     keyring_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
@@ -224,6 +229,7 @@ impl Core {
             store,
             passwords: Passwords::new(threads),
             settings,
+            policy_hash: tokio::sync::watch::channel(policy.hash.clone()).0,
             policy: RwLock::new(Arc::new(policy)),
             keyring: RwLock::new(Keyring::default()),
             keyring_reloaded: std::sync::Mutex::new(None),
@@ -244,6 +250,12 @@ impl Core {
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The policy's hash now, and a way to wait for the next policy (the
+    /// MCP gateway tells its clients their tools list changed).
+    pub fn policy_changes(&self) -> tokio::sync::watch::Receiver<String> {
+        self.policy_hash.subscribe()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -353,6 +365,7 @@ mod module_graph {
         ("review", include_str!("review.rs")),
         ("runs", include_str!("runs.rs")),
         ("sweeper", include_str!("sweeper.rs")),
+        ("upstream_calls", include_str!("upstream_calls.rs")),
         ("waiting", include_str!("waiting.rs")),
     ];
 

@@ -32,6 +32,28 @@ pub struct ProposeRequest {
     pub idempotency_key: Option<String>,
     pub reason: Option<String>,
     pub preview: Option<(String, String)>,
+    /// The door the proposal came through, shown to reviewers.
+    pub via: Via,
+}
+
+/// The door a proposal came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// The JSON API (`POST /api/v1/proposals`).
+    #[default]
+    Api,
+    /// The MCP gateway (`tools/call` on `/mcp`).
+    Mcp,
+}
+
+impl Via {
+    /// As stored on the proposal: None for the API.
+    fn stored(self) -> Option<String> {
+        match self {
+            Via::Api => None,
+            Via::Mcp => Some("mcp".into()),
+        }
+    }
 }
 
 /// A proposal with what happened to it, as the API shows it.
@@ -196,6 +218,9 @@ fn prepare(policy: &Policy, run: &RunPrincipal, req: &ProposeRequest) -> Result<
             idempotency_scope: key.is_some().then(|| format!("{}/{}", run.tenant, run.env)),
             pii_fields: super::privacy::stored_fields(&personal),
             pii_erased_at: None,
+            upstream: tool.upstream.as_ref().map(|u| u.upstream.clone()),
+            upstream_tool: tool.upstream.as_ref().map(|u| u.tool.clone()),
+            via: req.via.stored(),
         },
         decision,
         cost_usd: tool.cost_usd,

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::lifecycle::{JobKind, JobState, Status};
 use crate::policy::Policy;
-use crate::receipts::{execution_key, ReceiptApproval, ReceiptClaims};
+use crate::receipts::{execution_key, ReceiptApproval, ReceiptClaims, ReceiptUpstream};
 use crate::store::queries::jobs::{self, JobRow};
 use crate::store::queries::proposals::{DecisionRow, ProposalRow};
 use crate::store::queries::{controls, proposals};
@@ -99,6 +99,13 @@ pub(super) async fn release_approved(
         policy_sha256: policy.hash.clone(),
         iat: now / 1000,
         exp: execute_by / 1000,
+        upstream: match (&row.upstream, &row.upstream_tool) {
+            (Some(name), Some(tool)) => Some(ReceiptUpstream {
+                name: name.clone(),
+                tool: tool.clone(),
+            }),
+            _ => None,
+        },
     };
     let job = JobRow {
         id: job_id,

@@ -231,6 +231,9 @@ struct Check {
     run: RunPrincipal,
     tool: String,
     switch: Option<String>,
+    /// The args of the call about to be made, checked against the tool's
+    /// schema (the MCP gateway's reads); None for the API's check.
+    args: Option<serde_json::Value>,
 }
 
 async fn check_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<CheckOutcome>> {
@@ -239,12 +242,22 @@ async fn check_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<CheckOutcome>> {
         run,
         tool,
         switch,
+        args,
     } = c;
     let route = route_of(&policy, &run)?;
     let decision = match decide_for_run(&policy, route, &run, &tool) {
         Ok(d) => d,
         Err(e) => return refuse(tx, &policy, &run, "check", &tool, e).await,
     };
+    if let (Some(args), Some(t)) = (&args, policy.tool(&tool)) {
+        if let Err(fields) = t.args.validate(args) {
+            let e = Error::InvalidArgs {
+                tool: tool.clone(),
+                fields,
+            };
+            return refuse(tx, &policy, &run, "check", &tool, e).await;
+        }
+    }
     if let Some(switch) = switch {
         return refuse(tx, &policy, &run, "check", &tool, Error::Disabled { switch }).await;
     }
@@ -372,12 +385,29 @@ impl Core {
 
     /// May the agent call `tool` directly? Audited; counts one step.
     pub async fn check(&self, run: &RunPrincipal, tool: &str) -> Result<CheckOutcome> {
+        self.check_with(run, tool, None).await
+    }
+
+    /// A check of a call about to be made with `args` (the MCP gateway's
+    /// reads): as `check`, and args that fail the tool's schema are refused
+    /// and counted like a proposal's.
+    pub async fn check_call(&self, run: &RunPrincipal, tool: &str, args: &serde_json::Value) -> Result<CheckOutcome> {
+        self.check_with(run, tool, Some(args.clone())).await
+    }
+
+    async fn check_with(
+        &self,
+        run: &RunPrincipal,
+        tool: &str,
+        args: Option<serde_json::Value>,
+    ) -> Result<CheckOutcome> {
         crate::ids::parse_tool_name(tool).map_err(Error::BadRequest)?;
         let c = Check {
             policy: self.policy(),
             run: run.clone(),
             tool: tool.to_owned(),
             switch: self.switch_covering(&run.tenant, &run.route, tool).await?,
+            args,
         };
         self.store.write_or_refuse(move |tx| Box::pin(check_in(tx, c))).await
     }

@@ -281,6 +281,9 @@ async fn run_and_proposal(s: &Store) -> super::queries::proposals::ProposalRow {
         idempotency_scope: Some("acme/prod".into()),
         pii_fields: None,
         pii_erased_at: None,
+        upstream: Some("tickets".into()),
+        upstream_tool: Some("close_ticket".into()),
+        via: Some("mcp".into()),
     }
 }
 

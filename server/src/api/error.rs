@@ -50,6 +50,23 @@ pub fn status_of(e: &Error) -> StatusCode {
     }
 }
 
+/// The `details` of an error, as the API and the MCP gateway report it.
+pub fn details_of(e: &Error) -> Value {
+    match e {
+        Error::ToolDenied { tool, route } | Error::ToolNotAllowed { tool, route } => {
+            json!({ "tool": tool, "route": route })
+        }
+        Error::InvalidArgs { tool, fields } => json!({ "tool": tool, "fields": fields }),
+        // The value is never echoed: only where it was and what it looked like.
+        Error::SecretInArgs { field, kind } => json!({ "field": field, "kind": kind }),
+        Error::Disabled { switch } => json!({ "switch": switch }),
+        Error::BudgetExhausted { budget } => json!({ "budget": budget }),
+        Error::IdempotencyConflict { existing } => json!({ "existing_proposal": existing }),
+        Error::RateLimited { retry_after_secs } => json!({ "retry_after_seconds": retry_after_secs }),
+        _ => json!({}),
+    }
+}
+
 pub fn error_response(status: StatusCode, code: &str, message: &str, details: Value) -> Response {
     let body = ErrorBody {
         error: ErrorInner {
@@ -65,19 +82,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = status_of(&e);
-        let details = match &e {
-            Error::ToolDenied { tool, route } | Error::ToolNotAllowed { tool, route } => {
-                json!({ "tool": tool, "route": route })
-            }
-            Error::InvalidArgs { tool, fields } => json!({ "tool": tool, "fields": fields }),
-            // The value is never echoed: only where it was and what it looked like.
-            Error::SecretInArgs { field, kind } => json!({ "field": field, "kind": kind }),
-            Error::Disabled { switch } => json!({ "switch": switch }),
-            Error::BudgetExhausted { budget } => json!({ "budget": budget }),
-            Error::IdempotencyConflict { existing } => json!({ "existing_proposal": existing }),
-            Error::RateLimited { retry_after_secs } => json!({ "retry_after_seconds": retry_after_secs }),
-            _ => json!({}),
-        };
+        let details = details_of(&e);
         let message = match &e {
             Error::Internal(detail) => {
                 tracing::error!(

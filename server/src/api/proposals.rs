@@ -41,6 +41,7 @@ pub async fn create(
         idempotency_key: body.idempotency_key,
         reason: body.reason,
         preview: body.preview.map(|p| (p.before, p.after)),
+        via: countersign_core::service::Via::Api,
     };
     let (out, replayed) = core.propose(&run, req).await?;
     let body = Json(ProposalResponse::from(out));

@@ -380,3 +380,20 @@ pub async fn erase(conn: &mut Conn<'_>, id: &str, result: Option<&str>, completi
     });
     Ok(())
 }
+
+/// The envs that have queued jobs of `tools` (the built-in upstream
+/// executor claims per env, as any executor does).
+pub async fn envs_with_queued(conn: &mut Conn<'_>, tools: &[String]) -> Result<Vec<String>> {
+    if tools.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(on!(conn, c => {
+        let mut qb = sqlx::QueryBuilder::new("SELECT DISTINCT env FROM jobs WHERE state = 'queued' AND tool IN (");
+        let mut sep = qb.separated(", ");
+        for t in tools {
+            sep.push_bind(t.clone());
+        }
+        sep.push_unseparated(")");
+        qb.build_query_scalar::<String>().fetch_all(&mut **c).await?
+    }))
+}

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod policy;
 pub mod proposals;
 pub mod runs;
+pub mod upstream_calls;
 pub mod users;
 
 use std::borrow::Cow;

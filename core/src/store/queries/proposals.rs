@@ -43,15 +43,20 @@ pub struct ProposalRow {
     pub pii_fields: Option<String>,
     /// When its personal data was erased.
     pub pii_erased_at: Option<i64>,
+    /// The upstream MCP server and tool it will call (`upstream` tools).
+    pub upstream: Option<String>,
+    pub upstream_tool: Option<String>,
+    /// The door it came through: `mcp` (the gateway), or None (the API).
+    pub via: Option<String>,
 }
 
 pub const PROPOSAL_COLUMNS: &str = "id, tenant, env, route, run_id, tool, args, args_hash, content_hash, \
      idempotency_key, reason, preview_before, preview_after, diff, on_behalf_of, status, approvals_required, \
      approvals, destructive, irreversible, created_at, expires_at, decided_at, execute_by, preview_state, \
-     preview_by, preview_at, idempotency_scope, pii_fields, pii_erased_at";
+     preview_by, preview_at, idempotency_scope, pii_fields, pii_erased_at, upstream, upstream_tool, via";
 
-/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$30`.
-const PROPOSAL_VALUES: usize = 30;
+/// How many values a proposal row binds (`bind_proposal!`), `$1` to `$33`.
+const PROPOSAL_VALUES: usize = 33;
 
 /// The insert of a proposal unless its idempotency key was used in its scope
 /// (or, for rows older than the tenant + env scope, in its run); written
@@ -64,7 +69,7 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The insert, then the charge of its run (values from `$31` on) only if the
+/// The insert, then the charge of its run (values from `$34` on) only if the
 /// insert added the row.
 static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -74,7 +79,7 @@ static INSERT_AND_SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Bind a proposal's 30 values onto a query, in `PROPOSAL_COLUMNS` order.
+/// Bind a proposal's 33 values onto a query, in `PROPOSAL_COLUMNS` order.
 macro_rules! bind_proposal {
     ($query:expr, $p:expr) => {
         $query
@@ -108,6 +113,9 @@ macro_rules! bind_proposal {
             .bind(&$p.idempotency_scope)
             .bind(&$p.pii_fields)
             .bind($p.pii_erased_at)
+            .bind(&$p.upstream)
+            .bind(&$p.upstream_tool)
+            .bind(&$p.via)
     };
 }
 
