@@ -107,6 +107,12 @@ struct Opts {
     server_bin: Option<PathBuf>,
     #[arg(long, default_value = "target/site")]
     site_root: PathBuf,
+    /// The policy the bench's own tools are added to (default: this
+    /// version's examples/policy.toml). Pass an older version's example
+    /// policy to measure an older server (`--server-bin`), which refuses
+    /// keys it does not know.
+    #[arg(long)]
+    base_policy: Option<PathBuf>,
 }
 
 impl Opts {
@@ -906,11 +912,11 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     let backend = if db.pg.is_some() { "PostgreSQL" } else { "SQLite" };
     let policy = db.dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!("{}\n{BENCH_POLICY}", include_str!("../examples/policy.toml")),
-    )
-    .map_err(|e| e.to_string())?;
+    let base = match &o.base_policy {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => include_str!("../examples/policy.toml").to_owned(),
+    };
+    std::fs::write(&policy, format!("{base}\n{BENCH_POLICY}")).map_err(|e| e.to_string())?;
 
     if o.mcp {
         return mcp::run(o, db, backend).await;
