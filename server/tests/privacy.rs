@@ -28,6 +28,10 @@ const BODY: &str = "Hello Dana, your refund of 25 EUR for order 7731 was sent to
                     It can take five working days to arrive. Reply to this message if it has not arrived \
                     by then and we will look into it with the bank.";
 const NAME: &str = "Dana Whitfield-Okafor";
+/// A personal value that is a number, which an executor's result repeats as
+/// a JSON number.
+const PHONE: i64 = 4915112345678;
+const PHONE_TEXT: &str = "4915112345678";
 
 /// The example policy and a tool whose executor previews a change to a
 /// customer's name (the preview repeats it).
@@ -43,6 +47,7 @@ undo = "Rename back"
 blast_radius = "The name of customer {customer_id}"
 args.customer_id = { type = "string", pattern = "^C-[0-9]{1,12}$" }
 args.name = { type = "string", max_len = 200, pii = true }
+args.phone = { type = "integer", min = 0, max = 999999999999999, pii = true, required = false }
 
 [routes."crm"]
 allow_tools = ["customer.rename"]
@@ -99,7 +104,7 @@ fn log_text() -> String {
 }
 
 fn assert_hidden(what: &str, text: &str) {
-    for value in [TO, BODY, NAME] {
+    for value in [TO, BODY, NAME, PHONE_TEXT] {
         assert!(
             !text.contains(value),
             "{what} holds the personal value {value:?}:\n{text}"
@@ -215,7 +220,7 @@ async fn every_pg_text_column(url: &str) -> Vec<u8> {
 }
 
 fn assert_nowhere_in(what: &str, bytes: &[u8]) {
-    for value in [TO, BODY, NAME] {
+    for value in [TO, BODY, NAME, PHONE_TEXT] {
         let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
         assert!(!found, "{what} still holds {value:?}");
     }
@@ -436,7 +441,7 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
         .post(
             "/api/v1/proposals",
             &crm,
-            json!({ "tool": "customer.rename", "args": { "customer_id": "C-9", "name": NAME }, "idempotency_key": "rn-1" }),
+            json!({ "tool": "customer.rename", "args": { "customer_id": "C-9", "name": NAME, "phone": PHONE }, "idempotency_key": "rn-1" }),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -456,9 +461,15 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
         &t,
         &exec,
         &jobs[0],
-        json!({ "status": "succeeded", "result": { "renamed_to": NAME } }),
+        json!({ "status": "succeeded", "result": { "renamed_to": NAME, "called": PHONE } }),
     )
     .await;
+    // The number the result repeats is masked like text.
+    let history = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
+    let entry = history.entries.iter().find(|e| e.proposal.id == renamed).unwrap();
+    let result: Value = serde_json::from_str(entry.job.as_ref().unwrap().result.as_deref().unwrap()).unwrap();
+    assert_eq!(result["called"], "[personal data]");
+    assert_hidden("history of the rename", &format!("{entry:?}"));
 
     // Pending: it expires (finishes) after an hour, and is kept for the
     // retention period counted from then.
@@ -500,6 +511,9 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
             "no receipt of the args is kept"
         );
     }
+    let job = t.inspect().job_of(&renamed).await.unwrap().unwrap();
+    let result: Value = serde_json::from_str(job.result.as_deref().unwrap()).unwrap();
+    assert_eq!(result, json!({ "renamed_to": ERASED, "called": ERASED }));
     let p = t.inspect().proposal(&sent).await.unwrap().unwrap();
     assert_eq!(
         p.reason,
