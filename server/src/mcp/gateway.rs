@@ -371,7 +371,12 @@ impl ServerHandler for Gateway {
         let run = self.run_of(&context)?;
         let name = request.name.to_string();
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let req_meta = request.meta.as_ref().map(|m| m.0 .0.clone()).unwrap_or_default();
+        // rmcp hands the request's `_meta` over in the context, not in the
+        // params.
+        let mut req_meta = context.meta.0 .0.clone();
+        if let Some(m) = &request.meta {
+            req_meta.extend(m.0 .0.clone());
+        }
         let policy = self.core.policy();
         let decision = policy.route(&run.route).map(|r| policy.decide(r, &name));
         let offered = run.tools.contains(&name) && !matches!(decision, None | Some(Decision::Deny(_)));
