@@ -1059,7 +1059,7 @@ upstream_tool = "archive"
     );
     assert!(
         text.contains(&format!(
-            "tickets  {}  answers, offering 4 tool(s): close_ticket, refund, search, wipe",
+            "tickets  {}  answers, offering 5 tool(s): close_ticket, refund, search, send_mail, wipe",
             up.url()
         )),
         "{text}"

@@ -285,7 +285,8 @@ impl Gateway {
         }
     }
 
-    /// A performed proposal: the upstream's own result, as it came.
+    /// A performed proposal: the upstream's own result, as it came (the
+    /// agent's, which sent the args), until its personal data is erased.
     async fn succeeded(&self, run: &RunPrincipal, out: &countersign_core::service::ProposalOut) -> CallToolResult {
         match self.core.upstream_call_for_run(run, &out.row.id).await {
             Ok(Some(call)) => {
@@ -294,6 +295,9 @@ impl Gateway {
                     .and_then(|v| serde_json::from_value::<CallToolResult>(v).ok())
                 {
                     return r;
+                }
+                if let Some(at) = out.row.pii_erased_at {
+                    return outcome::performed_answer_erased(out, at);
                 }
             }
             Ok(None) => {}
