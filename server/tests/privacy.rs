@@ -71,7 +71,9 @@ fn email(key: &str) -> Value {
 }
 
 /// Every log line of this process (the server runs in it), the SQL
-/// statements included, but not the test's own HTTP client.
+/// statements included, but not the test's own HTTP client: at every level,
+/// under the server's own filter (which holds rmcp, whose lines print MCP
+/// messages, at error; the test's upstream runs in this process too).
 fn logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
@@ -88,12 +90,18 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
         }
         let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
         let sink = Sink(buf.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "trace,hyper=off,hyper_util=off,reqwest=off,h2=off,rustls=off,cookie_store=off",
-            ))
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let env = tracing_subscriber::EnvFilter::new(
+            "trace,hyper=off,hyper_util=off,reqwest=off,h2=off,rustls=off,cookie_store=off",
+        );
+        let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || sink.clone())
+            .with_filter(server::telemetry::filter(env));
+        tracing_subscriber::registry()
+            .with(layer)
             .try_init()
             .expect("this test process logs to the buffer");
         buf
@@ -907,6 +915,7 @@ async fn mcp_proposal(client: &McpClient, name: &str, args: &Value) -> String {
 }
 
 async fn through_the_mcp_gateway_the_agent_reads_its_answers_until_they_are_erased(db: &TestDb) {
+    let logs = logs();
     let up = mcp_upstream::TestUpstream::start(0, UPSTREAM_TOKEN).await;
     let dir = std::env::temp_dir().join(format!("countersign-privacy-mcp-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -961,11 +970,23 @@ async fn through_the_mcp_gateway_the_agent_reads_its_answers_until_they_are_eras
     assert_eq!(r.is_error, Some(true), "{r:?}");
     assert_eq!(r.structured_content.as_ref().unwrap()["code"], "upstream_error");
     assert!(mcp_seen(&r).contains(&format!("cannot deliver to {TO}")), "{r:?}");
-    assert_eq!(up.state.calls_of("send_mail").len(), 2);
+    // One the upstream refuses with a protocol error naming the address:
+    // the agent reads it; the server's log line masks it.
+    let refused = json!({ "to": TO, "subject": "refuse" });
+    let refused_id = mcp_proposal(&client, "mail.send", &refused).await;
+    t.approve_as(&alice, &refused_id).await.unwrap();
+    let r = mcp_outcome(&client, "mail.send", &refused).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(mcp_seen(&r).contains(&format!("no mailbox {TO}")), "{r:?}");
+    assert!(
+        log_text().contains("refused the call: no mailbox d…@example.com"),
+        "the executor logs the upstream's error, masked"
+    );
+    assert_eq!(up.state.calls_of("send_mail").len(), 3);
 
     // Everyone else reads them masked: history, its export, the audit log.
     let history = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
-    assert_eq!(history.entries.len(), 2);
+    assert_eq!(history.entries.len(), 3);
     assert_hidden("history", &format!("{:?}", history.entries));
     let entry = history.entries.iter().find(|e| e.proposal.id == failed).unwrap();
     let result: Value = serde_json::from_str(entry.job.as_ref().unwrap().result.as_deref().unwrap()).unwrap();
@@ -992,7 +1013,7 @@ async fn through_the_mcp_gateway_the_agent_reads_its_answers_until_they_are_eras
         .purge_personal_data(&Admin::cli(), Some(t.now_ms()))
         .await
         .unwrap();
-    assert_eq!(purge.erased, 2);
+    assert_eq!(purge.erased, 3);
     let call = t.inspect().upstream_call(&id).await.unwrap().unwrap();
     assert_eq!(
         (call.outcome.as_deref(), call.result.as_deref()),
@@ -1021,10 +1042,13 @@ async fn through_the_mcp_gateway_the_agent_reads_its_answers_until_they_are_eras
     assert_eq!(r.is_error, Some(true));
     assert!(mcp_seen(&r).contains(&format!("cannot deliver to {ERASED}")), "{r:?}");
     assert_hidden("the erased failure", &mcp_seen(&r));
-    assert_eq!(up.state.calls_of("send_mail").len(), 2, "nothing was called again");
+    assert_eq!(up.state.calls_of("send_mail").len(), 3, "nothing was called again");
     let (ok, out, err) = cli(&t, &["audit", "verify"]);
     assert!(ok, "{out}{err}");
 
+    // Nothing the server logged (at every level) held a value.
+    assert_hidden("the server's logs", &log_text());
+    drop(logs);
     drop(client);
     up.stop().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -121,9 +121,13 @@ impl ServerHandler for Tickets {
             "refund" => CallToolResult::error(vec![ContentBlock::text("card declined")]),
             // Echoes what it was sent, as many real tools do: in its text,
             // and in its structured content (numbers as numbers). A mail
-            // whose subject is "bounce" fails, naming the address.
+            // whose subject is "bounce" fails, naming the address; one whose
+            // subject is "refuse" is a protocol error naming it.
             "send_mail" => {
                 let to = args["to"].as_str().unwrap_or("?");
+                if args["subject"] == "refuse" {
+                    return Err(ErrorData::invalid_params(format!("no mailbox {to}"), None));
+                }
                 if args["subject"] == "bounce" {
                     CallToolResult::error(vec![ContentBlock::text(format!("cannot deliver to {to}"))])
                 } else {
