@@ -83,6 +83,10 @@ pub struct Redactor {
     found: Option<AhoCorasick>,
     /// What replaces each value, by its index in `found`.
     replacements: Vec<String>,
+    /// The values that are numbers (a number arg, or text that is one), with
+    /// the index of what replaces them: a JSON number equal to one is the
+    /// value too, though no text search sees it.
+    numbers: Vec<(f64, usize)>,
 }
 
 impl Redactor {
@@ -126,10 +130,25 @@ impl Redactor {
             .match_kind(MatchKind::LeftmostLongest)
             .build(values.iter().map(|(v, _)| v))
             .ok();
+        // As JSON reads them: "4915112345678" is a number, "0049…" and
+        // "+49…" are not.
+        let numbers = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (v, _))| Some((v.parse::<serde_json::Number>().ok()?.as_f64()?, i)))
+            .collect();
         Redactor {
             found,
             replacements: values.into_iter().map(|(_, r)| r).collect(),
+            numbers,
         }
+    }
+
+    /// What replaces a JSON number equal to a personal value.
+    fn number(&self, n: &serde_json::Number) -> Option<&str> {
+        let n = n.as_f64()?;
+        let (_, i) = self.numbers.iter().find(|(v, _)| *v == n)?;
+        Some(&self.replacements[*i])
     }
 
     /// Whether there is anything to look for.
@@ -158,20 +177,26 @@ impl Redactor {
     }
 
     /// A JSON value with every personal value replaced in its strings (keys
-    /// included).
+    /// included), and each number equal to a personal value replaced whole
+    /// (by a string: the marker or the mask). Booleans stay: `true` alone
+    /// names no one.
     pub fn json(&self, v: &Value) -> Value {
         if self.is_empty() {
             return v.clone();
         }
         match v {
             Value::String(s) => Value::String(self.text(s)),
+            Value::Number(n) => match self.number(n) {
+                Some(r) => Value::String(r.to_owned()),
+                None => v.clone(),
+            },
             Value::Array(a) => Value::Array(a.iter().map(|x| self.json(x)).collect()),
             Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (self.text(k), self.json(x))).collect()),
             other => other.clone(),
         }
     }
 
-    /// Stored JSON text with every personal value replaced in its strings:
+    /// Stored JSON text with every personal value replaced, as `json` does:
     /// read as JSON (a value may be written escaped there), or as plain text
     /// if it is not JSON.
     pub fn json_text(&self, stored: &str) -> String {
@@ -270,6 +295,47 @@ mod tests {
         assert_eq!(clean, json!({"sent_to": ERASED, ERASED: [1, format!("call {ERASED}")]}));
         assert!(!e.json_text(&stored).contains("dana"));
         assert_eq!(e.json_text("not json: dana@example.com"), format!("not json: {ERASED}"));
+    }
+
+    #[test]
+    fn a_number_equal_to_a_personal_value_is_replaced_whole() {
+        let args = json!({"phone": 4915112345678_i64, "to": "dana@example.com", "floor": 3});
+        let p = personal(&["phone", "to", "floor"]);
+        let result = json!({
+            "called": 4915112345678_i64, "as_float": 4915112345678.0, "in_a_list": [4915112345678_i64],
+            "neighbour": 4915112345679_i64, "count": 3, "ok": true, "note": "rang 4915112345678",
+        });
+        let e = Redactor::erasing(&args, &p);
+        assert_eq!(
+            e.json(&result),
+            json!({
+                "called": ERASED, "as_float": ERASED, "in_a_list": [ERASED],
+                "neighbour": 4915112345679_i64, "count": 3, "ok": true, "note": format!("rang {ERASED}"),
+            }),
+            "short numbers, like short text, are not looked for; booleans stay"
+        );
+        let stored = e.json_text(&result.to_string());
+        assert!(!stored.contains("4915112345678"), "{stored}");
+        let m = Redactor::masking(&args, &p);
+        assert_eq!(
+            m.json(&json!({"called": 4915112345678_i64}))["called"],
+            "[personal data]"
+        );
+        assert_eq!(
+            m.json_text(r#"{"called":4915112345678}"#),
+            r#"{"called":"[personal data]"}"#
+        );
+    }
+
+    #[test]
+    fn a_number_equal_to_personal_text_is_that_value() {
+        let args = json!({"phone": "4915112345678", "code": "0049151", "id": "-2024"});
+        let e = Redactor::erasing(&args, &personal(&["phone", "code", "id"]));
+        assert_eq!(
+            e.json(&json!([4915112345678_i64, 49151, -2024, 2024])),
+            json!([ERASED, 49151, ERASED, 2024]),
+            "text that JSON does not read as that number is not it"
+        );
     }
 
     #[test]

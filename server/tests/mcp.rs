@@ -1059,7 +1059,7 @@ upstream_tool = "archive"
     );
     assert!(
         text.contains(&format!(
-            "tickets  {}  answers, offering 4 tool(s): close_ticket, refund, search, wipe",
+            "tickets  {}  answers, offering 5 tool(s): close_ticket, refund, search, send_mail, wipe",
             up.url()
         )),
         "{text}"
@@ -1076,8 +1076,58 @@ upstream_tool = "archive"
     let _ = std::fs::remove_dir_all(dir);
 }
 
+fn with_meta(mut p: CallToolRequestParams, meta: Value) -> CallToolRequestParams {
+    let Value::Object(m) = meta else {
+        panic!("meta is an object")
+    };
+    p.meta = Some(RequestMetaObject(rmcp::model::MetaObject(m)));
+    p
+}
+
+async fn the_agents_own_idempotency_key_and_reason_come_from_meta(db: &TestDb) {
+    let g = gate(db, 0).await;
+    let (_, token) = g.t.run("acme", "prod", "support", None).await;
+    let (client, _) = connect(&g.t, &token).await;
+    let meta = json!({
+        "countersign/idempotency_key": "close-T-5-once",
+        "countersign/reason": "the customer confirmed it is solved",
+    });
+    let r = client
+        .call_tool(with_meta(
+            call("ticket.close", json!({ "ticket_id": "T-5" })),
+            meta.clone(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(structured(&r)["status"], "pending", "{r:?}");
+    let id = structured(&r)["proposal_id"].as_str().unwrap().to_owned();
+    let p = g.t.inspect().proposal(&id).await.unwrap().unwrap();
+    assert_eq!(p.idempotency_key.as_deref(), Some("close-T-5-once"));
+    assert_eq!(p.reason, "the customer confirmed it is solved");
+    // The key is the agent's: other args under it are a conflict…
+    let r = client
+        .call_tool(with_meta(call("ticket.close", json!({ "ticket_id": "T-6" })), meta))
+        .await
+        .unwrap();
+    assert_eq!(structured(&r)["code"], "idempotency_conflict", "{r:?}");
+    // …and a key that is not a string is refused.
+    let r = client
+        .call_tool(with_meta(
+            call("ticket.close", json!({ "ticket_id": "T-7" })),
+            json!({ "countersign/idempotency_key": 7 }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(structured(&r)["code"], "invalid_args", "{r:?}");
+    assert!(
+        structured(&r)["details"]["fields"]["_meta.countersign/idempotency_key"].is_string(),
+        "{r:?}"
+    );
+}
+
 countersign_core::store_tests!(
     tools_list_shows_only_allowed_upstream_tools_with_their_schemas,
+    the_agents_own_idempotency_key_and_reason_come_from_meta,
     a_read_passes_through_is_audited_and_counts_a_step,
     a_write_waits_for_approval_then_runs_once_and_returns_the_upstreams_result,
     a_rejection_is_an_error_the_model_can_act_on,

@@ -6,6 +6,8 @@
 //! credentials read from files.
 
 mod common;
+#[path = "support/mcp_upstream.rs"]
+mod mcp_upstream;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
@@ -28,6 +30,10 @@ const BODY: &str = "Hello Dana, your refund of 25 EUR for order 7731 was sent to
                     It can take five working days to arrive. Reply to this message if it has not arrived \
                     by then and we will look into it with the bank.";
 const NAME: &str = "Dana Whitfield-Okafor";
+/// A personal value that is a number, which an executor's result repeats as
+/// a JSON number.
+const PHONE: i64 = 4915112345678;
+const PHONE_TEXT: &str = "4915112345678";
 
 /// The example policy and a tool whose executor previews a change to a
 /// customer's name (the preview repeats it).
@@ -43,6 +49,7 @@ undo = "Rename back"
 blast_radius = "The name of customer {customer_id}"
 args.customer_id = { type = "string", pattern = "^C-[0-9]{1,12}$" }
 args.name = { type = "string", max_len = 200, pii = true }
+args.phone = { type = "integer", min = 0, max = 999999999999999, pii = true, required = false }
 
 [routes."crm"]
 allow_tools = ["customer.rename"]
@@ -64,7 +71,9 @@ fn email(key: &str) -> Value {
 }
 
 /// Every log line of this process (the server runs in it), the SQL
-/// statements included, but not the test's own HTTP client.
+/// statements included, but not the test's own HTTP client: at every level,
+/// under the server's own filter (which holds rmcp, whose lines print MCP
+/// messages, at error; the test's upstream runs in this process too).
 fn logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
@@ -81,12 +90,18 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
         }
         let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
         let sink = Sink(buf.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "trace,hyper=off,hyper_util=off,reqwest=off,h2=off,rustls=off,cookie_store=off",
-            ))
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let env = tracing_subscriber::EnvFilter::new(
+            "trace,hyper=off,hyper_util=off,reqwest=off,h2=off,rustls=off,cookie_store=off",
+        );
+        let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || sink.clone())
+            .with_filter(server::telemetry::filter(env));
+        tracing_subscriber::registry()
+            .with(layer)
             .try_init()
             .expect("this test process logs to the buffer");
         buf
@@ -99,7 +114,7 @@ fn log_text() -> String {
 }
 
 fn assert_hidden(what: &str, text: &str) {
-    for value in [TO, BODY, NAME] {
+    for value in [TO, BODY, NAME, PHONE_TEXT] {
         assert!(
             !text.contains(value),
             "{what} holds the personal value {value:?}:\n{text}"
@@ -215,7 +230,7 @@ async fn every_pg_text_column(url: &str) -> Vec<u8> {
 }
 
 fn assert_nowhere_in(what: &str, bytes: &[u8]) {
-    for value in [TO, BODY, NAME] {
+    for value in [TO, BODY, NAME, PHONE_TEXT] {
         let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
         assert!(!found, "{what} still holds {value:?}");
     }
@@ -436,7 +451,7 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
         .post(
             "/api/v1/proposals",
             &crm,
-            json!({ "tool": "customer.rename", "args": { "customer_id": "C-9", "name": NAME }, "idempotency_key": "rn-1" }),
+            json!({ "tool": "customer.rename", "args": { "customer_id": "C-9", "name": NAME, "phone": PHONE }, "idempotency_key": "rn-1" }),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -456,9 +471,15 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
         &t,
         &exec,
         &jobs[0],
-        json!({ "status": "succeeded", "result": { "renamed_to": NAME } }),
+        json!({ "status": "succeeded", "result": { "renamed_to": NAME, "called": PHONE } }),
     )
     .await;
+    // The number the result repeats is masked like text.
+    let history = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
+    let entry = history.entries.iter().find(|e| e.proposal.id == renamed).unwrap();
+    let result: Value = serde_json::from_str(entry.job.as_ref().unwrap().result.as_deref().unwrap()).unwrap();
+    assert_eq!(result["called"], "[personal data]");
+    assert_hidden("history of the rename", &format!("{entry:?}"));
 
     // Pending: it expires (finishes) after an hour, and is kept for the
     // retention period counted from then.
@@ -500,6 +521,9 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
             "no receipt of the args is kept"
         );
     }
+    let job = t.inspect().job_of(&renamed).await.unwrap().unwrap();
+    let result: Value = serde_json::from_str(job.result.as_deref().unwrap()).unwrap();
+    assert_eq!(result, json!({ "renamed_to": ERASED, "called": ERASED }));
     let p = t.inspect().proposal(&sent).await.unwrap().unwrap();
     assert_eq!(
         p.reason,
@@ -793,8 +817,246 @@ async fn the_reference_executor_reads_its_key_from_a_file(db: &TestDb) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An MCP upstream's credential, for the gateway test.
+const UPSTREAM_TOKEN: &str = "up-secret-5d1e8b7a90";
+
+/// Tools performed on an upstream MCP server, with personal args: a write
+/// whose upstream echoes them in its answer, and a read.
+fn mcp_policy(upstream_url: &str, token_file: &std::path::Path) -> Policy {
+    let src = format!(
+        r#"
+[upstreams.mail]
+url = "{upstream_url}"
+headers = {{ Authorization = "file:{token}" }}
+timeout_seconds = 5
+
+[mcp]
+wait_seconds = 0
+
+[tools."mail.send"]
+kind = "write"
+upstream = "mail"
+upstream_tool = "send_mail"
+undo = "Send a correction"
+blast_radius = "One mail"
+args.to = {{ type = "string", max_len = 254, pii = true }}
+args.phone = {{ type = "integer", min = 0, max = 999999999999999, pii = true, required = false }}
+args.subject = {{ type = "string", max_len = 100 }}
+
+[tools."customer.find"]
+kind = "read"
+upstream = "mail"
+upstream_tool = "search"
+args.query = {{ type = "string", max_len = 254, pii = true }}
+
+[routes."mail"]
+allow_tools = ["mail.send", "customer.find"]
+require_approval = ["mail.send"]
+budgets = {{ steps = 100, seconds = 86400, usd = 10.0 }}
+"#,
+        token = token_file.display()
+    );
+    load_policy(&src).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+type McpClient = rmcp::service::RunningService<rmcp::service::RoleClient, rmcp::model::ClientConfig>;
+
+async fn mcp_connect(t: &TestApp, token: &str) -> McpClient {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::ServiceExt;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = StreamableHttpClientTransportConfig::with_uri(t.url("/mcp")).auth_header(token);
+    rmcp::model::ClientConfig::default()
+        .serve(rmcp::transport::StreamableHttpClientTransport::from_config(cfg))
+        .await
+        .expect("the agent connects")
+}
+
+fn mcp_call(name: &str, args: &Value) -> rmcp::model::CallToolRequestParams {
+    let Value::Object(m) = args.clone() else {
+        panic!("args are an object")
+    };
+    rmcp::model::CallToolRequestParams::new(name.to_owned()).with_arguments(m)
+}
+
+/// All an agent reads of a tool result: its texts and structured content.
+fn mcp_seen(r: &rmcp::model::CallToolResult) -> String {
+    let texts: Vec<String> = r
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect();
+    format!(
+        "{}\n{}",
+        texts.join("\n"),
+        r.structured_content.clone().unwrap_or(Value::Null)
+    )
+}
+
+/// The same call again until it no longer waits (the gateway waits 0 s).
+async fn mcp_outcome(client: &McpClient, name: &str, args: &Value) -> rmcp::model::CallToolResult {
+    for _ in 0..400 {
+        let r = client.call_tool(mcp_call(name, args)).await.unwrap();
+        if r.structured_content.as_ref().is_none_or(|s| s["status"] != "pending") {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{name} never ended");
+}
+
+async fn mcp_proposal(client: &McpClient, name: &str, args: &Value) -> String {
+    let r = client.call_tool(mcp_call(name, args)).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let s = r.structured_content.clone().unwrap();
+    assert_eq!(s["status"], "pending", "{s}");
+    assert_hidden("a pending result", &mcp_seen(&r));
+    s["proposal_id"].as_str().unwrap().to_owned()
+}
+
+async fn through_the_mcp_gateway_the_agent_reads_its_answers_until_they_are_erased(db: &TestDb) {
+    let logs = logs();
+    let up = mcp_upstream::TestUpstream::start(0, UPSTREAM_TOKEN).await;
+    let dir = std::env::temp_dir().join(format!("countersign-privacy-mcp-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("mail-token");
+    std::fs::write(&token_file, format!("Bearer {UPSTREAM_TOKEN}\n")).unwrap();
+    let t = spawn_with(db, mcp_policy(&up.url(), &token_file), |c| {
+        c.check_upstreams_at_start = false;
+        c.upstream_lease = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let alice = t.person("alice", &["reviewer"], &["acme"]).await;
+    let audrey = t.person("audrey", &["auditor"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "mail", None).await;
+    let client = mcp_connect(&t, &token).await;
+
+    // A read passes through: the upstream's answer is the agent's own; the
+    // check it makes is audited without the value.
+    let r = client
+        .call_tool(mcp_call("customer.find", &json!({ "query": TO })))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert!(mcp_seen(&r).contains(TO), "the agent reads what it asked for");
+    assert_eq!(up.state.calls_of("search").len(), 1);
+
+    // An idempotency key that repeats a value is refused without saying it.
+    let sent = json!({ "to": TO, "phone": PHONE, "subject": "Your refund" });
+    let mut keyed = mcp_call("mail.send", &sent);
+    let mut meta = serde_json::Map::new();
+    meta.insert(server::mcp::IDEMPOTENCY_META.into(), json!(format!("send:{TO}")));
+    keyed.meta = Some(rmcp::model::RequestMetaObject(rmcp::model::MetaObject(meta)));
+    let r = client.call_tool(keyed).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(r.structured_content.as_ref().unwrap()["code"], "invalid_args");
+    assert_hidden("the gateway's refusal", &mcp_seen(&r));
+
+    // A write, approved and performed once: the upstream's answer echoes the
+    // address and, as a number, the phone number. It is the agent's.
+    let id = mcp_proposal(&client, "mail.send", &sent).await;
+    t.approve_as(&alice, &id).await.unwrap();
+    let r = mcp_outcome(&client, "mail.send", &sent).await;
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let s = r.structured_content.clone().unwrap();
+    assert_eq!((s["sent_to"].as_str(), s["sms_to"].as_i64()), (Some(TO), Some(PHONE)));
+
+    // A mail that bounces: the upstream's error names the address, and so
+    // does the agent's error result.
+    let bounced = json!({ "to": TO, "subject": "bounce" });
+    let failed = mcp_proposal(&client, "mail.send", &bounced).await;
+    t.approve_as(&alice, &failed).await.unwrap();
+    let r = mcp_outcome(&client, "mail.send", &bounced).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(r.structured_content.as_ref().unwrap()["code"], "upstream_error");
+    assert!(mcp_seen(&r).contains(&format!("cannot deliver to {TO}")), "{r:?}");
+    // One the upstream refuses with a protocol error naming the address:
+    // the agent reads it; the server's log line masks it.
+    let refused = json!({ "to": TO, "subject": "refuse" });
+    let refused_id = mcp_proposal(&client, "mail.send", &refused).await;
+    t.approve_as(&alice, &refused_id).await.unwrap();
+    let r = mcp_outcome(&client, "mail.send", &refused).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(mcp_seen(&r).contains(&format!("no mailbox {TO}")), "{r:?}");
+    assert!(
+        log_text().contains("refused the call: no mailbox d…@example.com"),
+        "the executor logs the upstream's error, masked"
+    );
+    assert_eq!(up.state.calls_of("send_mail").len(), 3);
+
+    // Everyone else reads them masked: history, its export, the audit log.
+    let history = t.core().history(&audrey, &HistoryQuery::default()).await.unwrap();
+    assert_eq!(history.entries.len(), 3);
+    assert_hidden("history", &format!("{:?}", history.entries));
+    let entry = history.entries.iter().find(|e| e.proposal.id == failed).unwrap();
+    let result: Value = serde_json::from_str(entry.job.as_ref().unwrap().result.as_deref().unwrap()).unwrap();
+    assert_eq!(result["message"], "cannot deliver to d…@example.com");
+    let b = signed_in(&t, "audrey").await;
+    let jsonl = page(&b, "/export/history.jsonl").await;
+    assert!(jsonl.contains(&failed));
+    assert_hidden("the JSON-lines export", &jsonl);
+    let events = t.inspect().audit_events().await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.action == "check" && e.tool.as_deref() == Some("customer.find")));
+    assert!(events.iter().any(|e| e.action == "upstream.call"));
+    assert_hidden("the audit events", &format!("{events:?}"));
+    let call = t.inspect().upstream_call(&id).await.unwrap().unwrap();
+    assert!(
+        call.result.as_deref().is_some_and(|a| a.contains(TO)),
+        "kept for the agent until erased"
+    );
+
+    // Erased: the proposals, their jobs, and the upstream's answers.
+    let purge = t
+        .core()
+        .purge_personal_data(&Admin::cli(), Some(t.now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(purge.erased, 3);
+    let call = t.inspect().upstream_call(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (call.outcome.as_deref(), call.result.as_deref()),
+        (Some("succeeded"), None),
+        "the outcome stays: the call is never made again"
+    );
+    assert_nowhere_in("the database", &database_bytes(db).await);
+
+    // The same calls again: the same proposals, no new call, and nothing of
+    // the values; the performed one says its answer was erased.
+    let r = client.call_tool(mcp_call("mail.send", &sent)).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let s = r.structured_content.clone().unwrap();
+    assert_eq!(
+        (
+            s["proposal_id"].as_str(),
+            s["status"].as_str(),
+            s["answer_erased"].as_bool()
+        ),
+        (Some(id.as_str()), Some("succeeded"), Some(true)),
+        "{s}"
+    );
+    assert!(mcp_seen(&r).contains("personal data was erased on"), "{r:?}");
+    assert_hidden("the erased answer", &mcp_seen(&r));
+    let r = client.call_tool(mcp_call("mail.send", &bounced)).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(mcp_seen(&r).contains(&format!("cannot deliver to {ERASED}")), "{r:?}");
+    assert_hidden("the erased failure", &mcp_seen(&r));
+    assert_eq!(up.state.calls_of("send_mail").len(), 3, "nothing was called again");
+    let (ok, out, err) = cli(&t, &["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+
+    // Nothing the server logged (at every level) held a value.
+    assert_hidden("the server's logs", &log_text());
+    drop(logs);
+    drop(client);
+    up.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 countersign_core::store_tests!(
     personal_data_reaches_reviewers_and_the_executor_and_is_masked_elsewhere,
+    through_the_mcp_gateway_the_agent_reads_its_answers_until_they_are_erased,
     erasure_after_retention_leaves_no_value_and_the_chain_verifies,
     a_purge_on_demand_erases_what_finished_and_the_agent_sees_when,
     args_a_new_policy_marks_personal_are_masked_and_erased_on_older_proposals,

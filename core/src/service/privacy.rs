@@ -5,7 +5,8 @@
 //! (`mask_*`, used by the review screen and history). `retain_pii_days` after
 //! a proposal finished, its values are erased (`erase_in`: by the sweeper, or
 //! on demand): from its args, reason, preview, jobs (results, accepted
-//! completions, receipts) and decision comments, each replaced by a marker.
+//! completions, receipts) and decision comments, each replaced by a marker;
+//! the upstream's answers the MCP gateway kept for the agent are dropped.
 //! The args hash, the decisions and the audit chain stay, and the chain,
 //! which never held a value, still verifies.
 
@@ -17,6 +18,7 @@ use crate::policy::Policy;
 use crate::privacy::{erased_args, masked_args, Redactor, ERASED};
 use crate::store::queries::jobs::{self, JobRow};
 use crate::store::queries::proposals::{self, DecisionRow, ProposalRow};
+use crate::store::queries::upstream_calls;
 use crate::store::{Notice, Tx};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -190,6 +192,10 @@ async fn erase_in(tx: &mut Tx<'_>, e: Erasure) -> Result<usize> {
                 proposals::set_comment(&mut tx.conn, &d.id, &r.text(&d.comment)).await?;
             }
         }
+        // Dropped whole, not searched: an upstream may answer in words no
+        // search finds ("sent to Dana"), and nobody but the agent, which
+        // had it, ever read it.
+        upstream_calls::erase_results(&mut tx.conn, &p.id).await?;
         let mut ev = AuditDraft::new(e.actor.clone(), "privacy.erased")
             .tenant(p.tenant.clone())
             .tool(p.tool.clone())

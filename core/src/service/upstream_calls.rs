@@ -10,8 +10,8 @@ use super::{Core, ExecutorPrincipal, RunPrincipal};
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
 use crate::lifecycle::JobState;
-use crate::store::queries::jobs;
 use crate::store::queries::upstream_calls::{self, UpstreamCallRow};
+use crate::store::queries::{jobs, proposals};
 use crate::store::Tx;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -187,15 +187,15 @@ async fn finish_in(tx: &mut Tx<'_>, f: Finish) -> Result<()> {
     let row = upstream_calls::get_for_update(&mut tx.conn, &j.execution_key)
         .await?
         .ok_or_else(|| Error::InvalidTransition("no call was begun for this job".into()))?;
-    if !upstream_calls::finish(
-        &mut tx.conn,
-        &j.execution_key,
-        f.outcome.as_str(),
-        f.result.as_deref(),
-        now,
-    )
-    .await?
-    {
+    // A call that outlived its proposal (expired mid-call) may end after an
+    // on-demand purge erased the proposal's personal data: its answer is
+    // not kept then. Locked (as completing a job locks it), so a purge in
+    // another process is either seen here or sees this answer.
+    let erased = proposals::get_for_update(&mut tx.conn, &j.proposal_id)
+        .await?
+        .is_some_and(|p| p.pii_erased_at.is_some());
+    let result = if erased { None } else { f.result.as_deref() };
+    if !upstream_calls::finish(&mut tx.conn, &j.execution_key, f.outcome.as_str(), result, now).await? {
         return Err(Error::InvalidTransition("this upstream call has already ended".into()));
     }
     let mut ev = AuditDraft::new(f.exec.actor(), "upstream.call")
@@ -241,7 +241,8 @@ impl Core {
     }
 
     /// Record how a begun call ended, with the upstream's answer (kept for
-    /// the agent, never shown in audit or exports).
+    /// the agent until the proposal's personal data is erased, never shown
+    /// in audit or exports).
     pub async fn finish_upstream_call(
         &self,
         exec: &ExecutorPrincipal,

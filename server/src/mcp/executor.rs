@@ -8,6 +8,7 @@
 //! never called twice for one execution key.
 
 use super::upstream::{CallFailure, Upstreams};
+use countersign_core::privacy::Redactor;
 use countersign_core::receipts::ReceiptClaims;
 use countersign_core::service::{
     CallOutcome, CallStart, ClaimRequest, ClaimedJob, CompleteRequest, Core, ExecutorPrincipal,
@@ -313,6 +314,13 @@ async fn perform(core: &Core, upstreams: &Upstreams, exec: &ExecutorPrincipal, j
             return;
         }
     }
+    // An upstream's error may repeat the personal args it was sent: masked
+    // in the log, as everywhere but the agent's answer.
+    let personal = policy
+        .tool(&claims.tool)
+        .map(|t| t.args.personal_fields())
+        .unwrap_or_default();
+    let masker = Redactor::masking(&claims.args, &personal);
     let args: JsonObject = match claims.args {
         Value::Object(m) => m,
         _ => JsonObject::new(),
@@ -329,7 +337,8 @@ async fn perform(core: &Core, upstreams: &Upstreams, exec: &ExecutorPrincipal, j
         Err(CallFailure::Refused(e)) => (CallOutcome::Failed, Some(json!({ "error": e.to_string() }))),
     };
     if let Err(e) = &answer {
-        tracing::warn!(job = %job.job_id, error = %e.error(), "upstream executor: the call failed");
+        let error = masker.text(&e.error().to_string());
+        tracing::warn!(job = %job.job_id, error = %error, "upstream executor: the call failed");
     }
     let kept = match kept {
         Some(v)

@@ -285,7 +285,8 @@ impl Gateway {
         }
     }
 
-    /// A performed proposal: the upstream's own result, as it came.
+    /// A performed proposal: the upstream's own result, as it came (the
+    /// agent's, which sent the args), until its personal data is erased.
     async fn succeeded(&self, run: &RunPrincipal, out: &countersign_core::service::ProposalOut) -> CallToolResult {
         match self.core.upstream_call_for_run(run, &out.row.id).await {
             Ok(Some(call)) => {
@@ -294,6 +295,9 @@ impl Gateway {
                     .and_then(|v| serde_json::from_value::<CallToolResult>(v).ok())
                 {
                     return r;
+                }
+                if let Some(at) = out.row.pii_erased_at {
+                    return outcome::performed_answer_erased(out, at);
                 }
             }
             Ok(None) => {}
@@ -371,7 +375,12 @@ impl ServerHandler for Gateway {
         let run = self.run_of(&context)?;
         let name = request.name.to_string();
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let req_meta = request.meta.as_ref().map(|m| m.0 .0.clone()).unwrap_or_default();
+        // rmcp hands the request's `_meta` over in the context, not in the
+        // params.
+        let mut req_meta = context.meta.0 .0.clone();
+        if let Some(m) = &request.meta {
+            req_meta.extend(m.0 .0.clone());
+        }
         let policy = self.core.policy();
         let decision = policy.route(&run.route).map(|r| policy.decide(r, &name));
         let offered = run.tools.contains(&name) && !matches!(decision, None | Some(Decision::Deny(_)));

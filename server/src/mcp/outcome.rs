@@ -149,6 +149,27 @@ pub fn ended(out: &ProposalOut) -> Option<CallToolResult> {
     Some(error_result(text, structured))
 }
 
+/// A performed call whose upstream answer was dropped when the proposal's
+/// personal data was erased: not an error (it happened, once), and never a
+/// reason to call again.
+pub fn performed_answer_erased(out: &ProposalOut, erased_at: i64) -> CallToolResult {
+    let call = match (&out.row.upstream, &out.row.upstream_tool) {
+        (Some(u), Some(t)) => format!("{u}/{t}"),
+        _ => out.row.tool.clone(),
+    };
+    let at = countersign_core::clock::rfc3339(erased_at);
+    let text = format!(
+        "Done: {call} was performed. Its answer is no longer kept: this call's personal data was erased on {at}. \
+         Do not call it again to get the answer."
+    );
+    let mut r = CallToolResult::success(vec![ContentBlock::text(text.clone())]);
+    r.structured_content = Some(json!({
+        "status": "succeeded", "proposal_id": out.row.id, "answer_erased": true, "pii_erased_at": at,
+        "message": text,
+    }));
+    r
+}
+
 /// Still waiting at the deadline: not an error; the same call again
 /// returns the outcome.
 pub fn pending(out: &ProposalOut) -> CallToolResult {

@@ -1,6 +1,7 @@
 //! A small upstream MCP server for tests and the bench (rmcp, Streamable
-//! HTTP): a read tool, write tools, a bearer token it insists on, counters
-//! of what it was sent, and gates that hold its handshake or its calls.
+//! HTTP): a read tool, write tools (one echoing its args), a bearer token it
+//! insists on, counters of what it was sent, and gates that hold its
+//! handshake or its calls.
 #![allow(dead_code)]
 
 use rmcp::model::{
@@ -86,6 +87,7 @@ impl ServerHandler for Tickets {
             Tool::new("search", "Search tickets by text.", schema(open.clone())),
             Tool::new("close_ticket", "Close a ticket.", schema(open.clone())),
             Tool::new("refund", "Refund a customer.", schema(open.clone())),
+            Tool::new("send_mail", "Send a mail; says where it went.", schema(open.clone())),
             Tool::new("wipe", "Wipe the database.", schema(open)),
         ]))
     }
@@ -117,6 +119,23 @@ impl ServerHandler for Tickets {
                 CallToolResult::success(vec![ContentBlock::text(format!("closed {id}"))])
             }
             "refund" => CallToolResult::error(vec![ContentBlock::text("card declined")]),
+            // Echoes what it was sent, as many real tools do: in its text,
+            // and in its structured content (numbers as numbers). A mail
+            // whose subject is "bounce" fails, naming the address; one whose
+            // subject is "refuse" is a protocol error naming it.
+            "send_mail" => {
+                let to = args["to"].as_str().unwrap_or("?");
+                if args["subject"] == "refuse" {
+                    return Err(ErrorData::invalid_params(format!("no mailbox {to}"), None));
+                }
+                if args["subject"] == "bounce" {
+                    CallToolResult::error(vec![ContentBlock::text(format!("cannot deliver to {to}"))])
+                } else {
+                    let mut r = CallToolResult::success(vec![ContentBlock::text(format!("mail sent to {to}"))]);
+                    r.structured_content = Some(json!({ "sent_to": to, "sms_to": args["phone"] }));
+                    r
+                }
+            }
             other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         };
         Ok(result.into())

@@ -86,3 +86,13 @@ pub async fn finish(
         .execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
+
+/// Drop the upstream's answers kept for a proposal's calls (its personal
+/// data is erased): the agent already had them. The outcome stays, so a
+/// call is never made again. Answers how many were dropped.
+pub async fn erase_results(conn: &mut Conn<'_>, proposal_id: &str) -> Result<u64> {
+    Ok(on!(conn, c => sqlx::query(
+        "UPDATE upstream_calls SET result = NULL WHERE proposal_id = $1 AND result IS NOT NULL")
+        .bind(proposal_id)
+        .execute(&mut **c).await?.rows_affected()))
+}
