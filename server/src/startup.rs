@@ -97,10 +97,15 @@ pub struct RunningApp {
     /// The upstream MCP sessions, shared by the gateway and its executor.
     pub upstreams: Arc<crate::mcp::upstream::Upstreams>,
     mcp_stop: tokio_util::sync::CancellationToken,
+    /// The built-in upstream executor, drained on stop.
+    upstream_executor: Option<crate::mcp::executor::Executor>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a stopping server waits for upstream calls in flight.
+const UPSTREAM_DRAIN: Duration = Duration::from_secs(15);
 
 impl RunningApp {
     pub fn url(&self) -> String {
@@ -117,6 +122,9 @@ impl RunningApp {
             t.abort();
         }
         self.mcp_stop.cancel();
+        if let Some(e) = self.upstream_executor.take() {
+            e.drain(UPSTREAM_DRAIN).await;
+        }
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -137,6 +145,9 @@ impl Drop for RunningApp {
     fn drop(&mut self) {
         for t in &self.background {
             t.abort();
+        }
+        if let Some(e) = &self.upstream_executor {
+            e.abort();
         }
         self.mcp_stop.cancel();
         if let Some(t) = &self.server {
@@ -357,8 +368,9 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         core,
         upstreams,
         mcp_stop,
+        upstream_executor: Some(executor),
         shutdown: Some(tx),
         server: Some(server),
-        background: vec![sweeper, receipt_keys, webhooks, executor],
+        background: vec![sweeper, receipt_keys, webhooks],
     })
 }

@@ -600,6 +600,7 @@ async fn an_upstream_down_during_execution_is_retried_and_its_failure_reported(d
     };
     let id = open_proposal(&g.t, &run_id).await;
     // The upstream goes away before the executor gets to it.
+    let url = g.up.as_ref().unwrap().url();
     let state = g.up.take().unwrap().stop().await;
     decide(&g.t, &bob, &id, Verdict::Approve, "").await;
     // Each failed attempt is offered again after its backoff (the manual
@@ -643,6 +644,11 @@ async fn an_upstream_down_during_execution_is_retried_and_its_failure_reported(d
     assert_eq!(read.is_error, Some(true));
     assert_eq!(structured(&read)["code"], "upstream_unavailable");
     assert!(text(&read).contains("upstream tickets"), "{}", text(&read));
+    // …and not where it lives: no address reaches the agent or the job's result.
+    let host = url.split("//").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    for told in [text(&r), text(&again), text(&read), s.to_string()] {
+        assert!(!told.contains(&host), "{told}");
+    }
 }
 
 async fn an_upstream_error_result_fails_the_proposal_without_retry(db: &TestDb) {
@@ -735,30 +741,57 @@ async fn a_bad_token_is_refused_before_any_message(db: &TestDb) {
     let opened = post(Some(token.clone())).await.unwrap();
     assert!(opened.status().is_success());
 
-    // A session belongs to the run that opened it: another run's token on it is refused.
+    // A session belongs to the run that opened it: to another run's token
+    // it does not exist, whatever the request (a call, a notification, the
+    // GET stream, DELETE), and that run cannot end it either.
     let session = opened.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let _ = opened.text().await;
-    let on_session = |bearer: &str, body: Value| {
-        g.t.http
-            .post(g.t.url("/mcp"))
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", session.as_str())
-            .header("mcp-protocol-version", "2025-06-18")
-            .bearer_auth(bearer)
-            .json(&body)
-            .send()
+    let on_session = |method: reqwest::Method, bearer: &str, session: &str, body: Option<Value>| {
+        let mut req =
+            g.t.http
+                .request(method, g.t.url("/mcp"))
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-06-18")
+                .bearer_auth(bearer);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
     };
+    use reqwest::Method;
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-    assert!(on_session(&token, initialized).await.unwrap().status().is_success());
+    let r = on_session(Method::POST, &token, &session, Some(initialized))
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
     let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
-    let own = on_session(&token, list.clone()).await.unwrap().text().await.unwrap();
-    assert!(own.contains("ticket.close"), "{own}");
     let (_, other) = g.t.run("acme", "prod", "support", None).await;
-    let theirs = on_session(&other, list).await.unwrap().text().await.unwrap();
-    assert!(
-        theirs.contains("belongs to another run") && !theirs.contains("ticket.close"),
-        "{theirs}"
-    );
+    let cancelled = json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 2 } });
+    for (method, body) in [
+        (Method::POST, Some(list.clone())),
+        (Method::POST, Some(cancelled)),
+        (Method::GET, None),
+        (Method::DELETE, None),
+    ] {
+        let r = on_session(method.clone(), &other, &session, body).await.unwrap();
+        assert_eq!(r.status(), 404, "{method} with another run's token");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    // A session nobody opened: the same answer.
+    let r = on_session(Method::POST, &token, "no-such-session", Some(list.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The session still serves its own run.
+    let own = on_session(Method::POST, &token, &session, Some(list))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(own.contains("ticket.close"), "{own}");
 
     // Expired: 401 as well.
     g.t.advance(3600);
@@ -1125,7 +1158,269 @@ async fn the_agents_own_idempotency_key_and_reason_come_from_meta(db: &TestDb) {
     );
 }
 
+async fn a_run_holds_at_most_sixteen_sessions_and_a_closed_one_frees_its_place(db: &TestDb) {
+    let g = gate(db, 30).await;
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "x", "version": "1" } }
+    });
+    let open = |token: String| {
+        g.t.http
+            .post(g.t.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(token)
+            .json(&init)
+            .send()
+    };
+    let (_, token) = g.t.run("acme", "prod", "support", None).await;
+    let mut sessions = Vec::new();
+    for _ in 0..server::mcp::MAX_SESSIONS_PER_RUN {
+        let r = open(token.clone()).await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        sessions.push(r.headers()["mcp-session-id"].to_str().unwrap().to_owned());
+        let _ = r.text().await;
+    }
+    let r = open(token.clone()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another run is not held back by this one's sessions.
+    let (_, other) = g.t.run("acme", "prod", "support", None).await;
+    assert!(open(other).await.unwrap().status().is_success());
+    // Closing one frees its place.
+    let closed =
+        g.t.http
+            .delete(g.t.url("/mcp"))
+            .header("mcp-session-id", sessions[0].as_str())
+            .header("mcp-protocol-version", "2025-06-18")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    assert!(open(token).await.unwrap().status().is_success());
+}
+
+async fn the_core_decides_which_reads_go_through_unreviewed(db: &TestDb) {
+    let g = gate(db, 1).await;
+    let (run_id, token) = g.t.run("acme", "prod", "support", None).await;
+    let countersign_core::service::Credential::Run(run) = g.t.core().authenticate(&token).await.unwrap() else {
+        panic!("a run token authenticates a run");
+    };
+    use countersign_core::service::ReadCheck;
+    // A write the route gates, and a read with no upstream: never forwarded,
+    // and nothing counted by the question.
+    let close =
+        g.t.core()
+            .check_read(&run, "ticket.close", &json!({ "ticket_id": "T-1" }))
+            .await
+            .unwrap();
+    assert!(matches!(close, ReadCheck::Propose), "{close:?}");
+    let kb =
+        g.t.core()
+            .check_read(&run, "kb.lookup", &json!({ "q": "a" }))
+            .await
+            .unwrap();
+    assert!(matches!(kb, ReadCheck::Propose), "{kb:?}");
+    assert_eq!(g.t.inspect().run(&run_id).await.unwrap().unwrap().steps_used, 0);
+    // A read the route allows: forwarded with its args in normal form, one step.
+    let search =
+        g.t.core()
+            .check_read(&run, "ticket.search", &json!({ "query": "printer" }))
+            .await
+            .unwrap();
+    let ReadCheck::Forward(permit) = search else {
+        panic!("an allowed read is forwarded: {search:?}");
+    };
+    assert_eq!(
+        (permit.upstream.name.as_str(), permit.remote_tool.as_str()),
+        ("tickets", "search")
+    );
+    assert_eq!(g.t.inspect().run(&run_id).await.unwrap().unwrap().steps_used, 1);
+
+    // The policy now gates the read: through MCP it becomes a proposal, and
+    // the upstream never sees it.
+    let src = policy_src(&g.up.as_ref().unwrap().url(), &g.dir.join("tickets-token"), 1).replace(
+        r#"require_approval = ["ticket.close", "refund.create"]"#,
+        r#"require_approval = ["ticket.close", "refund.create", "ticket.search"]"#,
+    );
+    assert!(g
+        .t
+        .core()
+        .replace_policy(load_policy(&src).unwrap(), "cli")
+        .await
+        .unwrap());
+    let (client, _) = connect(&g.t, &token).await;
+    let r = client
+        .call_tool(call("ticket.search", json!({ "query": "printer" })))
+        .await
+        .unwrap();
+    assert_eq!(structured(&r)["status"], "pending", "{r:?}");
+    assert_eq!(g.upstream().calls_of("search").len(), 0);
+    let id = structured(&r)["proposal_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        g.t.inspect().proposal(&id).await.unwrap().unwrap().tool,
+        "ticket.search"
+    );
+}
+
+async fn an_mcp_call_waits_in_the_same_places_as_the_runs_long_polls(db: &TestDb) {
+    let g = gate(db, 1).await;
+    let bob = g.t.person("bob", &["reviewer"], &["acme"]).await;
+    let (_, token) = g.t.run("acme", "prod", "support", None).await;
+    let (client, _) = connect(&g.t, &token).await;
+    let args = json!({ "ticket_id": "T-9" });
+    let first = client.call_tool(call("ticket.close", args.clone())).await.unwrap();
+    assert_eq!(structured(&first)["status"], "pending", "{first:?}");
+    let id = structured(&first)["proposal_id"].as_str().unwrap().to_owned();
+    // The run's places for waiting all taken (as its API long-polls take
+    // them)…
+    let countersign_core::service::Credential::Run(run) = g.t.core().authenticate(&token).await.unwrap() else {
+        panic!("a run token authenticates a run");
+    };
+    let held: Vec<_> = (0..countersign_core::service::MAX_LONG_POLLS_PER_HOLDER)
+        .map(|_| g.t.core().wait_slot(&run).unwrap())
+        .collect();
+    // …an API long-poll is refused, and so is the MCP call's wait.
+    let url = g.t.url(&format!("/api/v1/proposals/{id}/wait?timeout_seconds=1"));
+    let poll = g.t.http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(poll.status(), 429);
+    let refused = client.call_tool(call("ticket.close", args.clone())).await.unwrap();
+    assert_eq!(structured(&refused)["code"], "rate_limited", "{refused:?}");
+    assert_eq!(refused.is_error, Some(true));
+    assert!(text(&refused).contains("call again"), "{}", text(&refused));
+    // Places freed, the same call is answered again, with its outcome.
+    drop(held);
+    decide(&g.t, &bob, &id, Verdict::Approve, "ok").await;
+    let r = client.call_tool(call("ticket.close", args)).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "approved, then pending or performed: {r:?}");
+}
+
+async fn an_approval_that_runs_out_after_its_upstream_call_was_sent_is_unknown_not_unperformed(db: &TestDb) {
+    let g = gate(db, 1).await;
+    // Sixty seconds to perform it, and an upstream that holds its answer.
+    let src = policy_src(&g.up.as_ref().unwrap().url(), &g.dir.join("tickets-token"), 1)
+        .replace("timeout_seconds = 5", "timeout_seconds = 120")
+        .replace(
+            "expires_after_seconds = 300",
+            "expires_after_seconds = 300\nexecute_within_seconds = 60",
+        );
+    assert!(g
+        .t
+        .core()
+        .replace_policy(load_policy(&src).unwrap(), "cli")
+        .await
+        .unwrap());
+    g.upstream().hold_calls.send_replace(true);
+    let bob = g.t.person("bob", &["reviewer"], &["acme"]).await;
+    let (_, token) = g.t.run("acme", "prod", "support", None).await;
+    let (client, _) = connect(&g.t, &token).await;
+    let args = json!({ "ticket_id": "T-3" });
+    let first = client.call_tool(call("ticket.close", args.clone())).await.unwrap();
+    let id = structured(&first)["proposal_id"].as_str().unwrap().to_owned();
+    decide(&g.t, &bob, &id, Verdict::Approve, "").await;
+    for _ in 0..400 {
+        if !g.upstream().calls_of("close_ticket").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(g.upstream().calls_of("close_ticket").len(), 1, "the call was sent");
+    // The approval runs out while the answer is awaited.
+    g.t.advance(120);
+    g.t.core().sweep().await.unwrap();
+    g.t.core().sweep().await.unwrap();
+    assert_eq!(
+        g.t.inspect().proposal(&id).await.unwrap().unwrap().status,
+        Status::Expired
+    );
+    let r = client.call_tool(call("ticket.close", args)).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(structured(&r)["code"], "upstream_outcome_unknown", "{r:?}");
+    assert!(
+        text(&r).contains("unknown") && !text(&r).contains("not performed"),
+        "{}",
+        text(&r)
+    );
+    let events = g.t.inspect().audit_events().await.unwrap();
+    let expired = events
+        .iter()
+        .find(|e| e.action == "proposal.expired" && e.subject.as_deref() == Some(id.as_str()))
+        .expect("the expiry is audited");
+    assert!(expired.details.to_string().contains("unknown"), "{}", expired.details);
+    assert_eq!(
+        g.upstream().calls_of("close_ticket").len(),
+        1,
+        "and it is not made again"
+    );
+    g.upstream().hold_calls.send_replace(false);
+}
+
+async fn a_stopping_server_lets_its_upstream_calls_finish_and_records_their_outcome(db: &TestDb) {
+    let up = TestUpstream::start(0, UPSTREAM_TOKEN).await;
+    let dir = std::env::temp_dir().join(format!("countersign-mcp-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("tickets-token");
+    std::fs::write(&token_file, format!("Bearer {UPSTREAM_TOKEN}\n")).unwrap();
+    let policy = load_policy(&policy_src(&up.url(), &token_file, 1)).unwrap();
+    let t = spawn_with(db, policy, |c| {
+        c.check_upstreams_at_start = false;
+        c.upstream_lease = Duration::from_secs(30);
+    })
+    .await;
+    up.state.hold_calls.send_replace(true);
+    let bob = t.person("bob", &["reviewer"], &["acme"]).await;
+    let (_, token) = t.run("acme", "prod", "support", None).await;
+    let countersign_core::service::Credential::Run(run) = t.core().authenticate(&token).await.unwrap() else {
+        panic!("a run token authenticates a run");
+    };
+    let (client, _) = connect(&t, &token).await;
+    let first = client
+        .call_tool(call("ticket.close", json!({ "ticket_id": "T-8" })))
+        .await
+        .unwrap();
+    let id = structured(&first)["proposal_id"].as_str().unwrap().to_owned();
+    decide(&t, &bob, &id, Verdict::Approve, "").await;
+    for _ in 0..400 {
+        if !up.state.calls_of("close_ticket").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(up.state.calls_of("close_ticket").len(), 1, "the call was sent");
+    drop(client);
+    // The server is told to stop while the upstream still holds its answer.
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let release = {
+        let (released, state) = (released.clone(), up.state.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+            state.hold_calls.send_replace(false);
+        })
+    };
+    let core = t.app.core.clone();
+    t.app.stop().await;
+    assert!(
+        released.load(std::sync::atomic::Ordering::SeqCst),
+        "stopping waited for the call in flight"
+    );
+    release.await.unwrap();
+    let call = core.upstream_call_for_run(&run, &id).await.unwrap().unwrap();
+    assert_eq!(call.outcome, Some(countersign_core::service::CallOutcome::Succeeded));
+    assert_eq!(
+        core.proposal_for_run(&run, &id).await.unwrap().row.status,
+        Status::Succeeded
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 countersign_core::store_tests!(
+    a_stopping_server_lets_its_upstream_calls_finish_and_records_their_outcome,
+    an_approval_that_runs_out_after_its_upstream_call_was_sent_is_unknown_not_unperformed,
+    a_run_holds_at_most_sixteen_sessions_and_a_closed_one_frees_its_place,
+    the_core_decides_which_reads_go_through_unreviewed,
+    an_mcp_call_waits_in_the_same_places_as_the_runs_long_polls,
     tools_list_shows_only_allowed_upstream_tools_with_their_schemas,
     the_agents_own_idempotency_key_and_reason_come_from_meta,
     a_read_passes_through_is_audited_and_counts_a_step,

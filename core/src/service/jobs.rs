@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{JobKind, JobState, Status};
 use crate::policy::Policy;
 use crate::store::queries::jobs::{self, JobRow};
-use crate::store::queries::{controls, proposals};
+use crate::store::queries::{controls, proposals, upstream_calls};
 use crate::store::{Notice, Tx};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -533,10 +533,19 @@ pub(super) async fn expire_overdue(tx: &mut Tx<'_>, public_url: &str) -> Result<
         if !jobs::set_state(&mut tx.conn, &j.id, j.state, JobState::Expired, now).await? {
             continue;
         }
-        let (was, reason) = match j.kind {
+        let (was, mut reason) = match j.kind {
             JobKind::Execute => (j.state.proposal_status(), "approved but not run in time"),
             JobKind::Preview => (Status::Previewing, "the executor's preview did not come in time"),
         };
+        if j.kind == JobKind::Execute {
+            // The upstream executor recorded its intent and never an
+            // answer: the call may have happened, and the record says so
+            // rather than "not run".
+            let call = upstream_calls::of_proposal(&mut tx.conn, &j.proposal_id).await?;
+            if call.is_some_and(|c| matches!(c.outcome.as_deref(), None | Some("unknown"))) {
+                reason = "approved; its upstream call got no answer, so whether it happened is unknown";
+            }
+        }
         proposals::transition(&mut tx.conn, &j.proposal_id, was, Status::Expired).await?;
         tx.audit(
             AuditDraft::new("system", "proposal.expired")

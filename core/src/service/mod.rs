@@ -55,7 +55,7 @@ pub use privacy::{PersonalData, PurgeReport};
 pub use proposals::{ProposalOut, ProposeRequest, Via};
 pub use receipts::RECEIPT_KEY_REFRESH;
 pub use review::{QueueEntry, ReviewData};
-pub use runs::{CheckOutcome, MintRequest, MintedRun};
+pub use runs::{CheckOutcome, MintRequest, MintedRun, ReadCheck, ReadPermit};
 pub use upstream_calls::{CallOutcome, CallStart, UpstreamCall, MAX_UPSTREAM_RESULT_BYTES, UPSTREAM_EXECUTOR_KEY_ID};
 
 pub use crate::audit::{current_request_id, REQUEST_ID};

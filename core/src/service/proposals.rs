@@ -535,6 +535,13 @@ impl Core {
         }
     }
 
+    /// A place for one more call of `run` held open while it waits for an
+    /// outcome (the MCP gateway's calls), counted with its API long-polls:
+    /// however it waits, a run holds at most so many connections open.
+    pub fn wait_slot(&self, run: &RunPrincipal) -> Result<crate::limits::Slot> {
+        self.long_poll_slot(&run.run_id)
+    }
+
     /// Withdraw a pending proposal.
     pub async fn cancel_for_run(&self, run: &RunPrincipal, id: &str) -> Result<ProposalOut> {
         let (run, id) = (run.clone(), id.to_owned());

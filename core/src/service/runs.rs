@@ -7,7 +7,7 @@ use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
 use crate::ids::{new_id, parse_username};
 use crate::lifecycle::{JobKind, JobState, Status};
-use crate::policy::{Budgets, Decision, Denial, Policy, Route};
+use crate::policy::{Budgets, Decision, Denial, Policy, Route, ToolKind, Upstream};
 use crate::store::queries::runs::{self, RunRow};
 use crate::store::queries::{jobs, proposals};
 use crate::store::{Notice, Outcome, Tx};
@@ -53,6 +53,30 @@ pub struct CheckOutcome {
     pub tool: String,
     /// `allow` or `require_approval`.
     pub decision: &'static str,
+}
+
+/// What `check_read` answers the MCP gateway: forward the read now, or
+/// make it a proposal.
+#[derive(Debug, Clone)]
+pub enum ReadCheck {
+    /// Allowed outright and a read: checked (audited, one step counted);
+    /// call the upstream with these args, as the policy checked them.
+    Forward(ReadPermit),
+    /// Not a read the route allows outright (it needs approval, is a
+    /// write, is refused, or has no upstream): the proposal path decides,
+    /// refuses or proposes. Nothing was counted.
+    Propose,
+}
+
+/// A read the core let through, and where it goes.
+#[derive(Debug, Clone)]
+pub struct ReadPermit {
+    pub check: CheckOutcome,
+    pub upstream: Upstream,
+    /// The tool's name on the upstream.
+    pub remote_tool: String,
+    /// The args in their normal form (`5.0` for an integer is `5`).
+    pub args: serde_json::Value,
 }
 
 pub const DEFAULT_RUN_TTL_SECS: i64 = 300;
@@ -291,6 +315,33 @@ async fn check_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<CheckOutcome>> {
     Ok(Outcome::Done(CheckOutcome { tool, decision: label }))
 }
 
+async fn read_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<ReadCheck>> {
+    let route = route_of(&c.policy, &c.run)?;
+    let allowed = matches!(decide_for_run(&c.policy, route, &c.run, &c.tool), Ok(Decision::Allow));
+    let target = c
+        .policy
+        .tool(&c.tool)
+        .filter(|t| t.kind == ToolKind::Read)
+        .and_then(|t| {
+            let via = t.upstream.as_ref()?;
+            let upstream = c.policy.upstreams.get(&via.upstream)?.clone();
+            let args = t.args.normalized(c.args.as_ref()?);
+            Some((upstream, via.tool.clone(), args))
+        });
+    let (true, Some((upstream, remote_tool, args))) = (allowed, target) else {
+        return Ok(Outcome::Done(ReadCheck::Propose));
+    };
+    Ok(match check_in(tx, c).await? {
+        Outcome::Done(check) => Outcome::Done(ReadCheck::Forward(ReadPermit {
+            check,
+            upstream,
+            remote_tool,
+            args,
+        })),
+        Outcome::Refused(e) => Outcome::Refused(e),
+    })
+}
+
 async fn record_mint(tx: &mut Tx<'_>, row: RunRow, actor: String, scope: String) -> Result<()> {
     runs::insert(&mut tx.conn, &row).await?;
     tx.audit(
@@ -393,6 +444,23 @@ impl Core {
     /// and counted like a proposal's.
     pub async fn check_call(&self, run: &RunPrincipal, tool: &str, args: &serde_json::Value) -> Result<CheckOutcome> {
         self.check_with(run, tool, Some(args.clone())).await
+    }
+
+    /// The MCP gateway's question for a call: is it a read the route lets
+    /// through without review? Decided here, in the same transaction that
+    /// counts and audits it, from the policy in force then, so no policy
+    /// change between the gateway's listing and the call forwards a call
+    /// that needs people.
+    pub async fn check_read(&self, run: &RunPrincipal, tool: &str, args: &serde_json::Value) -> Result<ReadCheck> {
+        crate::ids::parse_tool_name(tool).map_err(Error::BadRequest)?;
+        let c = Check {
+            policy: self.policy(),
+            run: run.clone(),
+            tool: tool.to_owned(),
+            switch: self.switch_covering(&run.tenant, &run.route, tool).await?,
+            args: Some(args.clone()),
+        };
+        self.store.write_or_refuse(move |tx| Box::pin(read_in(tx, c))).await
     }
 
     async fn check_with(

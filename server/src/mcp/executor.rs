@@ -35,12 +35,47 @@ pub struct ExecutorSettings {
 }
 
 /// Start the executor; it runs until the task is aborted.
-pub fn spawn(core: Arc<Core>, upstreams: Arc<Upstreams>, settings: ExecutorSettings) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(core, upstreams, settings))
+/// The running upstream executor: its claiming loop, and the places its
+/// calls in flight hold.
+pub struct Executor {
+    task: tokio::task::JoinHandle<()>,
+    slots: Arc<Semaphore>,
 }
 
-async fn run(core: Arc<Core>, upstreams: Arc<Upstreams>, settings: ExecutorSettings) {
+pub fn spawn(core: Arc<Core>, upstreams: Arc<Upstreams>, settings: ExecutorSettings) -> Executor {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let task = tokio::spawn(run(core, upstreams, settings, slots.clone()));
+    Executor { task, slots }
+}
+
+impl Executor {
+    /// Claim nothing more, and give the calls in flight up to `grace` to
+    /// finish and record their outcome: a call cut off by shutdown would be
+    /// an unknown outcome, never made again. True if all finished.
+    pub async fn drain(self, grace: Duration) -> bool {
+        self.task.abort();
+        let busy = MAX_IN_FLIGHT - self.slots.available_permits();
+        if busy > 0 {
+            tracing::info!(calls = busy, "waiting for upstream calls in flight to finish");
+        }
+        let all = self.slots.acquire_many(MAX_IN_FLIGHT as u32);
+        let finished = tokio::time::timeout(grace, all).await.is_ok();
+        if !finished {
+            tracing::warn!(
+                calls = MAX_IN_FLIGHT - self.slots.available_permits(),
+                "upstream calls still in flight at shutdown: their outcome will be unknown"
+            );
+        }
+        finished
+    }
+
+    /// Stop at once (the app dropped without `stop`).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+async fn run(core: Arc<Core>, upstreams: Arc<Upstreams>, settings: ExecutorSettings, slots: Arc<Semaphore>) {
     loop {
         let mut notices = core.subscribe();
         let claimed = claim_round(&core, &upstreams, &slots, settings).await;
@@ -294,7 +329,7 @@ async fn perform(core: &Core, upstreams: &Upstreams, exec: &ExecutorPrincipal, j
     // a failure that nothing was sent for, retried by the queue's rules.
     if let Err(e) = heartbeating(core, exec, &job, s.lease, upstreams.ready(up)).await {
         tracing::warn!(job = %job.job_id, error = %e, "upstream executor: upstream not ready");
-        let r = summary(names.0, names.1, Some("upstream_unavailable"), Some(e.to_string()));
+        let r = summary(names.0, names.1, Some("upstream_unavailable"), Some(e.for_agent()));
         return complete(core, exec, &job, false, r, true).await;
     }
     match core
@@ -328,13 +363,15 @@ async fn perform(core: &Core, upstreams: &Upstreams, exec: &ExecutorPrincipal, j
     let mut meta = JsonObject::new();
     meta.insert("countersign/execution_key".into(), json!(claims.execution_key));
     meta.insert("countersign/proposal_id".into(), json!(claims.sub));
+    meta.insert("countersign/tenant".into(), json!(claims.tenant));
+    meta.insert("countersign/env".into(), json!(claims.env));
     let answer = heartbeating(core, exec, &job, s.lease, upstreams.call(up, names.1, args, Some(meta))).await;
     let (outcome, kept) = match &answer {
         Ok(r) if r.is_error == Some(true) => (CallOutcome::Failed, serde_json::to_value(r).ok()),
         Ok(r) => (CallOutcome::Succeeded, serde_json::to_value(r).ok()),
         Err(CallFailure::NotSent(_)) => (CallOutcome::NotSent, None),
         Err(CallFailure::NoAnswer(_)) => (CallOutcome::Unknown, None),
-        Err(CallFailure::Refused(e)) => (CallOutcome::Failed, Some(json!({ "error": e.to_string() }))),
+        Err(CallFailure::Refused(e)) => (CallOutcome::Failed, Some(json!({ "error": e.for_agent() }))),
     };
     if let Err(e) = &answer {
         let error = masker.text(&e.error().to_string());

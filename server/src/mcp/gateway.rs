@@ -8,7 +8,7 @@ use super::upstream::{CallFailure, Upstreams};
 use countersign_core::audit::{canonical_json, hash_parts};
 use countersign_core::lifecycle::Status;
 use countersign_core::policy::{Decision, Policy, Tool as PolicyTool, ToolKind};
-use countersign_core::service::{Core, ProposeRequest, RunPrincipal, Via};
+use countersign_core::service::{CallOutcome, Core, ProposeRequest, ReadCheck, RunPrincipal, Via};
 use countersign_core::Notice;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, InitializeRequestParams,
@@ -20,6 +20,7 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -27,6 +28,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub const IDEMPOTENCY_META: &str = "countersign/idempotency_key";
 /// The `_meta` key an agent may send the proposal's reason under.
 pub const REASON_META: &str = "countersign/reason";
+/// The largest upstream answer to a read passed on to an agent, serialized.
+pub const MAX_READ_ANSWER: usize = 1024 * 1024;
+/// Reads forwarded at once, over all sessions: beyond that an agent is
+/// told to call again, and no upstream is flooded through the gate.
+pub const MAX_READS_IN_FLIGHT: usize = 64;
 /// How often a waiting call tells the client it still waits.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
@@ -38,6 +44,8 @@ pub struct Gateway {
     core: Arc<Core>,
     upstreams: Arc<Upstreams>,
     run_id: Arc<OnceLock<String>>,
+    /// Places for forwarded reads, shared by every session.
+    reads: Arc<Semaphore>,
     /// Cancelled when the session's handler is dropped (the session ended).
     ended: CancellationToken,
     _ends: Arc<DropGuard>,
@@ -79,10 +87,15 @@ fn schema_object(tool: &PolicyTool) -> JsonObject {
 
 impl Gateway {
     pub fn new(core: Arc<Core>, upstreams: Arc<Upstreams>) -> Gateway {
+        Gateway::sharing(core, upstreams, Arc::new(Semaphore::new(MAX_READS_IN_FLIGHT)))
+    }
+
+    fn sharing(core: Arc<Core>, upstreams: Arc<Upstreams>, reads: Arc<Semaphore>) -> Gateway {
         let ended = CancellationToken::new();
         Gateway {
             core,
             upstreams,
+            reads,
             run_id: Arc::default(),
             _ends: Arc::new(ended.clone().drop_guard()),
             ended,
@@ -91,7 +104,7 @@ impl Gateway {
 
     /// A handler for a new session.
     pub fn for_session(&self) -> Gateway {
-        Gateway::new(self.core.clone(), self.upstreams.clone())
+        Gateway::sharing(self.core.clone(), self.upstreams.clone(), self.reads.clone())
     }
 
     /// The run of this request, put there by the authentication middleware.
@@ -147,39 +160,63 @@ impl Gateway {
         out
     }
 
-    /// A read the route allows without approval: checked (audited, one
-    /// step), then forwarded; the upstream's result as it came.
-    async fn read(&self, run: &RunPrincipal, tool: &PolicyTool, args: Value) -> CallToolResult {
-        if let Err(e) = self.core.check_call(run, &tool.name, &args).await {
-            return outcome::refusal(&e, &tool.name);
-        }
-        let policy = self.core.policy();
-        let Some((up, remote)) = tool
-            .upstream
-            .as_ref()
-            .and_then(|u| Some((policy.upstreams.get(&u.upstream)?, u.tool.clone())))
-        else {
-            return outcome::gateway_error(
-                "no_upstream",
-                format!(
-                    "{} has no upstream to call: countersign cannot perform it here.",
-                    tool.name
-                ),
-            );
+    /// A read: the core decides whether the route lets it through without
+    /// review; if so it is checked (audited, one step) and forwarded, the
+    /// upstream's result as it came; if not, it is proposed like any call.
+    async fn read(
+        &self,
+        run: &RunPrincipal,
+        name: &str,
+        args: Value,
+        req_meta: &JsonObject,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let permit = match self.core.check_read(run, name, &args).await {
+            Ok(ReadCheck::Forward(permit)) => permit,
+            Ok(ReadCheck::Propose) => return self.propose(run, name, args, req_meta, ctx).await,
+            Err(e) => return outcome::refusal(&e, name),
         };
-        let args = match tool.args.normalized(&args) {
+        let args = match permit.args {
             Value::Object(m) => m,
             _ => JsonObject::new(),
         };
+        // One upstream serves every tenant and env of the policy: it is told
+        // whose call this is.
         let mut meta = JsonObject::new();
         meta.insert("countersign/run".into(), json!(run.run_id));
-        match self.upstreams.call(up, &remote, args, Some(meta)).await {
-            Ok(result) => result,
-            Err(CallFailure::Refused(e)) => outcome::gateway_error("upstream_error", format!("{e}.")),
-            Err(CallFailure::NotSent(e) | CallFailure::NoAnswer(e)) => outcome::gateway_error(
-                "upstream_unavailable",
-                format!("{e}. Try again later, or tell a person if it lasts."),
-            ),
+        meta.insert("countersign/tenant".into(), json!(run.tenant));
+        meta.insert("countersign/env".into(), json!(run.env));
+        let Ok(_read) = self.reads.clone().try_acquire_owned() else {
+            let e = countersign_core::Error::RateLimited { retry_after_secs: 1 };
+            return outcome::refusal(&e, name);
+        };
+        match self
+            .upstreams
+            .call(&permit.upstream, &permit.remote_tool, args, Some(meta))
+            .await
+        {
+            Ok(result) => {
+                let size = serde_json::to_vec(&result).map_or(usize::MAX, |v| v.len());
+                if size > MAX_READ_ANSWER {
+                    return outcome::gateway_error(
+                        "upstream_error",
+                        format!(
+                            "upstream {}'s answer to {name} was {size} bytes, more than the {MAX_READ_ANSWER} the \
+                             gate passes on. Ask for less (a narrower query, a page).",
+                            permit.upstream.name
+                        ),
+                    );
+                }
+                result
+            }
+            Err(CallFailure::Refused(e)) => outcome::gateway_error("upstream_error", format!("{}.", e.for_agent())),
+            Err(CallFailure::NotSent(e) | CallFailure::NoAnswer(e)) => {
+                tracing::warn!(upstream = %permit.upstream.name, error = %e, "a read's upstream did not answer");
+                outcome::gateway_error(
+                    "upstream_unavailable",
+                    format!("{}. Try again later, or tell a person if it lasts.", e.for_agent()),
+                )
+            }
         }
     }
 
@@ -229,6 +266,12 @@ impl Gateway {
     /// Wait for the proposal's outcome up to the policy's `[mcp]
     /// wait_seconds`, telling a client that asked for progress how it goes.
     async fn wait(&self, run: &RunPrincipal, id: &str, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        // Held while waiting; a run with too many calls open is told to
+        // call again (its proposal stands, and the same call finds it).
+        let _slot = match self.core.wait_slot(run) {
+            Ok(slot) => slot,
+            Err(e) => return outcome::refusal(&e, id),
+        };
         let wait = Duration::from_secs(self.core.policy().mcp.wait_seconds.max(0) as u64);
         let deadline = Instant::now() + wait;
         let token = ctx.meta.get_progress_token();
@@ -242,6 +285,31 @@ impl Gateway {
             };
             if out.row.status == Status::Succeeded {
                 return self.succeeded(run, &out).await;
+            }
+            if out.row.status == Status::Expired {
+                // Expired after its upstream call was sent: not "not
+                // performed", but unknown.
+                match self.core.upstream_call_for_run(run, id).await {
+                    Ok(Some(call)) => match call.outcome {
+                        None | Some(CallOutcome::Unknown) => {
+                            return outcome::expired_unknown(&out, &call.upstream, &call.tool);
+                        }
+                        // Answered, though after the approval ran out: it
+                        // happened, and the agent gets what came back.
+                        Some(CallOutcome::Succeeded | CallOutcome::Failed) => {
+                            match call
+                                .result
+                                .and_then(|v| serde_json::from_value::<CallToolResult>(v).ok())
+                            {
+                                Some(r) => return r,
+                                None => return outcome::expired_unknown(&out, &call.upstream, &call.tool),
+                            }
+                        }
+                        Some(CallOutcome::NotSent) => {}
+                    },
+                    Ok(None) => {}
+                    Err(e) => return outcome::refusal(&e, id),
+                }
             }
             if let Some(ended) = outcome::ended(&out) {
                 return ended;
@@ -389,9 +457,9 @@ impl ServerHandler for Gateway {
                 "no_upstream",
                 format!("{name} is not offered through MCP (it has no upstream): use the tools listed."),
             ),
-            Some(t) if offered && t.kind == ToolKind::Read && decision == Some(Decision::Allow) => {
-                self.read(&run, t, args).await
-            }
+            // The core decides, as it counts the call, whether a read goes
+            // through unreviewed.
+            Some(t) if offered && t.kind == ToolKind::Read => self.read(&run, &name, args, &req_meta, &context).await,
             // Denied, not allowed, unknown, or gated: the proposal path
             // refuses (audited, counted) or proposes, as the API does.
             _ => self.propose(&run, &name, args, &req_meta, &context).await,

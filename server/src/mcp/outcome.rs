@@ -149,6 +149,21 @@ pub fn ended(out: &ProposalOut) -> Option<CallToolResult> {
     Some(error_result(text, structured))
 }
 
+/// Expired after the upstream executor sent its call and no answer came:
+/// it may have happened, and it will not be made again.
+pub fn expired_unknown(out: &ProposalOut, upstream: &str, tool: &str) -> CallToolResult {
+    let text = format!(
+        "Approved, and the call to {upstream}/{tool} was sent, but no answer came before the approval expired: \
+         whether it happened is unknown, and countersign will not make it again. Do not repeat it; tell a \
+         person to check."
+    );
+    let structured = json!({
+        "code": "upstream_outcome_unknown", "message": text, "proposal_id": out.row.id,
+        "status": out.row.status, "decisions": decisions(out),
+    });
+    error_result(text, structured)
+}
+
 /// A performed call whose upstream answer was dropped when the proposal's
 /// personal data was erased: not an error (it happened, once), and never a
 /// reason to call again.

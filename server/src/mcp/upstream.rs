@@ -43,6 +43,40 @@ pub enum UpstreamError {
     Protocol { upstream: String, detail: String },
 }
 
+impl UpstreamError {
+    /// What an agent, and the job's result that reviewers read, are told:
+    /// which upstream and what went wrong, never where its credential is
+    /// kept (that is in the server's log, for its operator).
+    pub fn for_agent(&self) -> String {
+        match self {
+            UpstreamError::Credential { upstream, .. } => format!(
+                "upstream {upstream} cannot be called: a credential the server needs for it is missing or \
+                 unreadable (the server's log says which)"
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// An error's text from the HTTP stack, with every URL in it hidden: an
+/// upstream's address may carry a credential in its query, and agents
+/// have no business knowing where upstreams live.
+fn without_urls(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    let mut rest = detail;
+    while let Some(at) = ["http://", "https://"].iter().filter_map(|p| rest.find(p)).min() {
+        out.push_str(&rest[..at]);
+        out.push_str("<url>");
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// How a call that got no result failed, for the at-most-once record.
 #[derive(Debug, Clone)]
 pub enum CallFailure {
@@ -201,7 +235,7 @@ impl Upstreams {
             Ok(Err(e)) => {
                 return Err(UpstreamError::Unreachable {
                     upstream: up.name.clone(),
-                    detail: e.to_string(),
+                    detail: without_urls(&e.to_string()),
                 })
             }
             Err(_) => {
@@ -253,13 +287,13 @@ impl Upstreams {
             Ok(Err(ServiceError::McpError(e))) => {
                 return Err(CallFailure::Refused(UpstreamError::Protocol {
                     upstream: up.name.clone(),
-                    detail: e.message.to_string(),
+                    detail: without_urls(&e.message),
                 }))
             }
             Ok(Err(e)) => {
                 let err = UpstreamError::Unreachable {
                     upstream: up.name.clone(),
-                    detail: e.to_string(),
+                    detail: without_urls(&e.to_string()),
                 };
                 if never_connected(&e) {
                     CallFailure::NotSent(err)
@@ -299,7 +333,7 @@ impl Upstreams {
                 self.drop_session(up).await;
                 Err(UpstreamError::Unreachable {
                     upstream: up.name.clone(),
-                    detail: e.to_string(),
+                    detail: without_urls(&e.to_string()),
                 })
             }
             Err(_) => {
@@ -379,5 +413,39 @@ impl Upstreams {
 impl Default for Upstreams {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_from_the_http_stack_never_tells_an_upstreams_url() {
+        let detail = "error sending request for url (https://tickets.internal:8443/mcp?key=s3cr3t): \
+                      connection refused; then http://10.0.0.7/mcp, \"http://x/y\"";
+        let shown = without_urls(detail);
+        assert_eq!(
+            shown,
+            "error sending request for url (<url>): connection refused; then <url>, \"<url>\""
+        );
+        assert!(!shown.contains("s3cr3t") && !shown.contains("10.0.0.7"));
+        assert_eq!(without_urls("no address here"), "no address here");
+    }
+
+    #[test]
+    fn an_agent_is_not_told_where_a_credential_is_kept() {
+        let e = UpstreamError::Credential {
+            upstream: "tickets".into(),
+            header: "Authorization".into(),
+            reference: "file:/run/secrets/tickets-token".into(),
+            problem: "cannot be read (NotFound)".into(),
+        };
+        assert!(
+            e.to_string().contains("/run/secrets/tickets-token"),
+            "the operator's log names it"
+        );
+        let told = e.for_agent();
+        assert!(told.contains("tickets") && !told.contains("/run/secrets") && !told.contains("Authorization"));
     }
 }
