@@ -69,12 +69,61 @@ pub struct QueueRow {
     pub destructive: bool,
     pub irreversible: bool,
     pub reason_short: String,
+    pub run_id: String,
+    pub on_behalf_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Queue {
     pub rows: Vec<QueueRow>,
     pub now_ms: i64,
+}
+
+impl Queue {
+    /// The rows by run (an agent's parallel calls together), each run where
+    /// its oldest proposal stands and its rows oldest first.
+    pub fn by_run(&self) -> Vec<Vec<QueueRow>> {
+        let mut groups: Vec<Vec<QueueRow>> = Vec::new();
+        for row in &self.rows {
+            match groups.iter_mut().find(|g| g[0].run_id == row.run_id) {
+                Some(g) => g.push(row.clone()),
+                None => groups.push(vec![row.clone()]),
+            }
+        }
+        groups
+    }
+}
+
+/// How a run's group is headed in the queue: "3 from run r_… for alice".
+pub fn run_group_title(rows: &[QueueRow]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let run = shorten(&first.run_id, 14);
+    match &first.on_behalf_of {
+        Some(who) => format!("{} from run {run} for {who}", rows.len()),
+        None => format!("{} from run {run}", rows.len()),
+    }
+}
+
+/// One proposal of the reviewed one's run, as the review screen lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunItem {
+    pub id: String,
+    pub tool: String,
+    pub status: String,
+    pub created_at_ms: i64,
+    pub approvals: i64,
+    pub approvals_required: i64,
+    pub destructive: bool,
+}
+
+/// What a decision did, and where the reviewer goes next: the next pending
+/// proposal they may decide, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    pub status: String,
+    pub next: Option<String>,
 }
 
 /// One arg as a table row; long values are shortened, with the whole value kept.
@@ -161,6 +210,12 @@ pub struct Review {
     pub personal: Option<PersonalView>,
     /// The upstream MCP call it will make (a tool with `upstream`).
     pub upstream_call: Option<UpstreamCallView>,
+    /// The proposals of the same run, this one included, oldest first.
+    pub run: Vec<RunItem>,
+    /// How long the reader's own latest decisions took, newest first.
+    pub own_pace_ms: Vec<Option<i64>>,
+    /// The reader decided their last few very fast, one after another.
+    pub too_fast: bool,
 }
 
 /// The upstream MCP server and tool a proposal calls, and whether it came
@@ -367,6 +422,45 @@ mod tests {
     fn shorten_keeps_short_text_and_marks_cut_text() {
         assert_eq!(shorten("abc", 5), "abc");
         assert_eq!(shorten("abcdef", 4), "abc…");
+    }
+
+    fn row(id: &str, run: &str) -> QueueRow {
+        QueueRow {
+            id: id.into(),
+            tool: "ticket.close".into(),
+            tenant: "acme".into(),
+            env: "prod".into(),
+            route: "support/send".into(),
+            created_at_ms: 0,
+            approvals: 0,
+            approvals_required: 1,
+            destructive: false,
+            irreversible: false,
+            reason_short: String::new(),
+            run_id: run.into(),
+            on_behalf_of: Some("alice".into()),
+        }
+    }
+
+    #[test]
+    fn a_runs_proposals_are_grouped_where_its_oldest_stands() {
+        let q = Queue {
+            rows: vec![
+                row("p1", "r_a"),
+                row("p2", "r_b"),
+                row("p3", "r_a"),
+                row("p4", "r_c"),
+                row("p5", "r_b"),
+            ],
+            now_ms: 0,
+        };
+        let groups = q.by_run();
+        let ids: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|r| r.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["p1", "p3"], vec!["p2", "p5"], vec!["p4"]]);
+        assert_eq!(run_group_title(&groups[0]), "2 from run r_a for alice");
     }
 
     #[test]

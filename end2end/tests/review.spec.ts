@@ -248,7 +248,7 @@ test("the review page shows the exact args and where the diff came from", async 
     data: { lease_id: job.lease_id, status: "succeeded", preview: { before: "assignee: nobody", after: "assignee: bob", state: "v12" } },
   });
   expect(done.status(), await done.text()).toBe(200);
-  // The page loads itself again when the dry run lands: nobody reloads it.
+  // The page takes in the dry run when it lands: nobody reloads it.
   await expect(page.getByText(`Computed by executor e2e-${tenant} at`)).toBeVisible();
   await expect(page.getByRole("row", { name: /assignee/ }).first()).toContainText("bob");
   await hydrated(page);

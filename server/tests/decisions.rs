@@ -18,6 +18,16 @@ async fn propose(t: &TestApp, body: serde_json::Value, on_behalf_of: Option<&str
     (id, hash)
 }
 
+/// Propose in an existing run (an agent's parallel calls).
+async fn propose_in(t: &TestApp, token: &str, body: serde_json::Value) -> (String, String) {
+    t.advance(1);
+    let r = t.post("/api/v1/proposals", token, body).await;
+    assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let hash = t.inspect().proposal(&id).await.unwrap().unwrap().content_hash;
+    (id, hash)
+}
+
 fn req(id: &str, hash: &str, verdict: Verdict, comment: &str) -> DecideRequest {
     DecideRequest {
         proposal_id: id.into(),
@@ -325,7 +335,119 @@ async fn history_pages_through_everything(db: &TestDb) {
     assert_eq!(exported, 48);
 }
 
+async fn after_a_decision_the_next_is_the_same_runs_then_the_oldest_the_reviewer_may_decide(db: &TestDb) {
+    let t = spawn(db).await;
+    let rosa = t.person("rosa", &["reviewer"], &["acme"]).await;
+    let sam = t.person("sam", &["reviewer"], &["acme"]).await;
+    let (_, run_a) = t.run("acme", "prod", "support/send", None).await;
+    let (_, run_b) = t.run("acme", "prod", "support/send", None).await;
+    let (_, run_for_rosa) = t.run("acme", "prod", "support/send", Some("rosa")).await;
+    let (a1, a1_hash) = propose_in(&t, &run_a, close_ticket("a1")).await;
+    let (b1, b1_hash) = propose_in(&t, &run_b, close_ticket("b1")).await;
+    let (refund_id, refund_hash) = propose_in(&t, &run_b, refund("b-refund")).await;
+    let (own, _) = propose_in(&t, &run_for_rosa, close_ticket("own")).await;
+    let (a2, a2_hash) = propose_in(&t, &run_a, close_ticket("a2")).await;
+
+    // The review screen lists the run's calls, oldest first, decided or not.
+    let review = t.core().review_for(&rosa, &a1).await.unwrap();
+    let listed: Vec<&str> = review.run.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(listed, vec![a1.as_str(), a2.as_str()]);
+
+    let core = t.core();
+    core.decide(&rosa, req(&a1, &a1_hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        core.next_for(&rosa, &a1).await.unwrap().as_deref(),
+        Some(a2.as_str()),
+        "the same run's pending call comes first, though run b's is older"
+    );
+    let review = core.review_for(&rosa, &a2).await.unwrap();
+    let statuses: Vec<String> = review.run.iter().map(|e| e.status.to_string()).collect();
+    assert_eq!(statuses, vec!["queued", "pending"], "the decided one stays listed");
+
+    core.decide(&rosa, req(&a2, &a2_hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+    assert_eq!(core.next_for(&rosa, &a2).await.unwrap().as_deref(), Some(b1.as_str()));
+
+    // Rosa approved the refund once: it still waits, but not for her; nor
+    // does the proposal made for her.
+    core.decide(&rosa, req(&refund_id, &refund_hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+    core.decide(&rosa, req(&b1, &b1_hash, Verdict::Approve, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        core.next_for(&rosa, &b1).await.unwrap(),
+        None,
+        "nothing else waits for rosa"
+    );
+    assert_eq!(
+        core.next_for(&sam, &b1).await.unwrap().as_deref(),
+        Some(refund_id.as_str()),
+        "the refund waits for a second reviewer"
+    );
+    assert_eq!(
+        core.next_for(&sam, &refund_id).await.unwrap().as_deref(),
+        Some(own.as_str())
+    );
+
+    // An expired proposal is nobody's next.
+    t.advance(7200);
+    assert_eq!(core.next_for(&sam, &b1).await.unwrap().as_deref(), Some(own.as_str()));
+}
+
+async fn a_reviewer_deciding_fast_again_and_again_is_warned_and_sees_their_pace(db: &TestDb) {
+    let t = spawn(db).await;
+    let quinn = t.person("quinn", &["reviewer"], &["acme"]).await;
+    let (_, run) = t.run("acme", "prod", "support/send", None).await;
+    let core = t.core();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(propose_in(&t, &run, close_ticket(&format!("fast-{i}"))).await);
+    }
+    let fresh = core.review_for(&quinn, &ids[6].0).await.unwrap();
+    assert!(!fresh.too_fast && fresh.own_pace_ms.is_empty(), "nothing decided yet");
+    for (i, (id, hash)) in ids[..5].iter().enumerate() {
+        let view_ms = if i == 0 { 9000 } else { 700 };
+        let r = DecideRequest {
+            view_ms: Some(view_ms),
+            ..req(id, hash, Verdict::Approve, "")
+        };
+        core.decide(&quinn, r).await.unwrap();
+    }
+    let after_four = core.review_for(&quinn, &ids[6].0).await.unwrap();
+    assert_eq!(
+        after_four.own_pace_ms,
+        vec![Some(700), Some(700), Some(700), Some(700), Some(9000)]
+    );
+    assert!(
+        !after_four.too_fast,
+        "four quick ones after a read one are not yet a habit"
+    );
+    let (id, hash) = &ids[5];
+    let r = DecideRequest {
+        view_ms: Some(700),
+        ..req(id, hash, Verdict::Approve, "")
+    };
+    core.decide(&quinn, r).await.unwrap();
+    assert!(
+        core.review_for(&quinn, &ids[6].0).await.unwrap().too_fast,
+        "five quick ones in a row"
+    );
+    let other = t.person("olga", &["reviewer"], &["acme"]).await;
+    let theirs = core.review_for(&other, &ids[6].0).await.unwrap();
+    assert!(
+        !theirs.too_fast && theirs.own_pace_ms.is_empty(),
+        "each sees only their own pace"
+    );
+}
+
 countersign_core::store_tests!(
+    a_reviewer_deciding_fast_again_and_again_is_warned_and_sees_their_pace,
+    after_a_decision_the_next_is_the_same_runs_then_the_oldest_the_reviewer_may_decide,
     fifty_reviewers_approving_at_once_release_it_exactly_once,
     a_reviewer_racing_themselves_counts_once,
     second_approver_must_differ_from_first,

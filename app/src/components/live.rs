@@ -35,10 +35,22 @@ pub fn on_server_change(changed: impl Fn(String) + Send + Sync + 'static) {
                 c("{\"opened\":true}".into())
             });
             es.set_onopen(Some(opened.as_ref().unchecked_ref()));
+            // Stop listening when the page is left (a full navigation does
+            // not clean islands up), and listen again if the browser brings
+            // the page back from its cache.
+            let closing = SendWrapper::new(es.clone());
+            let hide = window_event_listener(leptos::ev::pagehide, move |_| closing.close());
+            let show = window_event_listener(leptos::ev::pageshow, move |ev| {
+                if ev.persisted() {
+                    let _ = window().location().reload();
+                }
+            });
             let keep = SendWrapper::new((es, cb, opened));
             on_cleanup(move || {
                 let (es, _cb, _opened) = keep.take();
                 es.close();
+                hide.remove();
+                show.remove();
             });
         });
     }
@@ -53,38 +65,43 @@ pub fn on_server_change(changed: impl Fn(String) + Send + Sync + 'static) {
 /// stays as it was).
 #[cfg(feature = "hydrate")]
 pub async fn refresh_region(id: &str) -> bool {
+    refresh_regions(&[id]).await.is_some()
+}
+
+/// Fetch this page again and replace the contents of each element of `ids`
+/// that both renderings have with the server's new rendering of it. Answers
+/// the fetched document (for islands to read their own new state from), or
+/// None if the fetch failed (the page then stays as it was).
+#[cfg(feature = "hydrate")]
+pub async fn refresh_regions(ids: &[&str]) -> Option<web_sys::Document> {
     use wasm_bindgen::JsCast;
     use wasm_bindgen_futures::JsFuture;
-    async fn fetch_page() -> Option<String> {
-        let window = web_sys::window()?;
-        let href = window.location().href().ok()?;
-        let res: web_sys::Response = JsFuture::from(window.fetch_with_str(&href))
-            .await
-            .ok()?
-            .dyn_into()
-            .ok()?;
-        if !res.ok() || res.redirected() {
-            return None;
-        }
-        JsFuture::from(res.text().ok()?).await.ok()?.as_string()
+    let window = web_sys::window()?;
+    let href = window.location().href().ok()?;
+    let res: web_sys::Response = JsFuture::from(window.fetch_with_str(&href))
+        .await
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    if !res.ok() || res.redirected() {
+        return None;
     }
-    let Some(html) = fetch_page().await else {
-        return false;
-    };
+    let html = JsFuture::from(res.text().ok()?).await.ok()?.as_string()?;
+    // The reviewer may have left while the page was fetched.
+    if window.location().href().ok()? != href {
+        return None;
+    }
     let fresh = web_sys::DomParser::new()
-        .and_then(|p| p.parse_from_string(&html, web_sys::SupportedType::TextHtml))
-        .ok()
-        .and_then(|d| d.get_element_by_id(id));
-    let here = web_sys::window()
-        .and_then(|w| w.document())
-        .and_then(|d| d.get_element_by_id(id));
-    match (fresh, here) {
-        (Some(fresh), Some(here)) => {
-            here.set_inner_html(&fresh.inner_html());
-            true
+        .ok()?
+        .parse_from_string(&html, web_sys::SupportedType::TextHtml)
+        .ok()?;
+    let here = window.document()?;
+    for id in ids {
+        if let (Some(new), Some(old)) = (fresh.get_element_by_id(id), here.get_element_by_id(id)) {
+            old.set_inner_html(&new.inner_html());
         }
-        _ => false,
     }
+    Some(fresh)
 }
 
 /// The key pressed, if the press is a page shortcut: no modifier held, and

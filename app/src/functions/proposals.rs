@@ -1,7 +1,7 @@
 //! The queue, the review screen and decisions.
 
 use crate::error::AppError;
-use crate::model::{Queue, Review};
+use crate::model::{Decided, Queue, Review};
 use leptos::prelude::*;
 use leptos::server_fn::codec::GetUrl;
 
@@ -24,7 +24,8 @@ pub async fn get_review(id: String) -> Result<Review, AppError> {
 }
 
 /// Approve or reject. `content_hash` is what the page showed; `view_ms` how
-/// long it was open.
+/// long it was open. Answers the new status and the next proposal waiting
+/// for this person, where the page takes them.
 #[server(endpoint = "decide")]
 pub async fn decide(
     id: String,
@@ -33,7 +34,7 @@ pub async fn decide(
     content_hash: String,
     view_ms: Option<i64>,
     csrf: String,
-) -> Result<String, AppError> {
+) -> Result<Decided, AppError> {
     use super::ssr::*;
     use countersign_core::lifecycle::Verdict;
     use countersign_core::service::DecideRequest;
@@ -41,11 +42,12 @@ pub async fn decide(
     let p = person().await?;
     let verdict =
         Verdict::parse(&verdict).ok_or_else(|| AppError::BadRequest("verdict must be approve or reject".into()))?;
-    let status = core()?
+    let core = core()?;
+    let status = core
         .decide(
             &p,
             DecideRequest {
-                proposal_id: id,
+                proposal_id: id.clone(),
                 verdict,
                 comment,
                 content_hash,
@@ -53,5 +55,8 @@ pub async fn decide(
             },
         )
         .await?;
-    Ok(status.as_str().to_owned())
+    Ok(Decided {
+        status: status.as_str().to_owned(),
+        next: core.next_for(&p, &id).await?,
+    })
 }

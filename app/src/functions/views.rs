@@ -103,6 +103,8 @@ pub fn queue(rows: Vec<Proposal>, now_ms: i64) -> Queue {
             .into_iter()
             .map(|p| QueueRow {
                 reason_short: shorten(&p.reason, 90),
+                run_id: p.run_id,
+                on_behalf_of: p.on_behalf_of,
                 id: p.id,
                 tool: p.tool,
                 tenant: p.tenant,
@@ -156,6 +158,21 @@ pub fn review(r: ReviewData, quick_ms: i64) -> Review {
         preview_at_ms: p.preview_at,
         execution: r.job.as_ref().map(execution),
         upstream_call: upstream_call(&p),
+        run: r
+            .run
+            .iter()
+            .map(|e| RunItem {
+                id: e.id.clone(),
+                tool: e.tool.clone(),
+                status: e.status.as_str().to_owned(),
+                created_at_ms: e.created_at,
+                approvals: e.approvals,
+                approvals_required: e.approvals_required,
+                destructive: e.destructive,
+            })
+            .collect(),
+        own_pace_ms: r.own_pace_ms,
+        too_fast: r.too_fast,
         diff: r.diff.map(|d| d.into_iter().map(diff_line).collect()),
         id: p.id,
         tool: p.tool,

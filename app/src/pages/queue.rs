@@ -1,10 +1,11 @@
-//! `/`: the pending queue of the reviewer's tenants, oldest first, live.
-//! Keys: j / k move, Enter opens.
+//! `/`: the pending queue of the reviewer's tenants, oldest first, live; the
+//! proposals of one run (an agent's parallel calls) grouped under a line
+//! saying how many and for whom. Keys: j / k move, Enter opens.
 
 use crate::components::badges::{EnvBadge, RiskMarkers};
 use crate::components::problem::Problem;
 use crate::functions::proposals::get_queue;
-use crate::model::age;
+use crate::model::{age, run_group_title, QueueRow};
 use leptos::prelude::*;
 
 /// Rendered on the server; `QueueKeys` adds the keys and the live refresh.
@@ -38,26 +39,15 @@ pub fn QueuePage() -> impl IntoView {
                                         <th scope="col">"Reason"</th>
                                     </tr>
                                 </thead>
-                                <tbody>
-                                    {q
-                                        .rows
-                                        .into_iter()
-                                        .enumerate()
-                                        .map(|(i, r)| {
-                                            let href = format!("/proposals/{}", r.id);
-                                            view! {
-                                                <tr aria-selected=(i == 0).to_string() class:selected=i == 0>
-                                                    <td><a href=href>{r.tool.clone()}</a></td>
-                                                    <td><EnvBadge tenant=r.tenant.clone() env=r.env.clone()/></td>
-                                                    <td>{age(now - r.created_at_ms)}</td>
-                                                    <td>{format!("{} of {}", r.approvals, r.approvals_required)}</td>
-                                                    <td><RiskMarkers destructive=r.destructive irreversible=r.irreversible/></td>
-                                                    <td class="reason">{r.reason_short.clone()}</td>
-                                                </tr>
-                                            }
-                                        })
-                                        .collect_view()}
-                                </tbody>
+                                {q
+                                    .by_run()
+                                    .into_iter()
+                                    .scan(0usize, |seen, rows| {
+                                        let first = *seen;
+                                        *seen += rows.len();
+                                        Some(view! { <RunRows rows first now/> })
+                                    })
+                                    .collect_view()}
                             </table>
                         }
                         .into_any()
@@ -67,6 +57,39 @@ pub fn QueuePage() -> impl IntoView {
         </Transition>
         </div>
         <QueueKeys/>
+    }
+}
+
+/// One run's rows of the queue, headed by how many and for whom when there
+/// are several; `first` is the index of its first row in the whole queue.
+#[component]
+fn RunRows(rows: Vec<QueueRow>, first: usize, now: i64) -> impl IntoView {
+    let title = (rows.len() > 1).then(|| run_group_title(&rows));
+    let grouped = title.is_some();
+    view! {
+        <tbody class:run-group=grouped>
+            {title.map(|t| view! {
+                <tr class="run-head"><th colspan="6" scope="rowgroup">{t}</th></tr>
+            })}
+            {rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let selected = first + i == 0;
+                    let href = format!("/proposals/{}", r.id);
+                    view! {
+                        <tr class="item" aria-selected=selected.to_string() class:selected=selected>
+                            <td><a href=href>{r.tool.clone()}</a></td>
+                            <td><EnvBadge tenant=r.tenant.clone() env=r.env.clone()/></td>
+                            <td>{age(now - r.created_at_ms)}</td>
+                            <td>{format!("{} of {}", r.approvals, r.approvals_required)}</td>
+                            <td><RiskMarkers destructive=r.destructive irreversible=r.irreversible/></td>
+                            <td class="reason">{r.reason_short.clone()}</td>
+                        </tr>
+                    }
+                })
+                .collect_view()}
+        </tbody>
     }
 }
 
@@ -82,7 +105,7 @@ fn QueueKeys() -> impl IntoView {
         use leptos::web_sys::{Element, HtmlAnchorElement};
         let selected = StoredValue::new(0usize);
         let rows = || -> Vec<Element> {
-            let Ok(list) = document().query_selector_all("#queue table.queue tbody tr") else {
+            let Ok(list) = document().query_selector_all("#queue table.queue tbody tr.item") else {
                 return Vec::new();
             };
             (0..list.length())

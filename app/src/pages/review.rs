@@ -1,17 +1,32 @@
 //! `/proposals/{id}`: the ten-second review. The exact args that will run,
 //! beside the diff and where the diff came from (computed by the executor,
 //! or only described by the agent); then blast radius and undo; who asked and
-//! why; decisions so far; Approve / Reject. Keys: a approves, r rejects.
+//! why; decisions so far; the run's other proposals; Approve / Reject. Keys:
+//! a approves, r rejects, j / k move between the run's proposals. After a
+//! decision the reviewer is taken to the next proposal waiting for them; a
+//! change the server announces is swapped into the page where it stands,
+//! never by loading the page again behind the reviewer's back.
 
 use crate::components::badges::{EnvBadge, RiskMarkers, StatusBadge};
 use crate::components::diff::DiffView;
 use crate::components::layout::use_session;
 use crate::components::problem::{FormError, Problem};
 use crate::functions::proposals::{get_review, Decide};
-use crate::model::{age, ArgRow, DecisionView, PersonalView, Review};
+use crate::model::{age, ArgRow, DecisionView, PersonalView, Review, RunItem};
 use crate::pages::{format_time, now_ms};
 use leptos::prelude::*;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
+
+/// The parts of the page a live change is swapped into; the decision panel
+/// (an island) updates itself from the same fetch.
+#[cfg(feature = "hydrate")]
+const LIVE_REGIONS: [&str; 5] = [
+    "review-head",
+    "review-what",
+    "review-details",
+    "review-decisions",
+    "review-run",
+];
 
 /// Rendered on the server; `DecisionPanel` is the interactive part.
 #[component]
@@ -20,13 +35,30 @@ pub fn ReviewPage() -> impl IntoView {
     let id = move || params.read().get("id").unwrap_or_default();
     let data = Resource::new(id, get_review);
     let session = use_session();
+    let query = use_query_map();
+    // The proposal decided before this one (the page after a decision); only
+    // an id's characters are taken from the address.
+    let decided = move || {
+        query.read().get("decided").filter(|d| {
+            !d.is_empty() && d.len() <= 64 && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+    };
     view! {
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
                 let csrf = session.await.map(|s| s.csrf).unwrap_or_default();
                 match data.await {
                     Err(e) => view! { <Problem error=e/> }.into_any(),
-                    Ok(r) => view! { <ReviewView review=r csrf/> }.into_any(),
+                    Ok(r) => view! {
+                        {decided().map(|d| view! {
+                            <p class="flash" role="status">
+                                "Your decision on " <a href=format!("/proposals/{d}")>"the previous proposal"</a>
+                                " is recorded. This one is next in your queue."
+                            </p>
+                        })}
+                        <ReviewView review=r csrf/>
+                    }
+                    .into_any(),
                 }
             })}
         </Transition>
@@ -40,7 +72,7 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
     let title = format!("{} in {}/{}", review.tool, review.tenant, review.env);
     view! {
         <article class="review" class:destructive=review.destructive>
-            <header class="review-head">
+            <header class="review-head" id="review-head">
                 <h1>{title}</h1>
                 <p class="markers">
                     <StatusBadge status=review.status.clone()/>
@@ -57,7 +89,7 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 <p class="reason"><strong>"Reason: "</strong>{if review.reason.is_empty() { "(none given)".to_owned() } else { review.reason.clone() }}</p>
             </header>
 
-            <section aria-labelledby="what" class="what">
+            <section aria-labelledby="what" class="what" id="review-what">
                 <h2 id="what">"What will change"</h2>
                 <div class="change">
                     <div class="exact-args">
@@ -92,7 +124,7 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 </section>
             </div>
 
-            <section aria-labelledby="details">
+            <section aria-labelledby="details" id="review-details">
                 <h2 id="details">"Details"</h2>
                 <dl class="facts">
                     <dt>"Tool"</dt><dd>{review.tool.clone()}</dd>
@@ -114,13 +146,22 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 })}
             </section>
 
-            <section aria-labelledby="decisions">
+            <section aria-labelledby="decisions" id="review-decisions">
                 <h2 id="decisions">"Decisions"</h2>
                 <Decisions decisions=review.decisions.clone()/>
                 {(pending && !review.eligible.is_empty()).then(|| view! {
                     <p class="eligible">"Can also decide: " {review.eligible.join(", ")}</p>
                 })}
+                {(pending && review.too_fast).then(|| view! {
+                    <p class="too-fast" role="alert">
+                        "You decided your last few within seconds each, one after another. Take the time to read this one: \
+                         what will change, the blast radius, the undo."
+                    </p>
+                })}
+                <OwnPace times=review.own_pace_ms.clone()/>
             </section>
+
+            <RunList id=review.id.clone() run=review.run.clone()/>
 
             <DecisionPanel
                 id=review.id.clone()
@@ -132,10 +173,61 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
     }
 }
 
+/// How long the reader's own latest decisions took them, newest first: a
+/// mirror, for them only.
+#[component]
+fn OwnPace(times: Vec<Option<i64>>) -> impl IntoView {
+    let shown: Vec<String> = times
+        .iter()
+        .map(|t| match t {
+            Some(ms) => format!("{:.1} s", *ms as f64 / 1000.0),
+            None => "?".into(),
+        })
+        .collect();
+    (!shown.is_empty()).then(|| {
+        view! { <p class="own-pace">"Your latest decisions took: " {shown.join(" · ")} " (newest first)"</p> }
+    })
+}
+
+/// The run's proposals, this one marked: an agent's parallel calls are
+/// read together, and each is still decided on its own screen. Always in the
+/// page (empty for a run of one) so a live change can fill it.
+#[component]
+fn RunList(id: String, run: Vec<RunItem>) -> impl IntoView {
+    let others = run.len().saturating_sub(1);
+    let pending = run.iter().filter(|r| r.status == "pending" && r.id != id).count();
+    view! {
+        <nav id="review-run" class="run-list" aria-labelledby="run-heading">
+            {(others > 0).then(|| view! {
+                <h2 id="run-heading">{format!("This run: {} other proposal(s), {pending} pending", others)}</h2>
+                <p class="hint">"Keys: " <kbd>"j"</kbd> " / " <kbd>"k"</kbd> " next / previous of this run."</p>
+                <ol>
+                    {run
+                        .into_iter()
+                        .map(|r| {
+                            let here = r.id == id;
+                            view! {
+                                <li class:here=here>
+                                    <a href=format!("/proposals/{}", r.id) aria-current=here.then_some("page")>{r.tool}</a>
+                                    " " <StatusBadge status=r.status.clone()/>
+                                    {(r.status == "pending").then(|| format!(" {} of {}", r.approvals, r.approvals_required))}
+                                    {r.destructive.then(|| view! { " " <span class="badge danger">"destructive"</span> })}
+                                </li>
+                            }
+                        })
+                        .collect_view()}
+                </ol>
+            })}
+        </nav>
+    }
+}
+
 /// Approve / Reject with an optional comment (required to reject); keys a and
-/// r. After a decision, or when the server says this proposal changed while
-/// nothing is typed, the page is loaded again: the server renders the new
-/// state, the buttons included.
+/// r, and j / k through the run's proposals. After a decision the page goes
+/// to the next proposal waiting for this person, or, when none waits, shows
+/// the new state where it stands. When the server says this proposal changed
+/// while nothing is typed, the new state is fetched and swapped in: never a
+/// reload, which would cut across a navigation the reviewer has started.
 #[island]
 fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option<String>) -> impl IntoView {
     let opened_at = StoredValue::new(0i64);
@@ -143,21 +235,35 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
     let decide = ServerAction::<Decide>::new();
     let comment = RwSignal::new(String::new());
     let local_error = RwSignal::new(None::<String>);
-    Effect::new(move |_| {
-        if let Some(Ok(_)) = decide.value().get() {
-            reload();
-        }
-    });
+    let notice = RwSignal::new(None::<String>);
+    let why_not = RwSignal::new(why_not);
+    let hash = StoredValue::new(content_hash.clone());
     let error = Signal::derive(move || {
         local_error
             .get()
             .or_else(|| decide.value().get().and_then(|r| r.err()).map(|e| e.to_string()))
     });
-    let can_decide = why_not.is_none();
+    let can_decide = move || why_not.get().is_none();
+    #[cfg(feature = "hydrate")]
+    {
+        let here = id.clone();
+        Effect::new(move |_| {
+            if let Some(Ok(d)) = decide.value().get() {
+                comment.set(String::new());
+                match d.next {
+                    Some(next) => go_to(&format!("/proposals/{next}?decided={here}")),
+                    None => {
+                        notice.set(Some("Recorded. Nothing else is waiting for you.".into()));
+                        leptos::task::spawn_local(refresh(why_not, hash));
+                    }
+                }
+            }
+        });
+    }
     let submit = {
-        let (id, hash) = (id.clone(), content_hash);
+        let id = id.clone();
         move |verdict: &'static str| {
-            if !can_decide || decide.pending().get_untracked() {
+            if why_not.get_untracked().is_some() || decide.pending().get_untracked() {
                 return;
             }
             let text = comment.get_untracked();
@@ -175,7 +281,7 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
                 id: id.clone(),
                 verdict: verdict.into(),
                 comment: text,
-                content_hash: hash.clone(),
+                content_hash: hash.get_value(),
                 view_ms: (opened > 0).then(|| now_ms() - opened),
                 csrf: csrf.clone(),
             });
@@ -188,6 +294,8 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
         let handle = window_event_listener(leptos::ev::keydown, move |ev| match shortcut_key(&ev).as_deref() {
             Some("a") => on_key("approve"),
             Some("r") => on_key("reject"),
+            Some("j") => step_through_run(1),
+            Some("k") => step_through_run(-1),
             _ => {}
         });
         on_cleanup(move || handle.remove());
@@ -195,14 +303,14 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
         on_server_change(move |data| {
             let relevant = data.contains(&mine) || data.contains("\"controls\"") || data.contains("\"lagged\"");
             if relevant && comment.get_untracked().is_empty() && !decide.pending().get_untracked() {
-                reload();
+                leptos::task::spawn_local(refresh(why_not, hash));
             }
         });
     }
     let approve = submit.clone();
     let reject = submit;
     view! {
-        <section class="decide" aria-labelledby="decide">
+        <section class="decide" aria-labelledby="decide" data-content-hash=content_hash>
             <h2 id="decide">"Your decision"</h2>
             <label for="comment">"Comment"</label>
             <textarea
@@ -210,14 +318,14 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
                 rows="2"
                 prop:value=move || comment.get()
                 on:input=move |ev| comment.set(event_target_value(&ev))
-                disabled=!can_decide
+                disabled=move || !can_decide()
                 placeholder="Required to reject"
             ></textarea>
             <div class="buttons">
                 <button
                     type="button"
                     class="approve"
-                    disabled=move || !can_decide || decide.pending().get()
+                    disabled=move || !can_decide() || decide.pending().get()
                     aria-describedby="why-not"
                     aria-keyshortcuts="a"
                     on:click=move |_| approve("approve")
@@ -227,26 +335,68 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
                 <button
                     type="button"
                     class="reject"
-                    disabled=move || !can_decide || decide.pending().get()
+                    disabled=move || !can_decide() || decide.pending().get()
                     aria-describedby="why-not"
                     aria-keyshortcuts="r"
                     on:click=move |_| reject("reject")
                 >
                     "Reject"
                 </button>
-                <span id="why-not" class="why-not">{why_not}</span>
+                <span id="why-not" class="why-not">{move || why_not.get()}</span>
             </div>
+            {move || notice.get().map(|n| view! { <p class="notice" role="status">{n}</p> })}
             <FormError message=error/>
         </section>
     }
 }
 
-/// Load the page again (browser only).
-fn reload() {
-    #[cfg(feature = "hydrate")]
+/// Fetch the page's new state and swap it in: the server-rendered regions,
+/// and for the panel, why this person may not decide (if so) and the content
+/// hash a decision must carry.
+#[cfg(feature = "hydrate")]
+async fn refresh(why_not: RwSignal<Option<String>>, hash: StoredValue<String>) {
+    let Some(fresh) = crate::components::live::refresh_regions(&LIVE_REGIONS).await else {
+        return;
+    };
+    if let Some(text) = fresh
+        .get_element_by_id("why-not")
+        .map(|e| e.text_content().unwrap_or_default())
     {
-        let _ = window().location().reload();
+        why_not.set((!text.is_empty()).then_some(text));
     }
+    if let Some(h) = fresh
+        .query_selector("section.decide[data-content-hash]")
+        .ok()
+        .flatten()
+        .and_then(|e| e.get_attribute("data-content-hash"))
+    {
+        hash.set_value(h);
+    }
+}
+
+/// Open the next (+1) or previous (-1) proposal of the run list.
+#[cfg(feature = "hydrate")]
+fn step_through_run(by: isize) {
+    use leptos::wasm_bindgen::JsCast;
+    let Ok(links) = document().query_selector_all("#review-run a") else {
+        return;
+    };
+    let links: Vec<leptos::web_sys::HtmlAnchorElement> = (0..links.length())
+        .filter_map(|i| links.item(i)?.dyn_into().ok())
+        .collect();
+    let Some(here) = links.iter().position(|a| a.get_attribute("aria-current").is_some()) else {
+        return;
+    };
+    let to = here as isize + by;
+    if let Some(a) = usize::try_from(to).ok().and_then(|i| links.get(i)) {
+        go_to(&a.href());
+    }
+}
+
+/// Navigate, on purpose (browser only).
+#[cfg(feature = "hydrate")]
+fn go_to(href: &str) {
+    let _ = window().location().assign(href);
 }
 
 /// Where the diff came from, said plainly: a dry run by the executor that

@@ -54,7 +54,7 @@ pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
 pub use privacy::{PersonalData, PurgeReport};
 pub use proposals::{ProposalOut, ProposeRequest, Via};
 pub use receipts::RECEIPT_KEY_REFRESH;
-pub use review::{QueueEntry, ReviewData};
+pub use review::{QueueEntry, ReviewData, RunEntry};
 pub use runs::{CheckOutcome, MintRequest, MintedRun, ReadCheck, ReadPermit};
 pub use upstream_calls::{CallOutcome, CallStart, UpstreamCall, MAX_UPSTREAM_RESULT_BYTES, UPSTREAM_EXECUTOR_KEY_ID};
 

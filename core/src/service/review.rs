@@ -14,6 +14,22 @@ use crate::store::queries::proposals::{self, DecisionRow, ProposalRow};
 use crate::store::queries::users::{self, ReviewChange};
 
 const QUEUE_LIMIT: i64 = 200;
+/// How many of a run's proposals the review screen lists.
+pub const RUN_LIST_LIMIT: i64 = 50;
+/// How many of their own latest decision times a reviewer is shown.
+pub const OWN_PACE_SHOWN: i64 = 10;
+/// This many quick decisions in a row and the reviewer is warned.
+pub const QUICK_IN_A_ROW: usize = 5;
+
+/// Whether the latest `QUICK_IN_A_ROW` decisions (newest first, how long each
+/// page was open) were all decided faster than `quick_ms`: a reviewer
+/// clicking through rather than reading.
+pub fn deciding_too_fast(recent_view_ms: &[Option<i64>], quick_ms: i64) -> bool {
+    recent_view_ms.len() >= QUICK_IN_A_ROW
+        && recent_view_ms[..QUICK_IN_A_ROW]
+            .iter()
+            .all(|v| v.is_some_and(|ms| ms < quick_ms))
+}
 
 /// A pending proposal as the queue lists it.
 pub type QueueEntry = ProposalRow;
@@ -42,6 +58,41 @@ pub struct ReviewData {
     /// Which args are personal data, whether this person reads them or
     /// their masks, and when they were erased.
     pub personal: PersonalData,
+    /// The proposals of the same run (this one included), oldest first: an
+    /// agent's parallel calls, reviewed together but decided one by one.
+    pub run: Vec<RunEntry>,
+    /// How long this person's latest decisions took them (the page open),
+    /// newest first; empty for someone who never decided.
+    pub own_pace_ms: Vec<Option<i64>>,
+    /// They decided their last few very fast, one after another.
+    pub too_fast: bool,
+}
+
+/// One proposal of a run as the review screen lists it: no args, so nothing
+/// personal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEntry {
+    pub id: String,
+    pub tool: String,
+    pub status: Status,
+    pub created_at: i64,
+    pub approvals: i64,
+    pub approvals_required: i64,
+    pub destructive: bool,
+}
+
+impl RunEntry {
+    fn of(p: &ProposalRow) -> Self {
+        Self {
+            id: p.id.clone(),
+            tool: p.tool.clone(),
+            status: p.status,
+            created_at: p.created_at,
+            approvals: p.approvals,
+            approvals_required: p.approvals_required,
+            destructive: p.destructive,
+        }
+    }
 }
 
 /// How long a change to who may review stays marked beside their decisions.
@@ -74,6 +125,13 @@ impl Core {
         let deciders: Vec<String> = decisions.iter().map(|d| d.user_id.clone()).collect();
         let recent_review_changes =
             users::review_changes_since(&mut r.conn(), &deciders, now - REVIEW_CHANGE_SHOWN_MS).await?;
+        let run = proposals::of_run(&mut r.conn(), &p.run_id, RUN_LIST_LIMIT).await?;
+        let own_pace_ms: Vec<Option<i64>> =
+            proposals::recent_decisions_by(&mut r.conn(), &person.username, OWN_PACE_SHOWN)
+                .await?
+                .into_iter()
+                .map(|d| d.view_ms)
+                .collect();
         drop(r);
         let policy = self.policy();
         let tool = policy.tool(&p.tool);
@@ -172,6 +230,87 @@ impl Core {
             now_ms: now,
             recent_review_changes,
             personal,
+            run: run.iter().map(RunEntry::of).collect(),
+            too_fast: deciding_too_fast(&own_pace_ms, self.settings().quick_decision_ms),
+            own_pace_ms,
         })
+    }
+
+    /// Where a reviewer goes after deciding `after`: the next pending
+    /// proposal of their queue that they may still decide, the same run's
+    /// first (parallel calls together), else the oldest. None: nothing waits
+    /// for them.
+    pub async fn next_for(&self, person: &Person, after: &str) -> Result<Option<String>> {
+        if !person.roles.reviewer {
+            return Ok(None);
+        }
+        let break_glass = self.break_glass_of(person).await?.is_some();
+        let mut r = self.store.reader().await?;
+        let run_id = proposals::get(&mut r.conn(), after).await?.map(|p| p.run_id);
+        let now = self.now_ms();
+        let queue: Vec<ProposalRow> = proposals::pending(&mut r.conn(), &person.tenants, QUEUE_LIMIT)
+            .await?
+            .into_iter()
+            .filter(|p| p.id != after && p.expires_at > now)
+            .collect();
+        let ids: Vec<String> = queue.iter().map(|p| p.id.clone()).collect();
+        let decisions = proposals::decisions_of_many(&mut r.conn(), &ids).await?;
+        drop(r);
+        let admins_may_review = self.policy().people.admins_may_review;
+        let decidable = |p: &ProposalRow| {
+            let decided: Vec<(String, Verdict)> = decisions
+                .iter()
+                .filter(|d| d.proposal_id == p.id)
+                .map(|d| (d.user_id.clone(), d.verdict))
+                .collect();
+            let facts = DecisionFacts {
+                status: p.status,
+                tenant: &p.tenant,
+                on_behalf_of: p.on_behalf_of.as_deref(),
+                approvals_required: p.approvals_required,
+                decisions: &decided,
+            };
+            let me = Decider {
+                user_id: &person.id,
+                username: &person.username,
+                is_reviewer: person.roles.reviewer,
+                tenants: &person.tenants,
+                break_glass,
+                is_admin: person.roles.admin,
+                admins_may_review,
+            };
+            may_decide(&facts, &me).is_ok()
+        };
+        let same_run = |p: &&ProposalRow| Some(&p.run_id) == run_id.as_ref();
+        let next = queue
+            .iter()
+            .filter(same_run)
+            .find(|p| decidable(p))
+            .or_else(|| queue.iter().find(|p| decidable(p)));
+        Ok(next.map(|p| p.id.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_quick_decisions_in_a_row_are_too_fast_and_one_read_one_breaks_the_row() {
+        let quick = Some(600);
+        assert!(deciding_too_fast(&[quick; 5], 2000));
+        assert!(deciding_too_fast(
+            &[quick, quick, quick, quick, quick, Some(9000)],
+            2000
+        ));
+        assert!(!deciding_too_fast(&[quick; 4], 2000), "four is not yet a habit");
+        assert!(!deciding_too_fast(
+            &[quick, quick, Some(9000), quick, quick, quick],
+            2000
+        ));
+        assert!(
+            !deciding_too_fast(&[quick, quick, None, quick, quick], 2000),
+            "an unknown time is not quick"
+        );
     }
 }

@@ -230,6 +230,13 @@ pub async fn open_of_run(conn: &mut Conn<'_>, run_id: &str) -> Result<Vec<Propos
     Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(run_id).fetch_all(&mut **c).await?))
 }
 
+/// A run's proposals, oldest first, at most `limit` (the review screen's
+/// list of an agent's parallel calls).
+pub async fn of_run(conn: &mut Conn<'_>, run_id: &str, limit: i64) -> Result<Vec<ProposalRow>> {
+    let sql = format!("SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE run_id = $1 ORDER BY created_at, id LIMIT $2");
+    Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(run_id).bind(limit).fetch_all(&mut **c).await?))
+}
+
 /// What an executor's preview says, recorded on a previewing proposal, which
 /// becomes pending (decidable). False if it was no longer previewing.
 #[derive(Debug, Clone)]
@@ -542,6 +549,14 @@ pub async fn insert_decision(conn: &mut Conn<'_>, d: &DecisionRow) -> Result<()>
 pub async fn decisions_of(conn: &mut Conn<'_>, proposal_id: &str) -> Result<Vec<DecisionRow>> {
     let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE proposal_id = $1 ORDER BY decided_at, id");
     Ok(on!(conn, c => sqlx::query_as::<_, DecisionRow>(&sql).bind(proposal_id).fetch_all(&mut **c).await?))
+}
+
+/// A person's latest decisions, newest first (how fast they have been deciding).
+pub async fn recent_decisions_by(conn: &mut Conn<'_>, username: &str, limit: i64) -> Result<Vec<DecisionRow>> {
+    let sql = format!(
+        "SELECT {DECISION_COLUMNS} FROM decisions WHERE username = $1 ORDER BY decided_at DESC, id DESC LIMIT $2"
+    );
+    Ok(on!(conn, c => sqlx::query_as::<_, DecisionRow>(&sql).bind(username).bind(limit).fetch_all(&mut **c).await?))
 }
 
 /// Decisions of many proposals at once (history pages).
