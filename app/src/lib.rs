@@ -18,8 +18,8 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, SsrMode};
 use pages::{
-    admin::AdminPage, audit::AuditPage, history::HistoryPage, login::LoginPage, not_found::NotFound, queue::QueuePage,
-    review::ReviewPage,
+    account::AccountPage, admin::AdminPage, audit::AuditPage, history::HistoryPage, login::LoginPage,
+    not_found::NotFound, queue::QueuePage, review::ReviewPage,
 };
 
 /// The HTML document around the app, rendered on the server. Navigation is
@@ -57,6 +57,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/history") view=HistoryPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=AdminPage ssr=SsrMode::Async/>
+                    <Route path=path!("/account") view=AccountPage ssr=SsrMode::Async/>
                 </Routes>
             </Layout>
         </Router>

@@ -156,6 +156,8 @@ pub struct DecisionView {
     pub view_ms: Option<i64>,
     /// Decided in under two seconds: a possible rubber stamp.
     pub quick: bool,
+    /// Signed with the decider's passkey.
+    pub passkey: bool,
     /// This person was made a reviewer (or had their access or password
     /// changed) within the last day: "reviewer since 2 h, granted by adam".
     pub note: Option<String>,
@@ -216,6 +218,8 @@ pub struct Review {
     pub own_pace_ms: Vec<Option<i64>>,
     /// The reader decided their last few very fast, one after another.
     pub too_fast: bool,
+    /// Every decision on it must be signed with a passkey.
+    pub requires_passkey: bool,
 }
 
 /// The upstream MCP server and tool a proposal calls, and whether it came
@@ -470,4 +474,30 @@ mod tests {
         assert_eq!(age(7_200_000), "2 h");
         assert_eq!(age(-5), "0 s");
     }
+}
+
+/// One of the signed-in person's passkeys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyItem {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// The account page: the person's passkeys, and whether passkeys work here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub username: String,
+    pub passkeys: Vec<PasskeyItem>,
+    /// Why passkeys cannot be used on this server, if they cannot.
+    pub passkeys_off: Option<String>,
+}
+
+/// A WebAuthn ceremony started on the server: its id, and the options for
+/// the browser (JSON, for `PublicKeyCredential.parse…OptionsFromJSON`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyCeremony {
+    pub ceremony: String,
+    pub options: String,
 }

@@ -5,7 +5,8 @@
 //!   moves, who may decide), [`controls`] (which kill switch or breaker
 //!   covers what), [`diff`], [`secrets`], [`privacy`] (masking and erasing
 //!   personal data), [`audit`] (the hash chain).
-//! - Credentials: [`tokens`] (run tokens, API keys), [`passwords`].
+//! - Credentials: [`tokens`] (run tokens, API keys), [`passwords`],
+//!   [`passkeys`] (the challenge that binds a passkey to one decision).
 //! - The store (private): one set of queries over SQLite and PostgreSQL,
 //!   written through a single writer per process.
 //! - [`service`]: the use-cases. The JSON API and the pages both call
@@ -22,6 +23,7 @@ pub mod error;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;
+pub mod passkeys;
 pub mod passwords;
 pub mod policy;
 pub mod privacy;

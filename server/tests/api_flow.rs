@@ -196,6 +196,7 @@ async fn wait_returns_when_a_reviewer_decides(db: &TestDb) {
                 comment: "ok".into(),
                 content_hash: hash,
                 view_ms: Some(5000),
+                passkey: None,
             },
         )
         .await

@@ -117,7 +117,7 @@ fn the_example_policy_checks_and_passes_its_tests() {
     let s = Sandbox::new();
     let o = s.run(&["policy", "check", POLICY], None);
     assert!(o.status.success(), "{}", out(&o));
-    assert!(out(&o).contains("ok (15 tools, 4 routes"), "{}", out(&o));
+    assert!(out(&o).contains("ok (16 tools, 5 routes"), "{}", out(&o));
     let o = s.run(&["policy", "test", POLICY_TESTS], None);
     assert!(o.status.success(), "{}", out(&o));
     assert!(out(&o).contains("0 failed"), "{}", out(&o));

@@ -54,6 +54,7 @@ fn approve(id: &str, hash: &str) -> DecideRequest {
         comment: String::new(),
         content_hash: hash.into(),
         view_ms: Some(5000),
+        passkey: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn req(id: &str, hash: &str, verdict: Verdict, comment: &str) -> DecideRequest {
         comment: comment.into(),
         content_hash: hash.into(),
         view_ms: Some(8000),
+        passkey: None,
     }
 }
 
@@ -414,6 +415,7 @@ async fn a_reviewer_deciding_fast_again_and_again_is_warned_and_sees_their_pace(
         let view_ms = if i == 0 { 9000 } else { 700 };
         let r = DecideRequest {
             view_ms: Some(view_ms),
+            passkey: None,
             ..req(id, hash, Verdict::Approve, "")
         };
         core.decide(&quinn, r).await.unwrap();
@@ -430,6 +432,7 @@ async fn a_reviewer_deciding_fast_again_and_again_is_warned_and_sees_their_pace(
     let (id, hash) = &ids[5];
     let r = DecideRequest {
         view_ms: Some(700),
+        passkey: None,
         ..req(id, hash, Verdict::Approve, "")
     };
     core.decide(&quinn, r).await.unwrap();

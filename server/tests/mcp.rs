@@ -210,6 +210,7 @@ async fn decide(t: &TestApp, who: &countersign_core::service::Person, id: &str, 
         comment: comment.into(),
         content_hash: hash,
         view_ms: Some(5000),
+        passkey: None,
     };
     t.core().decide(who, req).await.unwrap();
 }
@@ -970,6 +971,7 @@ async fn approved_through_the_binary(db: &TestDb, up: &TestUpstream) -> (Server,
         comment: String::new(),
         content_hash: hash,
         view_ms: Some(5000),
+        passkey: None,
     };
     core.decide(&bob, req).await.unwrap();
     (server, dir, policy_path, token, id)

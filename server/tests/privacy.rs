@@ -441,6 +441,7 @@ async fn erasure_after_retention_leaves_no_value_and_the_chain_verifies(db: &Tes
                 comment: format!("{TO} already has a reply"),
                 content_hash: hash,
                 view_ms: Some(4000),
+                passkey: None,
             },
         )
         .await
@@ -680,6 +681,7 @@ async fn args_a_new_policy_marks_personal_are_masked_and_erased_on_older_proposa
                 comment: "not now".into(),
                 content_hash: hash,
                 view_ms: Some(3000),
+                passkey: None,
             },
         )
         .await

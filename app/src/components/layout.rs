@@ -67,7 +67,7 @@ fn Nav(info: SessionInfo) -> impl IntoView {
                     {auditor.then(|| view! { <a href="/history">"History"</a> })}
                     {auditor.then(|| view! { <a href="/audit">"Audit log"</a> })}
                     {admin.then(|| view! { <a href="/admin">"Admin"</a> })}
-                    <span class="who" title=me.roles.join(", ")>{me.username.clone()}</span>
+                    <a class="who" href="/account" title=format!("Your account ({})", me.roles.join(", "))>{me.username.clone()}</a>
                     // A plain form: the server answers it with a redirect to
                     // the sign-in page, no script needed.
                     <form method="post" action=Logout::url()>

@@ -4,4 +4,5 @@ pub mod badges;
 pub mod diff;
 pub mod layout;
 pub mod live;
+pub mod passkey;
 pub mod problem;

@@ -3,6 +3,7 @@
 //! (safe); writes are POST and carry the session's CSRF token, which the
 //! server checks before the function runs.
 
+pub mod account;
 pub mod admin;
 pub mod history;
 pub mod proposals;

@@ -1,4 +1,8 @@
 //! The queue, the review screen and decisions.
+// `decide` takes the decision's form fields one by one (eight with the
+// passkey's two); the server macro copies them into code of its own, so the
+// allowance is for the module.
+#![allow(clippy::too_many_arguments)]
 
 use crate::error::AppError;
 use crate::model::{Decided, Queue, Review};
@@ -34,6 +38,8 @@ pub async fn decide(
     content_hash: String,
     view_ms: Option<i64>,
     csrf: String,
+    passkey_ceremony: Option<String>,
+    passkey_credential: Option<String>,
 ) -> Result<Decided, AppError> {
     use super::ssr::*;
     use countersign_core::lifecycle::Verdict;
@@ -52,6 +58,9 @@ pub async fn decide(
                 comment,
                 content_hash,
                 view_ms,
+                passkey: passkey_ceremony
+                    .zip(passkey_credential)
+                    .map(|(ceremony, credential)| countersign_core::service::PasskeyProof { ceremony, credential }),
             },
         )
         .await?;

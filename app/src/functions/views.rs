@@ -39,6 +39,7 @@ fn decision_noted(d: &Decision, quick_ms: i64, note: Option<String>) -> Decision
         break_glass: d.break_glass,
         view_ms: d.view_ms,
         quick: d.view_ms.is_some_and(|v| v < quick_ms),
+        passkey: d.passkey_id.is_some(),
     }
 }
 
@@ -173,6 +174,7 @@ pub fn review(r: ReviewData, quick_ms: i64) -> Review {
             .collect(),
         own_pace_ms: r.own_pace_ms,
         too_fast: r.too_fast,
+        requires_passkey: r.requires_passkey,
         diff: r.diff.map(|d| d.into_iter().map(diff_line).collect()),
         id: p.id,
         tool: p.tool,

@@ -168,6 +168,7 @@ fn ReviewView(review: Review, csrf: String) -> impl IntoView {
                 content_hash=review.content_hash.clone()
                 csrf
                 why_not=review.why_not.clone()
+                requires_passkey=review.requires_passkey
             />
         </article>
     }
@@ -229,13 +230,21 @@ fn RunList(id: String, run: Vec<RunItem>) -> impl IntoView {
 /// while nothing is typed, the new state is fetched and swapped in: never a
 /// reload, which would cut across a navigation the reviewer has started.
 #[island]
-fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option<String>) -> impl IntoView {
+fn DecisionPanel(
+    id: String,
+    content_hash: String,
+    csrf: String,
+    why_not: Option<String>,
+    requires_passkey: bool,
+) -> impl IntoView {
     let opened_at = StoredValue::new(0i64);
     Effect::new(move |_| opened_at.set_value(now_ms()));
     let decide = ServerAction::<Decide>::new();
     let comment = RwSignal::new(String::new());
     let local_error = RwSignal::new(None::<String>);
     let notice = RwSignal::new(None::<String>);
+    // A passkey ceremony under way (the browser asks for the passkey).
+    let signing = RwSignal::new(false);
     let why_not = RwSignal::new(why_not);
     let hash = StoredValue::new(content_hash.clone());
     let error = Signal::derive(move || {
@@ -263,7 +272,7 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
     let submit = {
         let id = id.clone();
         move |verdict: &'static str| {
-            if why_not.get_untracked().is_some() || decide.pending().get_untracked() {
+            if why_not.get_untracked().is_some() || decide.pending().get_untracked() || signing.get_untracked() {
                 return;
             }
             let text = comment.get_untracked();
@@ -277,14 +286,21 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
             }
             local_error.set(None);
             let opened = opened_at.get_value();
-            decide.dispatch(Decide {
+            let request = Decide {
                 id: id.clone(),
                 verdict: verdict.into(),
                 comment: text,
                 content_hash: hash.get_value(),
                 view_ms: (opened > 0).then(|| now_ms() - opened),
                 csrf: csrf.clone(),
-            });
+                passkey_ceremony: None,
+                passkey_credential: None,
+            };
+            if requires_passkey {
+                sign_then_decide(request, decide, signing, local_error);
+            } else {
+                decide.dispatch(request);
+            }
         }
     };
     #[cfg(feature = "hydrate")]
@@ -325,25 +341,32 @@ fn DecisionPanel(id: String, content_hash: String, csrf: String, why_not: Option
                 <button
                     type="button"
                     class="approve"
-                    disabled=move || !can_decide() || decide.pending().get()
+                    disabled=move || !can_decide() || decide.pending().get() || signing.get()
                     aria-describedby="why-not"
                     aria-keyshortcuts="a"
                     on:click=move |_| approve("approve")
                 >
-                    "Approve"
+                    {if requires_passkey { "Approve with passkey" } else { "Approve" }}
                 </button>
                 <button
                     type="button"
                     class="reject"
-                    disabled=move || !can_decide() || decide.pending().get()
+                    disabled=move || !can_decide() || decide.pending().get() || signing.get()
                     aria-describedby="why-not"
                     aria-keyshortcuts="r"
                     on:click=move |_| reject("reject")
                 >
-                    "Reject"
+                    {if requires_passkey { "Reject with passkey" } else { "Reject" }}
                 </button>
                 <span id="why-not" class="why-not">{move || why_not.get()}</span>
             </div>
+            {requires_passkey.then(|| view! {
+                <p class="hint passkey-needed">
+                    "Decisions on this tool are signed with your passkey. "
+                    <a href="/account">"Your passkeys"</a>
+                </p>
+            })}
+            {move || signing.get().then(|| view! { <p class="notice" role="status">"Use your passkey to sign this decision…"</p> })}
             {move || notice.get().map(|n| view! { <p class="notice" role="status">{n}</p> })}
             <FormError message=error/>
         </section>
@@ -372,6 +395,47 @@ async fn refresh(why_not: RwSignal<Option<String>>, hash: StoredValue<String>) {
     {
         hash.set_value(h);
     }
+}
+
+/// Sign the decision with a passkey, then send it: the server binds the
+/// challenge to this proposal, its content hash and the verdict.
+fn sign_then_decide(
+    request: Decide,
+    decide: ServerAction<Decide>,
+    signing: RwSignal<bool>,
+    error: RwSignal<Option<String>>,
+) {
+    #[cfg(feature = "hydrate")]
+    leptos::task::spawn_local(async move {
+        use crate::functions::account::start_passkey_decision;
+        signing.set(true);
+        let started = start_passkey_decision(
+            request.id.clone(),
+            request.verdict.clone(),
+            request.content_hash.clone(),
+            request.csrf.clone(),
+        )
+        .await;
+        let signed = match started {
+            Err(e) => Err(e.to_string()),
+            Ok(c) => crate::components::passkey::sign(&c.options)
+                .await
+                .map(|credential| (c.ceremony, credential)),
+        };
+        signing.set(false);
+        match signed {
+            Err(e) => error.set(Some(e)),
+            Ok((ceremony, credential)) => {
+                decide.dispatch(Decide {
+                    passkey_ceremony: Some(ceremony),
+                    passkey_credential: Some(credential),
+                    ..request
+                });
+            }
+        }
+    });
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (request, decide, signing, error);
 }
 
 /// Open the next (+1) or previous (-1) proposal of the run list.
@@ -497,6 +561,7 @@ pub fn Decisions(decisions: Vec<DecisionView>) -> impl IntoView {
                             <span class="when">{format_time(d.at_ms)}</span>
                             {d.break_glass.then(|| view! { <span class="badge danger">"break-glass"</span> })}
                             {d.quick.then(|| view! { <span class="badge warn" title="Decided within 2 seconds of opening">"quick"</span> })}
+                            {d.passkey.then(|| view! { <span class="badge ok" title="Signed with their passkey, bound to this proposal and verdict">"passkey-signed"</span> })}
                             {d.note.map(|n| view! { <span class="badge warn reviewer-since">{n}</span> })}
                             {(!d.comment.is_empty()).then(|| view! { <q>{d.comment}</q> })}
                         </li>

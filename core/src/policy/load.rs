@@ -90,6 +90,8 @@ struct RawTool {
     upstream: Option<Spanned<String>>,
     upstream_tool: Option<Spanned<String>>,
     #[serde(default)]
+    require_passkey: bool,
+    #[serde(default)]
     args: BTreeMap<Spanned<String>, RawField>,
 }
 
@@ -135,6 +137,8 @@ struct RawRoute {
     auto_approve: Vec<Spanned<String>>,
     budgets: Option<RawBudgets>,
     audit: Option<RawAudit>,
+    #[serde(default)]
+    require_passkey: bool,
 }
 
 #[derive(Deserialize)]
@@ -505,6 +509,7 @@ fn check_tool(
         preview_within_seconds,
         args: ArgsSchema { fields },
         upstream,
+        require_passkey: t.require_passkey,
     })
 }
 
@@ -684,6 +689,12 @@ fn check_route(
                 t.span(),
                 format!("auto_approve names \"{n}\", but a destructive tool can never be auto-approved"),
             );
+        } else if tool.require_passkey || r.require_passkey {
+            p.route(
+                name,
+                t.span(),
+                format!("auto_approve names \"{n}\", but a decision that needs a passkey is never automatic"),
+            );
         } else if tool.kind() == RawKind::Read {
             p.route(
                 name,
@@ -759,6 +770,7 @@ fn check_route(
         auto_approve: auto,
         budgets,
         audit_enabled: r.audit.as_ref().is_none_or(|a| a.enabled),
+        require_passkey: r.require_passkey,
     })
 }
 

@@ -54,6 +54,8 @@ pub struct Tool {
     /// Performed by countersign's upstream executor on an MCP server (policy
     /// `upstream` and `upstream_tool`), not by an executor holding a key.
     pub upstream: Option<UpstreamTool>,
+    /// Every decision on it must be signed with a passkey.
+    pub require_passkey: bool,
 }
 
 /// The MCP tool a policy tool is performed as.
@@ -135,6 +137,8 @@ pub struct Route {
     pub auto_approve: BTreeSet<String>,
     pub budgets: Budgets,
     pub audit_enabled: bool,
+    /// Every decision on any tool of this route must be signed with a passkey.
+    pub require_passkey: bool,
 }
 
 /// Circuit-breaker thresholds (policy `[breakers]`, all optional).
@@ -241,6 +245,12 @@ impl Policy {
 
     pub fn tool(&self, name: &str) -> Option<&Tool> {
         self.tools.get(name)
+    }
+
+    /// Whether a decision on `tool` proposed on `route` must be signed with
+    /// a passkey (either says so).
+    pub fn requires_passkey(&self, route: &str, tool: &str) -> bool {
+        self.tool(tool).is_some_and(|t| t.require_passkey) || self.route(route).is_some_and(|r| r.require_passkey)
     }
 
     /// The args of `tool` this policy marks as personal data (none for a

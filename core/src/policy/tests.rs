@@ -313,7 +313,9 @@ fn budgets_default_and_are_checked() {
 fn the_example_policy_loads_and_passes_its_tests() {
     let src = include_str!("../../../examples/policy.toml");
     let p = load_policy(src).unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(p.routes.len(), 4);
+    assert_eq!(p.routes.len(), 5);
+    assert!(p.requires_passkey("support/accounts", "customer.email.change"));
+    assert!(!p.requires_passkey("support/send", "ticket.close"));
     let tests = include_str!("../../../examples/policy.test.toml");
     let report = run_expectations(&p, tests).unwrap();
     assert!(report.passed(), "{:?}", report.failures);
@@ -430,4 +432,24 @@ fn a_schema_problem_never_repeats_the_value() {
         );
         assert!(!problem.contains("xxxx"), "{field}: {problem}");
     }
+}
+
+#[test]
+fn require_passkey_on_a_route_or_a_tool_and_never_with_auto_approve() {
+    let p = policy_with(
+        "[routes.\"r\"]\nallow_tools = [\"ticket.close\", \"email.draft\"]\nrequire_approval = [\"ticket.close\", \"email.draft\"]\nrequire_passkey = true\n\n[routes.\"s\"]\nallow_tools = [\"ticket.close\"]\nrequire_approval = [\"ticket.close\"]\n",
+    );
+    assert!(p.requires_passkey("r", "ticket.close"));
+    assert!(p.requires_passkey("r", "email.draft"));
+    assert!(!p.requires_passkey("s", "ticket.close"));
+    assert!(!p.requires_passkey("nope", "nope"));
+    assert_refused(
+        "[routes.\"r\"]\nallow_tools = [\"email.draft\"]\nauto_approve = [\"email.draft\"]\nrequire_passkey = true\n",
+        "needs a passkey is never automatic",
+    );
+    let src = format!("{BASE_TOOLS}\n[tools.\"x.set\"]\nkind = \"write\"\nrequire_passkey = true\nundo = \"u\"\nblast_radius = \"b\"\nargs.v = {{ type = \"string\", max_len = 5 }}\n\n[routes.\"r\"]\nallow_tools = [\"x.set\"]\nrequire_approval = [\"x.set\"]\n");
+    let p = load_policy(&src).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(p.requires_passkey("r", "x.set"));
+    assert!(p.tool("x.set").unwrap().require_passkey);
+    assert!(!p.tool("ticket.close").unwrap().require_passkey);
 }

@@ -1,6 +1,7 @@
 //! Decisions by people: the approver rules, the count decided inside one
 //! transaction, the decision bound to what the reviewer was shown.
 
+use super::passkeys::{self, PasskeyProof, Signed};
 use super::people::Person;
 use super::receipts::Signer;
 use super::release::{release_approved, Approved};
@@ -27,6 +28,9 @@ pub struct DecideRequest {
     pub content_hash: String,
     /// How long the review page was open before the click.
     pub view_ms: Option<i64>,
+    /// The decision signed with a passkey: required where the policy says
+    /// `require_passkey`, and recorded as signed wherever it is given.
+    pub passkey: Option<PasskeyProof>,
 }
 
 /// A decision, with what was checked before the transaction.
@@ -39,6 +43,7 @@ struct Deciding {
     break_glass_id: Option<String>,
     public_url: String,
     signer: Signer,
+    webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 /// Why this person may not decide this proposal now, if they may not.
@@ -81,6 +86,33 @@ async fn refusal(
     })
 }
 
+/// The decision's passkey signature, checked: `Ok(None)` when none is given
+/// and none is needed, `Err(why)` for a refusal.
+async fn signature(
+    tx: &mut Tx<'_>,
+    d: &Deciding,
+    p: &ProposalRow,
+) -> Result<std::result::Result<Option<Signed>, String>> {
+    let needed = d.policy.requires_passkey(&p.route, &p.tool);
+    let Some(proof) = &d.req.passkey else {
+        return Ok(if needed {
+            Err("A decision on this tool must be signed with your passkey".to_owned())
+        } else {
+            Ok(None)
+        });
+    };
+    let Some(webauthn) = &d.webauthn else {
+        return Ok(Err(
+            "Passkeys are off on this server (its public URL is not a domain name)".to_owned(),
+        ));
+    };
+    Ok(
+        passkeys::verify_decision(tx, webauthn, &d.person, p, d.req.verdict, proof)
+            .await?
+            .map(Some),
+    )
+}
+
 async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
     let Some(mut p) = proposals::get_for_update(&mut tx.conn, &d.req.proposal_id).await? else {
         return Ok(Outcome::Refused(Error::NotFound));
@@ -93,7 +125,15 @@ async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
     let decided: Vec<(String, Verdict)> = existing.iter().map(|x| (x.user_id.clone(), x.verdict)).collect();
     let verdict = d.req.verdict;
     let action = format!("decision.{verdict}");
-    if let Some(why) = refusal(tx, &d, &p, &decided).await? {
+    let mut why = refusal(tx, &d, &p, &decided).await?;
+    let mut signed: Option<Signed> = None;
+    if why.is_none() {
+        match signature(tx, &d, &p).await? {
+            Ok(s) => signed = s,
+            Err(w) => why = Some(w),
+        }
+    }
+    if let Some(why) = why {
         tracing::warn!(user = %d.person.username, proposal = %p.id, why = %why, "decision refused");
         tx.audit(
             AuditDraft::new(d.person.actor(), action)
@@ -118,6 +158,8 @@ async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
         view_ms: d.req.view_ms,
         break_glass,
         decided_at: now,
+        passkey_id: signed.as_ref().map(|s| s.passkey_id.clone()),
+        passkey_assertion: signed.map(|s| s.evidence),
     };
     proposals::insert_decision(&mut tx.conn, &row).await?;
     let mut approvals: Vec<DecisionRow> = existing
@@ -132,6 +174,7 @@ async fn decide_in(tx: &mut Tx<'_>, d: Deciding) -> Result<Outcome<Status>> {
         .scope(if break_glass { "session:break-glass" } else { "session" })
         .details(serde_json::json!({
             "decision": row.id, "view_ms": d.req.view_ms, "break_glass": d.break_glass_id,
+            "passkey": row.passkey_id,
         }));
     ev.args_hash = Some(p.args_hash.clone());
     ev.idempotency_key = p.idempotency_key.clone();
@@ -204,6 +247,9 @@ impl Core {
         }
         let mut req = req;
         req.view_ms = req.view_ms.filter(|v| *v >= 0);
+        if let Some(proof) = &req.passkey {
+            passkeys::bounded_credential(&proof.credential)?;
+        }
         let d = Deciding {
             policy: self.policy(),
             break_glass_id: self.break_glass_of(person).await?,
@@ -212,6 +258,7 @@ impl Core {
             comment,
             public_url: self.settings.public_url.clone(),
             signer: self.receipt_signer()?,
+            webauthn: self.webauthn().ok(),
         };
         self.store.write_or_refuse(move |tx| Box::pin(decide_in(tx, d))).await
     }

@@ -9,7 +9,7 @@
 //! sweeper     ─> proposals, jobs, controls, privacy  (each module's expiry; erasure)
 //! credentials ─> runs ─> release                     (revocation cancels)
 //! proposals   ─> runs, release, previews, receipts, waiting
-//! decisions   ─> people, release, receipts
+//! decisions   ─> people, release, receipts, passkeys (a signed decision)
 //! controls    ─> people, release                     (a switch off releases what it held)
 //! jobs        ─> previews, finishing, breakers, waiting
 //! release     ─> receipts                            (approved -> held | queued, cancels unclaimed)
@@ -30,6 +30,7 @@ mod finishing;
 mod history;
 mod jobs;
 mod notify;
+mod passkeys;
 mod people;
 mod previews;
 mod privacy;
@@ -50,6 +51,7 @@ pub use finishing::Completion;
 pub use history::{AuditLogPage, HistoryEntry, HistoryPage, HistoryQuery};
 pub use jobs::{ClaimRequest, ClaimedJob, CompleteRequest, Heartbeat, PreviewReport};
 pub use notify::{Delivery, EVENTS};
+pub use passkeys::{relying_party, PasskeyInfo, PasskeyProof, PasskeyStart};
 pub use people::{LoginOutcome, NewUser, Person, PersonRow, BAD_LOGIN};
 pub use privacy::{PersonalData, PurgeReport};
 pub use proposals::{ProposalOut, ProposeRequest, Via};
@@ -215,6 +217,8 @@ pub struct Core {
     /// When (application clock) the sweeper last looked for personal data
     /// past its retention.
     erasure_checked_at: std::sync::atomic::AtomicI64,
+    /// The WebAuthn relying party (the public URL), or why passkeys are off.
+    webauthn: std::result::Result<Arc<webauthn_rs::Webauthn>, String>,
 }
 
 impl Core {
@@ -224,7 +228,12 @@ impl Core {
     pub async fn open(db: StoreOptions, policy: Policy, settings: Settings) -> Result<Arc<Core>> {
         let store = Store::open(db).await?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let webauthn = relying_party(&settings.public_url).map(Arc::new);
+        if let Err(why) = &webauthn {
+            tracing::info!("passkeys are off: {why}");
+        }
         let core = Arc::new(Core {
+            webauthn,
             finisher: finishing::Finisher::start(store.clone()),
             store,
             passwords: Passwords::new(threads),
@@ -356,6 +365,7 @@ mod module_graph {
         ("history", include_str!("history.rs")),
         ("jobs", include_str!("jobs.rs")),
         ("notify", include_str!("notify.rs")),
+        ("passkeys", include_str!("passkeys.rs")),
         ("people", include_str!("people.rs")),
         ("previews", include_str!("previews.rs")),
         ("privacy", include_str!("privacy.rs")),

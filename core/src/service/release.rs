@@ -89,7 +89,7 @@ pub(super) async fn release_approved(
             .map(|d| ReceiptApproval {
                 user: d.username.clone(),
                 at: rfc3339(d.decided_at),
-                passkey: false,
+                passkey: d.passkey_id.is_some(),
             })
             .collect(),
         auto_approved: approved.approvals.is_empty(),

@@ -66,6 +66,8 @@ pub struct ReviewData {
     pub own_pace_ms: Vec<Option<i64>>,
     /// They decided their last few very fast, one after another.
     pub too_fast: bool,
+    /// Every decision on it must be signed with a passkey.
+    pub requires_passkey: bool,
 }
 
 /// One proposal of a run as the review screen lists it: no args, so nothing
@@ -185,6 +187,23 @@ impl Core {
                 .map(|s| format!("A kill switch is on ({s}): approvals wait until it is off")),
             some => some,
         };
+        let requires_passkey = policy.requires_passkey(&p.route, &p.tool);
+        let why_not = match why_not {
+            None if requires_passkey => match self.passkeys_off() {
+                Some(off) => Some(format!("This tool needs a passkey, and passkeys are off here: {off}")),
+                None => {
+                    let mine =
+                        crate::store::queries::passkeys::of_user(&mut self.store.reader().await?.conn(), &person.id)
+                            .await?;
+                    mine.is_empty().then(|| {
+                        "This tool needs a decision signed with a passkey, and you have none yet: \
+                         add one on your account page (/account)"
+                            .to_owned()
+                    })
+                }
+            },
+            other => other,
+        };
         let eligible = if p.status == Status::Pending {
             reviewers
                 .iter()
@@ -233,6 +252,7 @@ impl Core {
             run: run.iter().map(RunEntry::of).collect(),
             too_fast: deciding_too_fast(&own_pace_ms, self.settings().quick_decision_ms),
             own_pace_ms,
+            requires_passkey,
         })
     }
 

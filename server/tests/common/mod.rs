@@ -99,6 +99,7 @@ impl TestApp {
             comment: String::new(),
             content_hash: hash,
             view_ms: Some(5000),
+            passkey: None,
         };
         self.core().decide(who, req).await
     }

@@ -6,6 +6,7 @@ pub mod controls;
 pub mod jobs;
 pub mod keys;
 pub mod notify;
+pub mod passkeys;
 pub mod policy;
 pub mod proposals;
 pub mod runs;

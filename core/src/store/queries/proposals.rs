@@ -530,17 +530,25 @@ pub struct DecisionRow {
     pub view_ms: Option<i64>,
     pub break_glass: bool,
     pub decided_at: i64,
+    /// The passkey that signed it, if one did.
+    pub passkey_id: Option<String>,
+    /// The signature's evidence (the bound challenge's nonce and the
+    /// assertion), JSON.
+    pub passkey_assertion: Option<String>,
 }
 
-const DECISION_COLUMNS: &str =
-    "id, proposal_id, user_id, username, verdict, comment, content_hash, view_ms, break_glass, decided_at";
+const DECISION_COLUMNS: &str = "id, proposal_id, user_id, username, verdict, comment, content_hash, view_ms, \
+     break_glass, decided_at, passkey_id, passkey_assertion";
 
 pub async fn insert_decision(conn: &mut Conn<'_>, d: &DecisionRow) -> Result<()> {
-    let sql = format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
+    let sql = format!(
+        "INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    );
     on!(conn, c => {
         sqlx::query(&sql)
             .bind(&d.id).bind(&d.proposal_id).bind(&d.user_id).bind(&d.username).bind(d.verdict)
             .bind(&d.comment).bind(&d.content_hash).bind(d.view_ms).bind(d.break_glass).bind(d.decided_at)
+            .bind(&d.passkey_id).bind(&d.passkey_assertion)
             .execute(&mut **c).await?;
     });
     Ok(())
