@@ -58,7 +58,7 @@ impl Inspect {
     }
 
     pub async fn count_pending(&self) -> Result<i64> {
-        proposals::count_pending(&mut self.store.reader().await?.conn()).await
+        Ok(proposals::pending_count_and_oldest(&mut self.store.reader().await?.conn()).await?.0)
     }
 
     /// The receipt key that signs now, private half included: tests sign

@@ -55,7 +55,14 @@ pub async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
     // Gauges read at scrape time.
     if let Ok(g) = core.gauges().await {
         metrics::gauge!("countersign_proposals_pending").set(g.proposals_pending as f64);
+        metrics::gauge!("countersign_oldest_pending_seconds").set(g.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0);
         metrics::gauge!("countersign_jobs_queued").set(g.jobs_queued as f64);
+        metrics::gauge!("countersign_jobs_leased").set(g.jobs_leased as f64);
+        metrics::gauge!("countersign_breakers_tripped").set(g.breakers_tripped as f64);
+        // -1 until this process has verified the chain once.
+        metrics::gauge!("countersign_audit_verified_age_seconds")
+            .set(g.audit_verified_ago_ms.map_or(-1.0, |ms| ms as f64 / 1000.0));
+        metrics::gauge!("countersign_audit_chain_broken").set(if g.audit_broken { 1.0 } else { 0.0 });
         metrics::counter!("countersign_write_batches_total").absolute(g.write_batches);
     }
     let mut res = metrics_handle().render().into_response();

@@ -65,6 +65,9 @@ pub struct AppConfig {
     pub check_upstreams_at_start: bool,
     /// How often to look for a receipt key rotated by another process.
     pub receipt_key_refresh: Duration,
+    /// How often to verify the audit events added since the last check
+    /// (`countersign_audit_verified_age_seconds`).
+    pub audit_verify_every: Duration,
 }
 
 impl AppConfig {
@@ -87,6 +90,7 @@ impl AppConfig {
             upstream_lease: Duration::from_secs(60),
             check_upstreams_at_start: true,
             receipt_key_refresh: countersign_core::service::RECEIPT_KEY_REFRESH,
+            audit_verify_every: Duration::from_secs(60),
         }
     }
 }
@@ -351,6 +355,23 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         })
     };
 
+    // The chain checked as it grows (only the new events each time): a
+    // break is logged and shows in /metrics, not only when someone looks.
+    let audit_verifier = {
+        let core = core.clone();
+        let every = cfg.audit_verify_every;
+        tokio::spawn(async move {
+            loop {
+                match core.verify_audit_chain_since_last().await {
+                    Ok(r) if r.ok() => {}
+                    Ok(r) => tracing::error!("{}", r.message()),
+                    Err(e) => tracing::warn!(error = %e, "could not verify the audit chain; trying again later"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
+
     let webhooks = crate::notify::spawn_worker(core.clone());
 
     let (tx, rx) = oneshot::channel::<()>();
@@ -371,6 +392,6 @@ pub async fn start(cfg: AppConfig) -> Result<RunningApp, StartError> {
         upstream_executor: Some(executor),
         shutdown: Some(tx),
         server: Some(server),
-        background: vec![sweeper, receipt_keys, webhooks],
+        background: vec![sweeper, receipt_keys, audit_verifier, webhooks],
     })
 }

@@ -458,6 +458,69 @@ async fn a_long_poll_wakes_when_a_job_is_released(db: &TestDb) {
     );
 }
 
+/// A metric's value in the Prometheus text (unlabelled series only).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn metrics_text(t: &TestApp) -> String {
+    let r = t.send(reqwest::Method::GET, "/metrics", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.body.as_str().unwrap().to_owned()
+}
+
+async fn metrics_show_leased_jobs_lost_leases_and_the_oldest_wait(db: &TestDb) {
+    let t = app(db).await;
+    // The chain is verified in the background from the start.
+    let started = Instant::now();
+    let text = loop {
+        let text = metrics_text(&t).await;
+        if metric(&text, "countersign_audit_verified_age_seconds").unwrap_or(-1.0) >= 0.0 {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never verified: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metric(&text, "countersign_audit_chain_broken"), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "countersign_oldest_pending_seconds"), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "countersign_breakers_tripped"), Some(0.0), "{text}");
+
+    // A proposal waits for review; its wait shows in seconds.
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let r = t.post("/api/v1/proposals", &token, close_ticket("wait")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.advance(90);
+    let text = metrics_text(&t).await;
+    assert_eq!(metric(&text, "countersign_proposals_pending"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "countersign_oldest_pending_seconds"),
+        Some(90.0),
+        "{text}"
+    );
+
+    // Two jobs: one held by an executor, one waiting.
+    release(&t, "acme", 2).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    claim(&t, &key, json!({ "max": 1, "lease_seconds": 30 })).await;
+    let text = metrics_text(&t).await;
+    assert_eq!(metric(&text, "countersign_jobs_leased"), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "countersign_jobs_queued"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "countersign_lease_expiries_total").unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
+    // Its holder dies: the lease runs out and is counted once.
+    t.advance(31);
+    assert_eq!(t.core().sweep().await.unwrap(), 1);
+    t.core().sweep().await.unwrap();
+    let text = metrics_text(&t).await;
+    assert_eq!(metric(&text, "countersign_lease_expiries_total"), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "countersign_jobs_leased"), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "countersign_jobs_queued"), Some(2.0), "{text}");
+}
+
 countersign_core::store_tests!(
     two_hundred_jobs_sixteen_executors_each_completed_exactly_once,
     successes_reported_at_once_each_finish_once_with_their_own_event,
@@ -470,4 +533,5 @@ countersign_core::store_tests!(
     a_kill_switch_holds_release_and_claims_until_it_is_off,
     an_approval_while_a_route_switch_is_on_is_held_then_released,
     a_long_poll_wakes_when_a_job_is_released,
+    metrics_show_leased_jobs_lost_leases_and_the_oldest_wait,
 );

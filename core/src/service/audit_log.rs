@@ -45,6 +45,38 @@ impl VerifyReport {
     }
 }
 
+async fn verify_in_snapshot(r: &mut crate::store::ReadConn, mut v: ChainVerifier) -> Result<VerifyReport> {
+    let resumed_at = v.checked;
+    let (head_seq, head_hash) = audit::head(&mut r.conn()).await?;
+
+    let mut after = v.position().0;
+    loop {
+        let page = audit::events_after(&mut r.conn(), after, 2000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            if let Err(b) = v.check(e) {
+                return Ok(VerifyReport {
+                    checked: v.checked,
+                    head_seq,
+                    broken: Some(b),
+                    verified_to: None,
+                    read_now: v.checked - resumed_at,
+                });
+            }
+        }
+    }
+    let broken = v.finish(head_seq, &head_hash).err();
+    let (seq, hash) = v.position();
+    Ok(VerifyReport {
+        checked: v.checked,
+        head_seq,
+        broken,
+        verified_to: Some((seq, hash.to_owned(), v.checked)),
+        read_now: v.checked - resumed_at,
+    })
+}
+
 /// A unified diff of two policy texts, for the audit log and the admin page.
 pub fn policy_diff(old: &str, new: &str) -> String {
     similar::TextDiff::from_lines(old, new)
@@ -135,44 +167,31 @@ impl Core {
             .map(|(seq, hash, n)| ChainVerifier::resume(*seq, hash, *n))
             .unwrap_or_default();
         let report = self.verify_chain_from(from).await?;
-        if report.ok() {
+        let ok = report.ok();
+        if ok {
             if let Some(pos) = report.verified_to.clone() {
                 *self.verified_to.lock().map_err(super::poisoned)? = Some(pos);
             }
+            self.audit_verified_at
+                .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
+        self.audit_broken.store(!ok, std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 
-    async fn verify_chain_from(&self, mut v: ChainVerifier) -> Result<VerifyReport> {
-        let resumed_at = v.checked;
+    /// Verify from `v`'s position to the head, in one snapshot of the
+    /// database: events appended meanwhile (by this or another process) are
+    /// neither read nor mistaken for a head that does not match the log.
+    async fn verify_chain_from(&self, v: ChainVerifier) -> Result<VerifyReport> {
         let mut r = self.store.reader().await?;
-        let (head_seq, head_hash) = audit::head(&mut r.conn()).await?;
-        let mut after = v.position().0;
-        loop {
-            let page = audit::events_after(&mut r.conn(), after, 2000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
-                if let Err(b) = v.check(e) {
-                    return Ok(VerifyReport {
-                        checked: v.checked,
-                        head_seq,
-                        broken: Some(b),
-                        verified_to: None,
-                        read_now: v.checked - resumed_at,
-                    });
-                }
-            }
-        }
-        let broken = v.finish(head_seq, &head_hash).err();
-        let (seq, hash) = v.position();
-        Ok(VerifyReport {
-            checked: v.checked,
-            head_seq,
-            broken,
-            verified_to: Some((seq, hash.to_owned(), v.checked)),
-            read_now: v.checked - resumed_at,
-        })
+        let begin = r.conn().dialect().begin_snapshot();
+        r.conn().exec(begin).await?;
+        let report = verify_in_snapshot(&mut r, v).await;
+        // Whatever happened, end the snapshot before the connection goes back.
+        let ended = r.conn().exec("ROLLBACK").await;
+        let report = report?;
+        ended?;
+        Ok(report)
     }
 
     /// Stream events with `at_ms >= since` to `sink`, oldest first.

@@ -33,6 +33,7 @@ pub(super) async fn check_route(tx: &mut Tx<'_>, policy: &Policy, route: &str) -
     };
     if controls::trip_breaker(&mut tx.conn, &row).await? {
         tracing::warn!(route, %reason, "route breaker tripped: release stops until an admin resets it");
+        tx.count("countersign_breaker_trips_total", 1);
         tx.audit(
             AuditDraft::new("system", "breaker.tripped")
                 .subject(format!("route:{route}"))

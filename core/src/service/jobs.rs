@@ -602,6 +602,7 @@ pub(super) async fn reoffer_lost(tx: &mut Tx<'_>, policy: &Policy, public_url: &
         if !done {
             continue;
         }
+        tx.count("countersign_lease_expiries_total", 1);
         let status = match (j.kind, last) {
             (JobKind::Execute, _) => {
                 proposals::transition(&mut tx.conn, &j.proposal_id, Status::Running, to.proposal_status()).await?;

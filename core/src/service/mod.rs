@@ -187,7 +187,16 @@ pub enum SessionDatabase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gauges {
     pub proposals_pending: i64,
+    /// How long the oldest pending proposal has waited (ms), if any waits.
+    pub oldest_pending_ms: Option<i64>,
     pub jobs_queued: i64,
+    pub jobs_leased: i64,
+    /// Route breakers tripped now (release stops on them).
+    pub breakers_tripped: i64,
+    /// Since this process last verified the audit chain (ms), if it has.
+    pub audit_verified_ago_ms: Option<i64>,
+    /// Whether this process's last verification found the chain broken.
+    pub audit_broken: bool,
     /// Write transactions this process committed (a counter).
     pub write_batches: u64,
 }
@@ -208,6 +217,10 @@ pub struct Core {
     diffs: crate::limits::Workers,
     /// The last audit event the audit page verified (seq, hash, count).
     verified_to: std::sync::Mutex<Option<(i64, String, u64)>>,
+    /// When (ms) a verification of the chain last passed here (0: never),
+    /// and whether the last one found it broken.
+    audit_verified_at: std::sync::atomic::AtomicI64,
+    audit_broken: std::sync::atomic::AtomicBool,
     /// The key that signs approval receipts now.
     receipt_key: RwLock<Option<crate::receipts::ReceiptKey>>,
     /// Gathers executors' successes into shared writes.
@@ -244,6 +257,8 @@ impl Core {
             keyring_reloaded: std::sync::Mutex::new(None),
             receipt_key: RwLock::new(None),
             verified_to: std::sync::Mutex::new(None),
+            audit_verified_at: std::sync::atomic::AtomicI64::new(0),
+            audit_broken: std::sync::atomic::AtomicBool::new(false),
             diffs: crate::limits::Workers::new("diff", 1, 32),
             long_polls: std::sync::Arc::default(),
             throttles_forgotten_at: std::sync::atomic::AtomicI64::new(0),
@@ -326,13 +341,26 @@ impl Core {
         })
     }
 
-    /// What waits: pending proposals and queued jobs.
+    /// What waits and what an operator alerts on: pending proposals and the
+    /// oldest one's age, queued and leased jobs, tripped breakers, and how
+    /// long ago the audit chain last verified here.
     pub async fn gauges(&self) -> Result<Gauges> {
+        use crate::store::queries::{controls, jobs, proposals};
+        use std::sync::atomic::Ordering;
+        let now = self.now_ms();
         let mut r = self.store.reader().await?;
         let mut c = r.conn();
+        let (pending, oldest) = proposals::pending_count_and_oldest(&mut c).await?;
+        let (queued, leased) = jobs::count_queued_and_leased(&mut c).await?;
+        let verified_at = self.audit_verified_at.load(Ordering::Relaxed);
         Ok(Gauges {
-            proposals_pending: crate::store::queries::proposals::count_pending(&mut c).await?,
-            jobs_queued: crate::store::queries::jobs::count_queued(&mut c).await?,
+            proposals_pending: pending,
+            oldest_pending_ms: oldest.map(|t| (now - t).max(0)),
+            jobs_queued: queued,
+            jobs_leased: leased,
+            breakers_tripped: controls::count_breakers(&mut c).await?,
+            audit_verified_ago_ms: (verified_at > 0).then(|| (now - verified_at).max(0)),
+            audit_broken: self.audit_broken.load(Ordering::Relaxed),
             write_batches: self.store.batches_committed(),
         })
     }

@@ -27,6 +27,17 @@ impl Backend {
         }
     }
 
+    /// How a read that must see one moment of the database starts (a
+    /// verification of the audit chain while others append to it): a
+    /// snapshot for every statement until it ends.
+    pub(crate) fn begin_snapshot(self) -> &'static str {
+        match self {
+            // A deferred read transaction in WAL mode reads one snapshot.
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        }
+    }
+
     /// Appended to a SELECT whose rows the transaction will change: a row lock
     /// on PostgreSQL; nothing on SQLite, where the writer holds the database.
     pub(crate) fn lock_rows(self) -> &'static str {

@@ -18,6 +18,8 @@ pub struct Tx<'c> {
     head_seq: i64,
     head_hash: String,
     notices: Vec<Notice>,
+    /// Metric counters to add once (and only if) this transaction commits.
+    counts: Vec<(&'static str, u64)>,
     request_id: Option<String>,
     /// Events appended in this transaction, inserted together at commit.
     pending: Vec<AuditEvent>,
@@ -64,6 +66,12 @@ impl<'c> Tx<'c> {
         if !self.notices.contains(&n) {
             self.notices.push(n);
         }
+    }
+
+    /// Add `n` to the counter `metric` once (and only if) this transaction
+    /// commits: a batch run again carefully does not count twice.
+    pub fn count(&mut self, metric: &'static str, n: u64) {
+        self.counts.push((metric, n));
     }
 
     /// Caches shared by the process's transactions.
@@ -163,7 +171,10 @@ async fn run_batch(
         Err(e) => Err(e),
     };
     match result {
-        Ok((published, reclaim)) => {
+        Ok((published, reclaim, counts)) => {
+            for (metric, n) in counts {
+                metrics::counter!(metric).increment(n);
+            }
             if reclaim && wc.dialect() == super::Backend::Sqlite {
                 // Outside any transaction, before the callers are answered:
                 // when they hear it is done, it is.
@@ -204,7 +215,7 @@ async fn attempt(
     clock: &SharedClock,
     caches: &std::sync::Arc<super::Caches>,
     careful: bool,
-) -> Result<Option<(Vec<Notice>, bool)>> {
+) -> Result<Option<(Vec<Notice>, bool, Vec<(&'static str, u64)>)>> {
     let (head_seq, head_hash) = begin(&mut wc.conn()).await?;
     let started = std::time::Instant::now();
     let mut tx = Tx {
@@ -213,6 +224,7 @@ async fn attempt(
         head_seq,
         head_hash,
         notices: Vec::new(),
+        counts: Vec::new(),
         request_id: None,
         pending: Vec::new(),
         caches: caches.clone(),
@@ -229,7 +241,11 @@ async fn attempt(
     let committing = std::time::Instant::now();
     finish(&mut tx, head_seq).await?;
     metrics::histogram!("countersign_write_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
-    Ok(Some((std::mem::take(&mut tx.notices), tx.reclaim)))
+    Ok(Some((
+        std::mem::take(&mut tx.notices),
+        tx.reclaim,
+        std::mem::take(&mut tx.counts),
+    )))
 }
 
 async fn begin(conn: &mut Conn<'_>) -> Result<(i64, String)> {
@@ -249,6 +265,7 @@ async fn run_item(tx: &mut Tx<'_>, run: &mut super::WorkFn, careful: bool) -> Re
     let seq = tx.head_seq;
     let hash = tx.head_hash.clone();
     let n_notices = tx.notices.len();
+    let n_counts = tx.counts.len();
     let n_pending = tx.pending.len();
     let ok = match AssertUnwindSafe(run(tx)).catch_unwind().await {
         Ok(ok) => ok,
@@ -262,6 +279,7 @@ async fn run_item(tx: &mut Tx<'_>, run: &mut super::WorkFn, careful: bool) -> Re
         tx.head_seq = seq;
         tx.head_hash = hash;
         tx.notices.truncate(n_notices);
+        tx.counts.truncate(n_counts);
         tx.pending.truncate(n_pending);
     }
     Ok(ok)

@@ -143,3 +143,8 @@ pub async fn end_break_glass(conn: &mut Conn<'_>, id: &str, at: i64, by: &str) -
         .bind(at).bind(by).bind(id).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
+
+/// Route breakers tripped now.
+pub async fn count_breakers(conn: &mut Conn<'_>) -> Result<i64> {
+    Ok(on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM route_breakers").fetch_one(&mut **c).await?))
+}

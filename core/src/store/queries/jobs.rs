@@ -354,12 +354,12 @@ pub async fn overdue(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<Jo
     Ok(on!(conn, c => sqlx::query_as::<_, JobRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
 }
 
-/// How many jobs wait for an executor (the partial index answers it).
-pub async fn count_queued(conn: &mut Conn<'_>) -> Result<i64> {
-    Ok(
-        on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")
-        .fetch_one(&mut **c).await?),
-    )
+/// Jobs waiting on the queue, and jobs an executor holds.
+pub async fn count_queued_and_leased(conn: &mut Conn<'_>) -> Result<(i64, i64)> {
+    Ok(on!(conn, c => sqlx::query_as::<_, (i64, i64)>(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN state = 'leased' THEN 1 ELSE 0 END), 0) FROM jobs WHERE state IN ('queued', 'leased')")
+        .fetch_one(&mut **c).await?))
 }
 
 /// Refuse a move the lifecycle does not have: a bug, never an input.

@@ -583,12 +583,11 @@ pub async fn decisions_of_many(conn: &mut Conn<'_>, ids: &[String]) -> Result<Ve
     }))
 }
 
-/// How many proposals are pending (the partial index answers it).
-pub async fn count_pending(conn: &mut Conn<'_>) -> Result<i64> {
-    Ok(
-        on!(conn, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM proposals WHERE status = 'pending'")
-        .fetch_one(&mut **c).await?),
-    )
+/// Pending proposals: how many, and when the oldest was made.
+pub async fn pending_count_and_oldest(conn: &mut Conn<'_>) -> Result<(i64, Option<i64>)> {
+    Ok(on!(conn, c => sqlx::query_as::<_, (i64, Option<i64>)>(
+        "SELECT COUNT(*), MIN(created_at) FROM proposals WHERE status = 'pending'")
+        .fetch_one(&mut **c).await?))
 }
 
 /// The statuses a proposal ends in, as SQL: `'succeeded', 'failed', …`.
