@@ -74,7 +74,7 @@ pub fn spawn_worker(core: Arc<Core>) -> tokio::task::JoinHandle<()> {
                 tokio::select! {
                     _ = &mut tick => break,
                     n = notices.recv() => match n {
-                        Ok(Notice::Outbox) | Err(_) => break,
+                        Ok(Notice::Outbox | Notice::Missed) | Err(_) => break,
                         Ok(_) => continue,
                     },
                 }

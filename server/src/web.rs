@@ -301,6 +301,8 @@ fn change_stream(
                     Change::Proposal { proposal: id, status }
                 }
                 Ok(Notice::Controls) => Change::Controls { controls: true },
+                // Changes made elsewhere may have been missed: refetch.
+                Ok(Notice::Missed) => Change::Lagged { lagged: true },
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Lagged { lagged: true },
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,

@@ -37,6 +37,8 @@ impl Waiter {
             match tokio::time::timeout_at(until, self.notices.recv()).await {
                 Err(_) => return,
                 Ok(Ok(n)) if wakes(&n) => return,
+                // Other processes' notices may have been missed: look again.
+                Ok(Ok(Notice::Missed)) => return,
                 Ok(Ok(_)) => continue,
                 // Notices were dropped: one of them may have been ours.
                 Ok(Err(RecvError::Lagged(_))) => return,

@@ -362,3 +362,73 @@ crate::store_tests!(
     notices_are_published_only_after_commit,
     a_proposal_is_charged_to_its_run_once_and_only_if_inserted,
 );
+
+/// Notices cross processes through one PostgreSQL connection per process;
+/// SQLite has only the one process, so this is PostgreSQL's alone.
+mod listener {
+    mod postgres {
+        use super::super::open;
+        use crate::store::testing::TestDb;
+        use crate::store::Notice;
+        use sqlx::Connection;
+        use std::time::Duration;
+
+        async fn next_matching(rx: &mut tokio::sync::broadcast::Receiver<Notice>, want: &Notice) {
+            loop {
+                match rx.recv().await {
+                    Ok(n) if &n == want => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(e) => panic!("the notices ended: {e}"),
+                }
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_cut_listener_comes_back_and_says_notices_may_have_been_missed() {
+            let db = TestDb::postgres().await;
+            let a = open(&db).await;
+            let b = open(&db).await;
+            let mut heard = b.subscribe();
+            // Every connection of both processes is cut (as a failover would).
+            let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            tokio::time::timeout(Duration::from_secs(15), next_matching(&mut heard, &Notice::Missed))
+                .await
+                .expect("the listener came back and said so within 15 s");
+            // And notices cross again: a write on one process reaches the other.
+            let ready = Notice::JobReady { env: "prod".into() };
+            let mut tries = 0;
+            loop {
+                let n = ready.clone();
+                let r = a
+                    .write(move |tx| {
+                        Box::pin(async move {
+                            tx.notify(n);
+                            Ok(())
+                        })
+                    })
+                    .await;
+                match r {
+                    Ok(()) => break,
+                    // The writer's own connection was cut too: the first
+                    // write may fail while it reconnects.
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        eprintln!("write {tries}: {e}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => panic!("the writer did not come back: {e}"),
+                }
+            }
+            tokio::time::timeout(Duration::from_secs(10), next_matching(&mut heard, &ready))
+                .await
+                .expect("a notice crossed processes after the cut");
+        }
+    }
+}

@@ -57,6 +57,9 @@ impl<T> Outcome<T> {
     }
 }
 
+/// The PostgreSQL channel notices travel on between processes.
+pub(crate) const NOTICE_CHANNEL: &str = "countersign";
+
 /// Something changed that waiting readers may care about. Published after the
 /// commit (SQLite: in process; PostgreSQL: `NOTIFY`, so every process hears it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +77,10 @@ pub enum Notice {
     Controls,
     /// Webhook deliveries are waiting.
     Outbox,
+    /// This process may have missed other processes' notices (its
+    /// PostgreSQL listener lost its connection and is back): whoever waits
+    /// looks again, live pages refetch. Published only in process.
+    Missed,
 }
 
 /// What the process keeps in memory between transactions. Webhooks are

@@ -3,7 +3,7 @@
 //! listening for other processes' notices.
 
 use super::writer::{self, Reconnect, WriterConn};
-use super::{Backend, Inner, Notice, ReadPool, Store};
+use super::{Backend, Inner, Notice, ReadPool, Store, NOTICE_CHANNEL};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -149,7 +149,7 @@ impl Store {
                     .connect_with(o.clone())
                     .await?;
                 let mut listener = PgListener::connect_with(&read).await?;
-                listener.listen("countersign").await?;
+                listener.listen(NOTICE_CHANNEL).await?;
                 tasks.push(tokio::spawn(forward_pg_notices(listener, notices.clone())));
                 drop(conn);
                 let reconnect: Reconnect = Box::new(move || {
@@ -247,8 +247,8 @@ fn connect_error(url: &str, e: sqlx::Error) -> Error {
 
 async fn forward_pg_notices(mut listener: PgListener, out: broadcast::Sender<Notice>) {
     loop {
-        match listener.recv().await {
-            Ok(n) => match serde_json::from_str::<Vec<Notice>>(n.payload()) {
+        match listener.try_recv().await {
+            Ok(Some(n)) => match serde_json::from_str::<Vec<Notice>>(n.payload()) {
                 Ok(list) => {
                     for notice in list {
                         let _ = out.send(notice);
@@ -256,10 +256,33 @@ async fn forward_pg_notices(mut listener: PgListener, out: broadcast::Sender<Not
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring an unreadable notice"),
             },
-            Err(e) => {
-                tracing::warn!(error = %e, "lost the PostgreSQL listener; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            // The connection was lost (None) or failed: notices sent
+            // meanwhile are gone. Listen again now, then tell everyone
+            // waiting here to look for themselves.
+            lost => {
+                let why = lost.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+                tracing::warn!(error = %why, "lost the PostgreSQL listener; reconnecting");
+                relisten(&mut listener).await;
+                tracing::info!("the PostgreSQL listener is back");
+                let _ = out.send(Notice::Missed);
             }
         }
+    }
+}
+
+/// Reconnect the listener (sqlx reconnects on its next use and listens to
+/// its channels again) until the database answers.
+async fn relisten(listener: &mut PgListener) {
+    loop {
+        // Unlisten then listen: the channel is listened to once, however
+        // many times this runs.
+        match listener.unlisten(NOTICE_CHANNEL).await {
+            Ok(()) => match listener.listen(NOTICE_CHANNEL).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = %e, "listening again"),
+            },
+            Err(e) => tracing::debug!(error = %e, "reconnecting the listener"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -85,7 +85,8 @@ async fn run(core: Arc<Core>, upstreams: Arc<Upstreams>, settings: ExecutorSetti
         let wait = async {
             loop {
                 match notices.recv().await {
-                    Ok(Notice::JobReady { .. }) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Ok(Notice::JobReady { .. } | Notice::Missed)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
                 }

@@ -341,6 +341,7 @@ impl Gateway {
                     loop {
                         match notices.recv().await {
                             Ok(Notice::Proposal { id: nid, .. }) if nid == id => return,
+                            Ok(Notice::Missed) => return,
                             Ok(_) => continue,
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => {

@@ -69,7 +69,7 @@ pub async fn set_head(conn: &mut Conn<'_>, seq: i64, hash: &str) -> Result<()> {
 
 pub async fn pg_notify(conn: &mut Conn<'_>, payload: &str) -> Result<()> {
     on!(conn, c => {
-        sqlx::query("SELECT pg_notify('countersign', $1)").bind(payload).execute(&mut **c).await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(crate::store::NOTICE_CHANNEL).bind(payload).execute(&mut **c).await?;
     });
     Ok(())
 }
