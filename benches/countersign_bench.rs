@@ -13,6 +13,9 @@
 //! `--attacks` measures what an attacker's bursts get instead (see attacks.rs).
 //! `--mcp` measures what the MCP gateway adds to a pass-through read (mcp.rs);
 //! with `--smoke`, briefly.
+//! `--chaos` runs three PostgreSQL-backed processes behind HAProxy under load
+//! and faults, and checks the invariants (chaos.rs); `--smoke` is CI's short
+//! form, `--seconds N` the long one.
 //! `DATABASE_URL=postgres://…/postgres` benchmarks PostgreSQL instead: a fresh
 //! database is created on that server and dropped afterwards.
 //!
@@ -20,6 +23,7 @@
 //! the load generator, printed once before it exits; nothing branches on them.
 
 mod attacks;
+mod chaos;
 mod mcp;
 #[path = "../server/tests/support/mcp_upstream.rs"]
 mod mcp_upstream;
@@ -99,6 +103,13 @@ struct Opts {
     /// Measure what the MCP gateway adds to a pass-through read instead.
     #[arg(long)]
     mcp: bool,
+    /// Run the chaos harness instead: three processes on a PostgreSQL of its
+    /// own behind HAProxy, faults for `--seconds`, then the invariants.
+    #[arg(long)]
+    chaos: bool,
+    /// The chaos schedule's seed (the same seed, the same faults in turn).
+    #[arg(long, default_value_t = 1)]
+    chaos_seed: u64,
     /// Keep the database (and a PostgreSQL database) afterwards, for EXPLAIN.
     #[arg(long)]
     keep: bool,
@@ -1141,6 +1152,19 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
 }
 
 fn main() {
+    // The chaos harness's executors are this binary again.
+    if std::env::args().nth(1).as_deref() == Some("chaos-executor") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        if let Err(e) = rt.block_on(chaos::executor()) {
+            eprintln!("chaos executor: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let o = match opts() {
         Ok(o) => o,
         Err(e) => {
@@ -1152,6 +1176,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    if o.chaos {
+        if let Err(e) = rt.block_on(chaos::run(&o)) {
+            eprintln!("countersign-bench --chaos: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     match rt.block_on(run(o)) {
         Ok(rows) => {
             let w = rows.iter().map(|r| r.what.chars().count()).max().unwrap_or(10);
