@@ -141,7 +141,12 @@ pub async fn browser_guard(State(g): State<GuardState>, session: Session, req: R
         tracing::warn!(path = %path, "cross-origin state-changing request refused");
         return refuse(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
-    let expected: Option<String> = session.get(SESSION_CSRF).await.ok().flatten();
+    // A session store that cannot answer (the database failing over) is a
+    // 500 to try again, never a 403 that tells the person to reload.
+    let expected: Option<String> = match session.get(SESSION_CSRF).await {
+        Ok(v) => v,
+        Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "session store unavailable"),
+    };
     let Some(expected) = expected else {
         return refuse(StatusCode::FORBIDDEN, "missing CSRF token: reload the page");
     };
