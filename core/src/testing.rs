@@ -58,7 +58,11 @@ impl Inspect {
     }
 
     pub async fn count_pending(&self) -> Result<i64> {
-        Ok(proposals::pending_count_and_oldest(&mut self.store.reader().await?.conn()).await?.0)
+        Ok(
+            proposals::pending_count_and_oldest(&mut self.store.reader().await?.conn())
+                .await?
+                .0,
+        )
     }
 
     /// The receipt key that signs now, private half included: tests sign
