@@ -588,8 +588,10 @@ async fn live_probe(
     if !stream.status().is_success() {
         return Err(format!("/events on server {} answered {}", on + 1, stream.status()));
     }
-    // Let the stream subscribe before the change is made.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the stream subscribe before the change is made, and drop what it
+    // said so far: only what comes after the change counts.
+    let settle = Instant::now() + Duration::from_millis(200);
+    while let Ok(Ok(Some(_))) = tokio::time::timeout_at(settle.into(), stream.chunk()).await {}
     let http = http_client();
     // A plain counter: a random key would be refused as a likely secret.
     static PROBES: AtomicU64 = AtomicU64::new(0);
@@ -612,6 +614,20 @@ async fn live_probe(
                 text.push_str(&String::from_utf8_lossy(&bytes));
                 if text.contains(&id) {
                     return Ok(started.elapsed());
+                }
+                // The process says it may have missed changes (its listener
+                // came back): a page refetches, and must then see it.
+                if text.contains("\"lagged\"") {
+                    let r = reviewer
+                        .http
+                        .get(format!("{}/api/review?id={id}", ctx.servers[on]))
+                        .send()
+                        .await
+                        .map_err(|e| format!("refetching on server {}: {e}", on + 1))?;
+                    if r.status().is_success() {
+                        return Ok(started.elapsed());
+                    }
+                    return Err(format!("server {} said lagged, then answered {}", on + 1, r.status()));
                 }
             }
             Ok(Ok(None)) => return Err(format!("server {}'s stream ended", on + 1)),
@@ -888,6 +904,9 @@ pub async fn run(o: &Opts) -> Result<(), String> {
             probe_token = mint_through(&ctx, "bench/intake").await?;
             probe_minted = Instant::now();
         }
+        // Each process's LISTEN connection is back (pg_stat_activity):
+        // notices sent before that reach it as a "lagged" (refetch).
+        wait_listening(&pg, &mut admin).await?;
         let on = rng.below(SERVERS);
         let through = (on + 1 + rng.below(SERVERS - 1)) % SERVERS;
         let live = live_probe(&ctx, &watcher, &probe_token, on, through).await;
@@ -1192,6 +1211,31 @@ async fn terminate_backends(pg: &Postgres, admin: &mut Option<sqlx::PgConnection
     .await
     .map_err(|e| e.to_string())?;
     Ok(n.0)
+}
+
+/// Until every server process has a connection listening for notices (or
+/// 30 s pass: the probe that follows then says what is wrong).
+async fn wait_listening(pg: &Postgres, admin: &mut Option<sqlx::PgConnection>) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if admin.is_none() {
+            *admin = Some(connect_retrying(&pg.admin_url()).await?);
+        }
+        let c = admin.as_mut().expect("connected above");
+        match sqlx::query_as::<_, (i64,)>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'countersign' \
+             AND state = 'idle' AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(c)
+        .await
+        {
+            Ok((n,)) if n >= SERVERS as i64 => return Ok(()),
+            Ok(_) => {}
+            Err(_) => *admin = None,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 async fn not_final(c: &mut sqlx::PgConnection) -> Result<i64, String> {
