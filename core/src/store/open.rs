@@ -262,6 +262,7 @@ async fn forward_pg_notices(mut listener: PgListener, out: broadcast::Sender<Not
             lost => {
                 let why = lost.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
                 tracing::warn!(error = %why, "lost the PostgreSQL listener; reconnecting");
+                metrics::counter!("countersign_listener_reconnects_total").increment(1);
                 relisten(&mut listener).await;
                 tracing::info!("the PostgreSQL listener is back");
                 let _ = out.send(Notice::Missed);
