@@ -269,6 +269,39 @@ fn cli(o: &Opts, db: &Db, args: &[&str], stdin: Option<&str>) -> Result<String, 
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A service key for tenant acme and an executor key for the bench's tools,
+/// both in env prod and named `name`: (service, executor).
+fn bench_keys(o: &Opts, db: &Db, name: &str, policy: &Path) -> Result<(String, String), String> {
+    let service = cli(
+        o,
+        db,
+        &[
+            "key", "create", "service", "--tenant", "acme", "--env", "prod", "--name", name,
+        ],
+        None,
+    )?;
+    let policy_arg = policy.to_string_lossy().to_string();
+    let executor = cli(
+        o,
+        db,
+        &[
+            "key",
+            "create",
+            "executor",
+            "--env",
+            "prod",
+            "--tools",
+            "bench.note,bench.write",
+            "--name",
+            name,
+            "--policy",
+            &policy_arg,
+        ],
+        None,
+    )?;
+    Ok((service, executor))
+}
+
 /// Fill the database with `n` decided proposals (and a few pending ones) in a
 /// single statement on the database side: history the render must cope with.
 async fn seed(db: &Db, n: u64) -> Result<Duration, String> {
@@ -967,33 +1000,7 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
         }
         cli(o, db, &args, Some(&format!("{PASSWORD}\n")))?;
     }
-    let key = cli(
-        o,
-        db,
-        &[
-            "key", "create", "service", "--tenant", "acme", "--env", "prod", "--name", "bench",
-        ],
-        None,
-    )?;
-    let policy_arg = policy.to_string_lossy().to_string();
-    let exec = cli(
-        o,
-        db,
-        &[
-            "key",
-            "create",
-            "executor",
-            "--env",
-            "prod",
-            "--tools",
-            "bench.note,bench.write",
-            "--name",
-            "bench",
-            "--policy",
-            &policy_arg,
-        ],
-        None,
-    )?;
+    let (key, exec) = bench_keys(o, db, "bench", &policy)?;
     if o.seed_rows > 0 {
         eprintln!("• seeding {} proposals", o.seed_rows);
         let took = seed(db, o.seed_rows).await?;
