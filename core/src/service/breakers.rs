@@ -31,7 +31,7 @@ pub(super) async fn check_route(tx: &mut Tx<'_>, policy: &Policy, route: &str) -
         tripped_at: tx.now_ms(),
         reason: reason.clone(),
     };
-    if controls::trip_breaker(&mut tx.conn, &row).await? {
+    if controls::trip_breaker(tx, &row).await? {
         tracing::warn!(route, %reason, "route breaker tripped: release stops until an admin resets it");
         tx.count("countersign_breaker_trips_total", 1);
         tx.audit(

@@ -50,7 +50,7 @@ fn require_admin(p: &Person) -> Result<()> {
 async fn set_switch_in(tx: &mut Tx<'_>, row: SwitchRow) -> Result<()> {
     let mut row = row;
     row.changed_at = tx.now_ms();
-    let prev = controls::put_switch(&mut tx.conn, &row).await?;
+    let prev = controls::put_switch(tx, &row).await?;
     let SwitchRow {
         scope,
         target,
@@ -77,7 +77,7 @@ async fn set_switch_in(tx: &mut Tx<'_>, row: SwitchRow) -> Result<()> {
 }
 
 async fn reset_breaker_in(tx: &mut Tx<'_>, actor: String, route: String) -> Result<()> {
-    if !controls::reset_breaker(&mut tx.conn, &route).await? {
+    if !controls::reset_breaker(tx, &route).await? {
         return Err(Error::InvalidTransition(format!(
             "route {route}'s breaker is not tripped"
         )));

@@ -77,7 +77,7 @@ async fn refusal(
     } else if d.req.content_hash != p.content_hash {
         Some("What you were shown is not what would run: reload the page".to_owned())
     } else if d.req.verdict == Verdict::Approve {
-        controls::in_force(&mut tx.conn)
+        controls::in_force(tx)
             .await?
             .refusing(&p.tenant, &p.route, &p.tool)
             .map(|s| format!("A kill switch is on ({s}): approvals wait until it is off"))

@@ -167,7 +167,7 @@ async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
         return Ok(Vec::new());
     }
     // A kill switch or a tripped breaker holds queued work back.
-    let in_force = controls::in_force(&mut tx.conn).await?;
+    let in_force = controls::in_force(tx).await?;
     let candidates: Vec<_> = candidates
         .into_iter()
         .filter(|j| in_force.holding(&j.tenant, &j.route, &j.tool).is_none())

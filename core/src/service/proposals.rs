@@ -16,7 +16,7 @@ use crate::policy::{Decision, Policy, PreviewBy, ToolKind};
 use crate::secrets::{find_secret, secret_kind};
 use crate::store::queries::jobs::{self, JobRow};
 use crate::store::queries::proposals::{self, DecisionRow, ProposalRow};
-use crate::store::queries::runs;
+use crate::store::queries::{controls, runs};
 use crate::store::{Notice, Outcome, Tx};
 use serde_json::Value;
 use std::sync::Arc;
@@ -234,7 +234,6 @@ struct NewProposal {
     run: RunPrincipal,
     tool: String,
     prepared: Result<Prepared>,
-    switch: Option<String>,
     public_url: String,
     signer: Signer,
 }
@@ -280,7 +279,6 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
         run,
         tool: tool_name,
         prepared,
-        switch,
         public_url,
         signer,
     } = n;
@@ -288,7 +286,12 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
         Ok(p) => p,
         Err(e) => return refuse(tx, &policy, &run, "proposal.refused", &tool_name, e).await,
     };
-    if let Some(switch) = switch {
+    // Read in the transaction that inserts: a switch turned on before the
+    // proposal commits refuses it (once per batch of requests, not per request).
+    if let Some(switch) = controls::in_force(tx)
+        .await?
+        .refusing(&run.tenant, &run.route, &tool_name)
+    {
         let e = Error::Disabled { switch };
         return refuse(tx, &policy, &run, "proposal.refused", &tool_name, e).await;
     }
@@ -430,7 +433,6 @@ impl Core {
             p.row.diff = self.diff_unless_refused(run, &policy, &p.row).await?;
         }
         let n = NewProposal {
-            switch: self.switch_covering(&run.tenant, &run.route, &req.tool).await?,
             prepared,
             policy,
             run: run.clone(),

@@ -45,7 +45,7 @@ pub(super) async fn release_approved(
     let tool = policy.tool(&row.tool).ok_or(Error::NotFound)?;
     let now = tx.now_ms();
     let execute_by = now + tool.execute_within_seconds * 1000;
-    let held = controls::in_force(&mut tx.conn)
+    let held = controls::in_force(tx)
         .await?
         .holding(&row.tenant, &row.route, &row.tool);
     let state = if held.is_some() {
@@ -161,7 +161,7 @@ pub(super) async fn release_held(tx: &mut Tx<'_>, limit: i64) -> Result<usize> {
     if held.is_empty() {
         return Ok(0);
     }
-    let in_force = controls::in_force(&mut tx.conn).await?;
+    let in_force = controls::in_force(tx).await?;
     let now = tx.now_ms();
     let mut n = 0;
     for j in held {

@@ -9,7 +9,7 @@ use crate::ids::{new_id, parse_username};
 use crate::lifecycle::{JobKind, JobState, Status};
 use crate::policy::{Budgets, Decision, Denial, Policy, Route, ToolKind, Upstream};
 use crate::store::queries::runs::{self, RunRow};
-use crate::store::queries::{jobs, proposals};
+use crate::store::queries::{controls, jobs, proposals};
 use crate::store::{Notice, Outcome, Tx};
 use crate::tokens::RunClaims;
 use std::sync::Arc;
@@ -254,7 +254,6 @@ struct Check {
     policy: Arc<Policy>,
     run: RunPrincipal,
     tool: String,
-    switch: Option<String>,
     /// The args of the call about to be made, checked against the tool's
     /// schema (the MCP gateway's reads); None for the API's check.
     args: Option<serde_json::Value>,
@@ -265,7 +264,6 @@ async fn check_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<CheckOutcome>> {
         policy,
         run,
         tool,
-        switch,
         args,
     } = c;
     let route = route_of(&policy, &run)?;
@@ -282,7 +280,9 @@ async fn check_in(tx: &mut Tx<'_>, c: Check) -> Result<Outcome<CheckOutcome>> {
             return refuse(tx, &policy, &run, "check", &tool, e).await;
         }
     }
-    if let Some(switch) = switch {
+    // In the transaction that spends and audits the check: a switch turned
+    // on before it commits is seen.
+    if let Some(switch) = controls::in_force(tx).await?.refusing(&run.tenant, &run.route, &tool) {
         return refuse(tx, &policy, &run, "check", &tool, Error::Disabled { switch }).await;
     }
     let cost = policy.tool(&tool).map_or(0.0, |t| t.cost_usd);
@@ -457,7 +457,6 @@ impl Core {
             policy: self.policy(),
             run: run.clone(),
             tool: tool.to_owned(),
-            switch: self.switch_covering(&run.tenant, &run.route, tool).await?,
             args: Some(args.clone()),
         };
         self.store.write_or_refuse(move |tx| Box::pin(read_in(tx, c))).await
@@ -474,7 +473,6 @@ impl Core {
             policy: self.policy(),
             run: run.clone(),
             tool: tool.to_owned(),
-            switch: self.switch_covering(&run.tenant, &run.route, tool).await?,
             args,
         };
         self.store.write_or_refuse(move |tx| Box::pin(check_in(tx, c))).await

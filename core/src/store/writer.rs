@@ -27,6 +27,10 @@ pub struct Tx<'c> {
     /// Clear the old bytes of what this transaction overwrote from the
     /// write-ahead log once it commits (erased personal data).
     reclaim: bool,
+    /// The switches and breakers in force, once read in this transaction:
+    /// every request of a batch asks, one read answers them all. Forgotten
+    /// when a request changes them or is rolled back.
+    controls: Option<std::sync::Arc<crate::controls::Controls>>,
 }
 
 impl<'c> Tx<'c> {
@@ -77,6 +81,17 @@ impl<'c> Tx<'c> {
     /// Caches shared by the process's transactions.
     pub fn caches(&self) -> &super::Caches {
         &self.caches
+    }
+
+    /// The controls this transaction read, if it read them and has not
+    /// changed them since (`queries::controls::in_force`).
+    pub(crate) fn known_controls(&self) -> Option<std::sync::Arc<crate::controls::Controls>> {
+        self.controls.clone()
+    }
+
+    /// Remember the controls read (`Some`), or forget them after a change.
+    pub(crate) fn know_controls(&mut self, c: Option<std::sync::Arc<crate::controls::Controls>>) {
+        self.controls = c;
     }
 }
 
@@ -229,6 +244,7 @@ async fn attempt(
         pending: Vec::new(),
         caches: caches.clone(),
         reclaim: false,
+        controls: None,
     };
     for w in batch.iter_mut() {
         tx.request_id = w.request_id.clone();
@@ -251,9 +267,7 @@ async fn attempt(
 async fn begin(conn: &mut Conn<'_>) -> Result<(i64, String)> {
     // On PostgreSQL the head row lock serialises writers across processes; it
     // is always the first lock taken, so writers cannot deadlock on each other.
-    let sql = conn.dialect().begin_write();
-    conn.exec(sql).await?;
-    super::queries::audit::head_for_update(conn).await
+    super::queries::audit::begin_and_head(conn).await
 }
 
 /// Run one request; true if it succeeded. Careful: inside its own savepoint
@@ -281,26 +295,33 @@ async fn run_item(tx: &mut Tx<'_>, run: &mut super::WorkFn, careful: bool) -> Re
         tx.notices.truncate(n_notices);
         tx.counts.truncate(n_counts);
         tx.pending.truncate(n_pending);
+        // It may have changed the controls, and the memo seen the change.
+        tx.controls = None;
     }
     Ok(ok)
 }
 
 async fn finish(tx: &mut Tx<'_>, start_seq: i64) -> Result<()> {
-    if !tx.pending.is_empty() {
-        let events = std::mem::take(&mut tx.pending);
-        super::queries::audit::insert_events(&mut tx.conn, &events).await?;
-    }
-    if tx.head_seq != start_seq {
-        super::queries::audit::set_head(&mut tx.conn, tx.head_seq, &tx.head_hash).await?;
-    }
+    let events = std::mem::take(&mut tx.pending);
     if tx.conn.dialect().notifies_through_database() {
-        // NOTIFY payloads are limited to 8000 bytes: send notices in small groups.
-        let notices = std::mem::take(&mut tx.notices);
-        for group in notices.chunks(16) {
-            let payload = serde_json::to_string(group)?;
-            super::queries::audit::pg_notify(&mut tx.conn, &payload).await?;
+        // PostgreSQL: events, head and notices in one statement. NOTIFY
+        // payloads are limited to 8000 bytes: notices go in small groups.
+        let payloads = tx
+            .notices
+            .chunks(16)
+            .map(serde_json::to_string)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if !events.is_empty() || !payloads.is_empty() {
+            super::queries::audit::append_and_notify(&mut tx.conn, &events, tx.head_seq, &tx.head_hash, &payloads)
+                .await?;
         }
-        tx.notices = notices;
+    } else {
+        if !events.is_empty() {
+            super::queries::audit::insert_events(&mut tx.conn, &events).await?;
+        }
+        if tx.head_seq != start_seq {
+            super::queries::audit::set_head(&mut tx.conn, tx.head_seq, &tx.head_hash).await?;
+        }
     }
     tx.conn.exec("COMMIT").await
 }

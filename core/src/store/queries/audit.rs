@@ -2,6 +2,7 @@ use crate::audit::AuditEvent;
 use crate::error::Result;
 use crate::store::on;
 use crate::store::Conn;
+use sqlx::Row;
 
 const EVENT_COLUMNS: &str = "seq, id, at_ms, request_id, tenant, actor, action, subject, tool, args_hash, \
      idempotency_key, credential_scope, approval_ids, result_status, duration_ms, details, prev_hash, hash";
@@ -40,13 +41,73 @@ pub async fn insert_events(conn: &mut Conn<'_>, events: &[AuditEvent]) -> Result
     Ok(())
 }
 
-/// The chain head, locked for this transaction on PostgreSQL.
-pub async fn head_for_update(conn: &mut Conn<'_>) -> Result<(i64, String)> {
+/// Begin a write transaction and read the chain head (locked for the
+/// transaction on PostgreSQL), in one call to the database: on SQLite one
+/// hand-off to the connection's thread, on PostgreSQL one round trip.
+pub async fn begin_and_head(conn: &mut Conn<'_>) -> Result<(i64, String)> {
     let sql = format!(
-        "SELECT seq, hash FROM audit_head WHERE id = 1{}",
+        "{}; SELECT seq, hash FROM audit_head WHERE id = 1{}",
+        conn.dialect().begin_write(),
         conn.dialect().lock_rows()
     );
-    Ok(on!(conn, c => sqlx::query_as::<_, (i64, String)>(&sql).fetch_one(&mut **c).await?))
+    Ok(on!(conn, c => {
+        let row = sqlx::raw_sql(&sql).fetch_one(&mut **c).await?;
+        (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?)
+    }))
+}
+
+/// PostgreSQL: the end of a write transaction in one statement, one round
+/// trip: its events inserted (one statement text whatever their number, so
+/// it is prepared once), the head moved to `seq`/`hash`, and the notices'
+/// payloads sent on the channel (delivered when the transaction commits).
+pub async fn append_and_notify(
+    conn: &mut Conn<'_>,
+    events: &[AuditEvent],
+    seq: i64,
+    hash: &str,
+    payloads: &[String],
+) -> Result<()> {
+    const SQL: &str =
+        "WITH ev AS (INSERT INTO audit_events (seq, id, at_ms, request_id, tenant, actor, action, subject, \
+         tool, args_hash, idempotency_key, credential_scope, approval_ids, result_status, duration_ms, details, \
+         prev_hash, hash) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
+         $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
+         $14::TEXT[], $15::BIGINT[], $16::TEXT[], $17::TEXT[], $18::TEXT[])), \
+         head AS (UPDATE audit_head SET seq = $19, hash = $20 WHERE id = 1 AND seq <> $19) \
+         SELECT pg_notify($21, p)::TEXT FROM UNNEST($22::TEXT[]) AS p";
+    fn col<T: Clone>(events: &[AuditEvent], f: impl Fn(&AuditEvent) -> &T) -> Vec<T> {
+        events.iter().map(|e| f(e).clone()).collect()
+    }
+    // Arrays bound as parameters are PostgreSQL's.
+    let Conn::Postgres(c) = conn else {
+        return Err(crate::error::Error::internal("append_and_notify is for PostgreSQL"));
+    };
+    sqlx::query(SQL)
+        .bind(col(events, |e| &e.seq))
+        .bind(col(events, |e| &e.id))
+        .bind(col(events, |e| &e.at_ms))
+        .bind(col(events, |e| &e.request_id))
+        .bind(col(events, |e| &e.tenant))
+        .bind(col(events, |e| &e.actor))
+        .bind(col(events, |e| &e.action))
+        .bind(col(events, |e| &e.subject))
+        .bind(col(events, |e| &e.tool))
+        .bind(col(events, |e| &e.args_hash))
+        .bind(col(events, |e| &e.idempotency_key))
+        .bind(col(events, |e| &e.credential_scope))
+        .bind(col(events, |e| &e.approval_ids))
+        .bind(col(events, |e| &e.result_status))
+        .bind(col(events, |e| &e.duration_ms))
+        .bind(col(events, |e| &e.details))
+        .bind(col(events, |e| &e.prev_hash))
+        .bind(col(events, |e| &e.hash))
+        .bind(seq)
+        .bind(hash)
+        .bind(crate::store::NOTICE_CHANNEL)
+        .bind(payloads)
+        .execute(&mut **c)
+        .await?;
+    Ok(())
 }
 
 pub async fn head(conn: &mut Conn<'_>) -> Result<(i64, String)> {
@@ -63,13 +124,6 @@ pub async fn set_head(conn: &mut Conn<'_>, seq: i64, hash: &str) -> Result<()> {
             .bind(hash)
             .execute(&mut **c)
             .await?;
-    });
-    Ok(())
-}
-
-pub async fn pg_notify(conn: &mut Conn<'_>, payload: &str) -> Result<()> {
-    on!(conn, c => {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(crate::store::NOTICE_CHANNEL).bind(payload).execute(&mut **c).await?;
     });
     Ok(())
 }

@@ -2,7 +2,8 @@ use crate::controls::{Controls, Scope};
 use crate::error::Result;
 use crate::lifecycle::JobState;
 use crate::store::on;
-use crate::store::Conn;
+use crate::store::{Conn, Tx};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SwitchRow {
@@ -37,14 +38,24 @@ pub async fn tenant_known(conn: &mut Conn<'_>, tenant: &str) -> Result<bool> {
 }
 
 /// The switches and breakers in force.
-pub async fn in_force(conn: &mut Conn<'_>) -> Result<Controls> {
-    Ok(Controls {
-        switches: engaged_switches(conn).await?,
-        breakers: breakers(conn).await?,
-    })
+/// The switches and breakers in force, read once per write transaction:
+/// every request of a batch that asks after the first is answered from
+/// memory, until one changes them (the changes below forget the memo).
+pub async fn in_force(tx: &mut Tx<'_>) -> Result<Arc<Controls>> {
+    if let Some(c) = tx.known_controls() {
+        return Ok(c);
+    }
+    let c = Arc::new(Controls {
+        switches: engaged_switches(&mut tx.conn).await?,
+        breakers: breakers(&mut tx.conn).await?,
+    });
+    tx.know_controls(Some(c.clone()));
+    Ok(c)
 }
 
-pub async fn put_switch(conn: &mut Conn<'_>, s: &SwitchRow) -> Result<Option<bool>> {
+pub async fn put_switch(tx: &mut Tx<'_>, s: &SwitchRow) -> Result<Option<bool>> {
+    tx.know_controls(None);
+    let conn = &mut tx.conn;
     let prev = on!(conn, c => sqlx::query_scalar::<_, bool>("SELECT engaged FROM switches WHERE scope = $1 AND target = $2")
         .bind(s.scope).bind(&s.target).fetch_optional(&mut **c).await?);
     on!(conn, c => {
@@ -73,14 +84,18 @@ pub async fn breakers(conn: &mut Conn<'_>) -> Result<Vec<BreakerRow>> {
 }
 
 /// Trip a route's breaker; false if it was already tripped.
-pub async fn trip_breaker(conn: &mut Conn<'_>, b: &BreakerRow) -> Result<bool> {
+pub async fn trip_breaker(tx: &mut Tx<'_>, b: &BreakerRow) -> Result<bool> {
+    tx.know_controls(None);
+    let conn = &mut tx.conn;
     let n = on!(conn, c => sqlx::query(
         "INSERT INTO route_breakers (route, tripped_at, reason) VALUES ($1, $2, $3) ON CONFLICT (route) DO NOTHING")
         .bind(&b.route).bind(b.tripped_at).bind(&b.reason).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
 
-pub async fn reset_breaker(conn: &mut Conn<'_>, route: &str) -> Result<bool> {
+pub async fn reset_breaker(tx: &mut Tx<'_>, route: &str) -> Result<bool> {
+    tx.know_controls(None);
+    let conn = &mut tx.conn;
     let n = on!(conn, c => sqlx::query("DELETE FROM route_breakers WHERE route = $1")
         .bind(route).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)

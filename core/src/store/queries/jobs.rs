@@ -1,3 +1,4 @@
+use super::PushAny;
 use crate::error::{Error, Result};
 use crate::lifecycle::{job_can_transition, JobKind, JobState};
 use crate::store::on;
@@ -157,19 +158,15 @@ pub async fn lease_many(
         return Ok(Vec::new());
     }
     check_move(JobState::Queued, JobState::Leased)?;
-    let pad = conn.dialect().pads_lists();
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
         qb.push_bind(claim.to_owned());
         qb.push(" || '_' || id, lease_expires_at = CASE WHEN execute_by < ").push_bind(until);
         qb.push(" THEN execute_by ELSE ").push_bind(until);
         qb.push(" END, leased_at = ").push_bind(now);
-        qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id IN (");
-        let mut sep = qb.separated(", ");
-        for id in super::padded(ids, pad).iter() {
-            sep.push_bind(id.clone());
-        }
-        sep.push_unseparated(") RETURNING id, lease_id, lease_expires_at");
+        qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id");
+        qb.push_any(ids);
+        qb.push(" RETURNING id, lease_id, lease_expires_at");
         qb.build_query_as::<(String, String, i64)>().fetch_all(&mut **c).await?
     }))
 }
@@ -226,19 +223,14 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let pad = conn.dialect().pads_lists();
     let lock = conn.dialect().lock_rows_of("j");
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new(
             "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
              j.lease_expires_at, \
              p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id \
-             WHERE j.kind = 'execute' AND j.id IN (");
-        let mut sep = qb.separated(", ");
-        for id in super::padded(ids, pad).iter() {
-            sep.push_bind(id.clone());
-        }
-        sep.push_unseparated(")");
+             WHERE j.kind = 'execute' AND j.id");
+        qb.push_any(ids);
         qb.push(&lock);
         qb.build_query_as::<Finishable>().fetch_all(&mut **c).await?
     }))
@@ -258,17 +250,13 @@ pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -
         return Ok(0);
     }
     check_move(JobState::Leased, JobState::Succeeded)?;
-    // `VALUES` names its columns column1, column2, … on both databases.
-    let pad = conn.dialect().pads_lists();
+    let rows: Vec<[&str; 3]> = done.iter().map(|s| [s.id, s.result, s.completion]).collect();
     Ok(on!(conn, c => {
         let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', result = v.column2, completion = v.column3, finished_at = ");
         qb.push_bind(now);
-        qb.push(", lease_expires_at = NULL FROM (");
-        // Padded with repeats of the last row: the same values again.
-        qb.push_values(super::padded(done, pad).iter(), |mut b, s| {
-            b.push_bind(s.id.to_owned()).push_bind(s.result.to_owned()).push_bind(s.completion.to_owned());
-        });
-        qb.push(") AS v WHERE jobs.id = v.column1 AND jobs.state = 'leased'");
+        qb.push(", lease_expires_at = NULL FROM ");
+        qb.push_rows_v(&rows);
+        qb.push(" WHERE jobs.id = v.column1 AND jobs.state = 'leased'");
         qb.build().execute(&mut **c).await?.rows_affected()
     }))
 }

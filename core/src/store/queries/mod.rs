@@ -15,6 +15,56 @@ pub mod users;
 
 use std::borrow::Cow;
 
+/// `= ANY(list)`, appended to a column in a query being built, for lists of
+/// any length as one statement text: on PostgreSQL the list is one array
+/// value (`= ANY($n)`), so the statement is prepared once whatever its
+/// length; on SQLite, which has no arrays, an `IN (…)` list of bound values,
+/// padded (`padded`) so its texts stay few.
+pub(crate) trait PushAny {
+    fn push_any(&mut self, items: &[String]);
+    /// Rows of three text values as a table `v (column1, column2, column3)`,
+    /// to follow `FROM`: on PostgreSQL three arrays unnested side by side,
+    /// on SQLite a padded `VALUES` list (a repeated row changes nothing
+    /// where rows are matched by their first column).
+    fn push_rows_v(&mut self, rows: &[[&str; 3]]);
+}
+
+impl PushAny for sqlx::QueryBuilder<'_, sqlx::Sqlite> {
+    fn push_any(&mut self, items: &[String]) {
+        self.push(" IN (");
+        let mut sep = self.separated(", ");
+        for item in padded(items, true).iter() {
+            sep.push_bind(item.clone());
+        }
+        sep.push_unseparated(")");
+    }
+    fn push_rows_v(&mut self, rows: &[[&str; 3]]) {
+        self.push("(");
+        self.push_values(padded(rows, true).iter(), |mut b, r| {
+            for v in r {
+                b.push_bind(v.to_string());
+            }
+        });
+        self.push(") AS v");
+    }
+}
+
+impl PushAny for sqlx::QueryBuilder<'_, sqlx::Postgres> {
+    fn push_any(&mut self, items: &[String]) {
+        self.push(" = ANY(").push_bind(items.to_vec()).push(")");
+    }
+    fn push_rows_v(&mut self, rows: &[[&str; 3]]) {
+        let column = |i: usize| rows.iter().map(|r| r[i].to_owned()).collect::<Vec<String>>();
+        self.push("UNNEST(")
+            .push_bind(column(0))
+            .push("::TEXT[], ")
+            .push_bind(column(1))
+            .push("::TEXT[], ")
+            .push_bind(column(2))
+            .push("::TEXT[]) AS v (column1, column2, column3)");
+    }
+}
+
 /// The longest list one padded statement takes.
 const MAX_PADDED: usize = 256;
 
