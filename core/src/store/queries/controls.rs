@@ -37,7 +37,6 @@ pub async fn tenant_known(conn: &mut Conn<'_>, tenant: &str) -> Result<bool> {
         > 0)
 }
 
-/// The switches and breakers in force.
 /// The switches and breakers in force, read once per write transaction:
 /// every request of a batch that asks after the first is answered from
 /// memory, until one changes them (the changes below forget the memo).
