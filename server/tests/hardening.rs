@@ -991,3 +991,65 @@ countersign_core::store_tests!(
     auditors_see_people_of_no_tenant_only_when_they_are_their_own,
     the_audit_page_verifies_only_what_is_new_and_the_command_line_everything,
 );
+
+/// PostgreSQL only: what a page hears when its process's LISTEN connection is
+/// cut and nothing else is (a proxy dropping one idle connection).
+mod listener {
+    mod postgres {
+        use super::super::*;
+        use sqlx::Connection;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_cut_listen_connection_tells_live_pages_to_refetch() {
+            let db = TestDb::postgres().await;
+            let t = spawn(&db).await;
+            t.person("alice", &["reviewer"], &["acme"]).await;
+            let b = Browser::new(&t);
+            b.login("alice", PASSWORD).await;
+            let mut stream = b.page("/events").await;
+            assert_eq!(stream.status(), StatusCode::OK);
+            let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            // The listener's connection is the one whose last statement was
+            // LISTEN; the writer and the read pool are left alone.
+            let mut cut = 0;
+            for _ in 0..100 {
+                cut = sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                     AND query LIKE 'LISTEN%') AS t",
+                )
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+                if cut > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(cut, 1, "one listening connection, and it was cut");
+            let seen = read_stream_until(&mut stream, "lagged", Duration::from_secs(15)).await;
+            assert!(
+                seen.contains(r#"{"lagged":true}"#),
+                "the page is told to refetch: {seen}"
+            );
+            // Live updates flow again afterwards: a new proposal is told.
+            let (_, token) = t.run("acme", "prod", "support/send", None).await;
+            let id = t
+                .post("/api/v1/proposals", &token, close_ticket("after-cut"))
+                .await
+                .body["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let seen = read_stream_until(&mut stream, &id, Duration::from_secs(10)).await;
+            assert!(seen.contains(&id), "a change after the cut is told: {seen}");
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(n, 1, "the process listens again, once");
+        }
+    }
+}
