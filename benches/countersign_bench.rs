@@ -81,6 +81,11 @@ struct Opts {
     /// Executors claiming at once.
     #[arg(long, default_value_t = 16)]
     executors: usize,
+    /// Server processes on the one PostgreSQL database; intake and drain
+    /// are spread over them (PostgreSQL only). Comparing 1 with 2 or 3
+    /// measures what serialises writes across processes.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
     /// Jobs released and drained.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
@@ -147,6 +152,12 @@ fn opts() -> Result<Opts, String> {
         o.batch = 10;
         o.samples = 10;
         o.seed_rows = 2_000;
+    }
+    if o.processes == 0 {
+        return Err("--processes must be at least 1".into());
+    }
+    if o.processes > 1 && o.database_url.is_none() {
+        return Err("--processes above 1 needs PostgreSQL (DATABASE_URL=postgres://…)".into());
     }
     o.server_bin = Some(o.server_bin());
     if !o.server_bin().exists() {
@@ -438,12 +449,22 @@ impl Server {
 }
 
 async fn start_server(o: &Opts, db: &Db, policy: &Path) -> Result<Server, String> {
+    start_server_n(o, db, policy, 0).await
+}
+
+/// The `n`th server process on `db` (its log: server.log, server-1.log, …).
+async fn start_server_n(o: &Opts, db: &Db, policy: &Path, n: usize) -> Result<Server, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| e.to_string())?
         .local_addr()
         .unwrap()
         .port();
-    let log = std::fs::File::create(db.dir.join("server.log")).map_err(|e| e.to_string())?;
+    let log_name = if n == 0 {
+        "server.log".to_owned()
+    } else {
+        format!("server-{n}.log")
+    };
+    let log = std::fs::File::create(db.dir.join(log_name)).map_err(|e| e.to_string())?;
     let child = Command::new(o.server_bin())
         .args([
             "serve",
@@ -512,10 +533,11 @@ struct Intake {
     lat: Latencies,
 }
 
-/// N agents, each with its own run, proposing as fast as answers come.
+/// N agents, each with its own run, proposing as fast as answers come;
+/// agent `a` talks to `bases[a % bases.len()]`.
 async fn intake(
     o: &Opts,
-    base: &str,
+    bases: &[String],
     key: &str,
     route: &str,
     tool_body: fn(u64, u64) -> Value,
@@ -526,17 +548,18 @@ async fn intake(
         .build()
         .map_err(|e| e.to_string())?;
     let mut tokens = Vec::new();
-    for _ in 0..o.agents {
-        tokens.push(mint(&http, base, key, route).await?);
+    for a in 0..o.agents {
+        let base = &bases[a % bases.len()];
+        tokens.push((base.clone(), mint(&http, base, key, route).await?));
     }
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
-    let url = format!("{base}/api/v1/proposals");
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (a, token) in tokens.into_iter().enumerate() {
-        let (http, url, ok, errors, lat) = (http.clone(), url.clone(), ok.clone(), errors.clone(), lat.clone());
+    for (a, (base, token)) in tokens.into_iter().enumerate() {
+        let url = format!("{base}/api/v1/proposals");
+        let (http, ok, errors, lat) = (http.clone(), ok.clone(), errors.clone(), lat.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut i = 0u64;
@@ -594,13 +617,13 @@ fn note_body(agent: u64, i: u64) -> Value {
 }
 
 /// Release `jobs` auto-approved jobs, then drain them with K executors.
-async fn drain(o: &Opts, base: &str, key: &str, exec: &str) -> Result<(u64, u64, f64, Option<String>), String> {
+async fn drain(o: &Opts, bases: &[String], key: &str, exec: &str) -> Result<(u64, u64, f64, Option<String>), String> {
     // Release: agents propose auto-approved notes until there are enough.
     let http = reqwest::Client::new();
     let per_agent = o.jobs.div_ceil(o.agents);
     let mut tasks = Vec::new();
     for a in 0..o.agents {
-        let (http, base, key) = (http.clone(), base.to_owned(), key.to_owned());
+        let (http, base, key) = (http.clone(), bases[a % bases.len()].clone(), key.to_owned());
         tasks.push(tokio::spawn(async move {
             let token = mint(&http, &base, &key, "bench/auto").await?;
             for i in 0..per_agent {
@@ -625,14 +648,14 @@ async fn drain(o: &Opts, base: &str, key: &str, exec: &str) -> Result<(u64, u64,
     let completed = Arc::new(AtomicU64::new(0));
     let claimed_twice = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
-    let before = writer_counters(base).await;
-    let finished_before = completion_counters(base).await;
+    let before = writer_counters(bases).await;
+    let finished_before = completion_counters(bases).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..o.executors {
+    for e in 0..o.executors {
         let (http, base, exec, completed, seen, twice) = (
             http.clone(),
-            base.to_owned(),
+            bases[e % bases.len()].clone(),
             exec.to_owned(),
             completed.clone(),
             seen.clone(),
@@ -697,8 +720,8 @@ async fn drain(o: &Opts, base: &str, key: &str, exec: &str) -> Result<(u64, u64,
             claimed_twice.load(Ordering::Relaxed)
         ));
     }
-    let after = writer_counters(base).await;
-    let finished_after = completion_counters(base).await;
+    let after = writer_counters(bases).await;
+    let finished_after = completion_counters(bases).await;
     let writer = before.zip(after).map(|(a, b)| {
         let writes = finished_after.0 - finished_before.0;
         let together = (finished_after.1 - finished_before.1) / writes.max(1.0);
@@ -880,25 +903,31 @@ fn metric_in(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
-/// Completions finished together: (writes, completions) so far.
-async fn completion_counters(base: &str) -> (f64, f64) {
-    let text = metrics_text(base).await.unwrap_or_default();
-    (
-        metric_in(&text, "countersign_completions_per_write_count").unwrap_or(0.0),
-        metric_in(&text, "countersign_completions_per_write_sum").unwrap_or(0.0),
-    )
+/// Completions finished together: (writes, completions) so far, summed over
+/// the processes.
+async fn completion_counters(bases: &[String]) -> (f64, f64) {
+    let mut sum = (0.0, 0.0);
+    for base in bases {
+        let text = metrics_text(base).await.unwrap_or_default();
+        sum.0 += metric_in(&text, "countersign_completions_per_write_count").unwrap_or(0.0);
+        sum.1 += metric_in(&text, "countersign_completions_per_write_sum").unwrap_or(0.0);
+    }
+    sum
 }
 
-async fn writer_counters(base: &str) -> Option<WriterCounters> {
-    let text = metrics_text(base).await?;
-    let metric = |name: &str| metric_in(&text, name);
-    Some((
-        metric("countersign_write_batch_size_count")?,
-        metric("countersign_write_batch_size_sum")?,
-        metric("countersign_write_batch_run_seconds_sum")?,
-        metric("countersign_write_batch_commit_seconds_sum")?,
-        metric("countersign_write_batch_retries_total").unwrap_or(0.0),
-    ))
+/// The writers' counters, summed over the processes.
+async fn writer_counters(bases: &[String]) -> Option<WriterCounters> {
+    let mut sum = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for base in bases {
+        let text = metrics_text(base).await?;
+        let metric = |name: &str| metric_in(&text, name);
+        sum.0 += metric("countersign_write_batch_size_count")?;
+        sum.1 += metric("countersign_write_batch_size_sum")?;
+        sum.2 += metric("countersign_write_batch_run_seconds_sum")?;
+        sum.3 += metric("countersign_write_batch_commit_seconds_sum")?;
+        sum.4 += metric("countersign_write_batch_retries_total").unwrap_or(0.0);
+    }
+    Some(sum)
 }
 
 /// Batches, mean requests per batch, mean run and commit time, between two readings.
@@ -1012,12 +1041,26 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
     }
     let server = start_server(o, db, &policy).await?;
     let base = server.url.clone();
+    let mut others = Vec::new();
+    for n in 1..o.processes {
+        others.push(start_server_n(o, db, &policy, n).await?);
+    }
+    let bases: Vec<String> = std::iter::once(base.clone())
+        .chain(others.iter().map(|s| s.url.clone()))
+        .collect();
+    if o.processes > 1 {
+        rows.push(row(
+            "server processes (intake and drain spread over them)",
+            o.processes.to_string(),
+            "",
+        ));
+    }
 
     eprintln!("• intake: {} agents for {} s", o.agents, o.seconds);
-    let before_intake = writer_counters(&base).await;
+    let before_intake = writer_counters(&bases).await;
     let i = intake(
         o,
-        &base,
+        &bases,
         &key,
         "bench/intake",
         write_body,
@@ -1052,7 +1095,7 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
         format!("{single:.0} · {batched:.0}"),
         "(synchronous=FULL, WAL)",
     ));
-    if let (Some(a), Some(b)) = (before_intake, writer_counters(&base).await) {
+    if let (Some(a), Some(b)) = (before_intake, writer_counters(&bases).await) {
         rows.push(row(
             "  writer during intake: batches · requests/batch · run · commit (ms)",
             writer_between(a, b),
@@ -1064,7 +1107,7 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
         "• release + claim + complete: {} jobs, {} executors",
         o.jobs, o.executors
     );
-    let (released, done, rate, writer) = drain(o, &base, &key, &exec).await?;
+    let (released, done, rate, writer) = drain(o, &bases, &key, &exec).await?;
     if done != released {
         return Err(format!("drained {done} of {released} jobs"));
     }
@@ -1151,6 +1194,7 @@ async fn run_on(o: &Opts, db: &Db) -> Result<Vec<Row>, String> {
 
     let rss = server.peak_rss_mb();
     rows.push(row("server peak RSS (MB)", format!("{rss:.0}"), "≤ 150"));
+    drop(others);
     drop(server);
     let verify = cli(o, db, &["audit", "verify"], None)?;
     rows.push(row("audit chain after the run", verify, ""));
