@@ -67,14 +67,17 @@ pub async fn append_and_notify(
     hash: &str,
     payloads: &[String],
 ) -> Result<()> {
-    const SQL: &str =
-        "WITH ev AS (INSERT INTO audit_events (seq, id, at_ms, request_id, tenant, actor, action, subject, \
-         tool, args_hash, idempotency_key, credential_scope, approval_ids, result_status, duration_ms, details, \
-         prev_hash, hash) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
-         $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
-         $14::TEXT[], $15::BIGINT[], $16::TEXT[], $17::TEXT[], $18::TEXT[])), \
-         head AS (UPDATE audit_head SET seq = $19, hash = $20 WHERE id = 1 AND seq <> $19) \
-         SELECT pg_notify($21, p)::TEXT FROM UNNEST($22::TEXT[]) AS p";
+    // The arrays are bound below in `EVENT_COLUMNS` order.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH ev AS (INSERT INTO audit_events ({EVENT_COLUMNS}) SELECT * FROM UNNEST($1::BIGINT[], \
+             $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], \
+             $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::TEXT[], \
+             $17::TEXT[], $18::TEXT[])), \
+             head AS (UPDATE audit_head SET seq = $19, hash = $20 WHERE id = 1 AND seq <> $19) \
+             SELECT pg_notify($21, p)::TEXT FROM UNNEST($22::TEXT[]) AS p"
+        )
+    });
     fn col<T: Clone>(events: &[AuditEvent], f: impl Fn(&AuditEvent) -> &T) -> Vec<T> {
         events.iter().map(|e| f(e).clone()).collect()
     }
@@ -82,7 +85,7 @@ pub async fn append_and_notify(
     let Conn::Postgres(c) = conn else {
         return Err(crate::error::Error::internal("append_and_notify is for PostgreSQL"));
     };
-    sqlx::query(SQL)
+    sqlx::query(SQL.as_str())
         .bind(col(events, |e| &e.seq))
         .bind(col(events, |e| &e.id))
         .bind(col(events, |e| &e.at_ms))
