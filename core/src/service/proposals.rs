@@ -266,6 +266,24 @@ fn preview_job(p: &ProposalRow, preview_within_seconds: i64, max_attempts: i64, 
     }
 }
 
+/// The proposal as `create_in` inserts it first, for the writer to insert
+/// together with others (`Store::write_or_refuse_inserting`); None where
+/// the policy no longer has its route or tool (`create_in` says which).
+fn insert_of(policy: &Policy, run: &RunPrincipal, tool_asked: &str, p: &Prepared) -> Option<crate::store::Insert> {
+    let route = route_of(policy, run).ok()?;
+    let tool = policy.tool(&p.row.tool)?;
+    let mut row = p.row.clone();
+    row.on_behalf_of = run.on_behalf_of.clone();
+    Some(crate::store::Insert {
+        row,
+        tool_asked: tool_asked.to_owned(),
+        expires_after_ms: tool.expires_after_seconds * 1000,
+        steps: 1,
+        usd: p.cost_usd,
+        budgets: route.budgets,
+    })
+}
+
 /// What the transaction made of it.
 struct Created {
     row: ProposalRow,
@@ -292,6 +310,11 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
         .await?
         .refusing(&run.tenant, &run.route, &tool_name)
     {
+        if tx.inserted(&p.row.id).is_some() {
+            // Inserted ahead by the writer before the switch changed within
+            // the batch: fail, and the batch runs again one by one.
+            return Err(Error::internal("a proposal inserted ahead is refused by a switch"));
+        }
         let e = Error::Disabled { switch };
         return refuse(tx, &policy, &run, "proposal.refused", &tool_name, e).await;
     }
@@ -302,15 +325,26 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
     p.row.expires_at = now + tool.expires_after_seconds * 1000;
     p.row.on_behalf_of = run.on_behalf_of.clone();
     // The common path is one call: insert (unless the key was used) and, if
-    // inserted, spend (unless over budget).
-    let spend = runs::Spend {
-        run_id: &run.run_id,
-        steps: 1,
-        usd: p.cost_usd,
-        now,
-        budgets: &route.budgets,
+    // inserted, spend (unless over budget). The writer may have made it
+    // already, for this and other requests together (`insert_of`).
+    let inserted = match tx.inserted(&p.row.id) {
+        Some(ahead) => {
+            p.row.created_at = ahead.created_at;
+            p.row.expires_at = ahead.expires_at;
+            ahead.outcome
+        }
+        None => {
+            let spend = runs::Spend {
+                run_id: &run.run_id,
+                steps: 1,
+                usd: p.cost_usd,
+                now,
+                budgets: &route.budgets,
+            };
+            proposals::insert_and_spend(&mut tx.conn, &p.row, &spend).await?
+        }
     };
-    match proposals::insert_and_spend(&mut tx.conn, &p.row, &spend).await? {
+    match inserted {
         proposals::Inserted::Paid => {}
         proposals::Inserted::Repeat => return replay_in(tx, &run, &tool_name, p.row).await,
         proposals::Inserted::Unpaid => {
@@ -432,6 +466,10 @@ impl Core {
         if let Ok(p) = &mut prepared {
             p.row.diff = self.diff_unless_refused(run, &policy, &p.row).await?;
         }
+        let insert = prepared
+            .as_ref()
+            .ok()
+            .and_then(|p| insert_of(&policy, run, &req.tool, p));
         let n = NewProposal {
             prepared,
             policy,
@@ -440,7 +478,14 @@ impl Core {
             public_url: self.settings.public_url.clone(),
             signer: self.receipt_signer()?,
         };
-        let c = self.store.write_or_refuse(move |tx| Box::pin(create_in(tx, n))).await?;
+        let c = match insert {
+            Some(insert) => {
+                self.store
+                    .write_or_refuse_inserting(insert, move |tx| Box::pin(create_in(tx, n)))
+                    .await?
+            }
+            None => self.store.write_or_refuse(move |tx| Box::pin(create_in(tx, n))).await?,
+        };
         if c.replayed {
             return Ok((self.proposal_out(c.row).await?, true));
         }

@@ -350,6 +350,143 @@ async fn a_proposal_is_charged_to_its_run_once_and_only_if_inserted(db: &TestDb)
     assert!(proposals::get(&mut r.conn(), "prp_2").await.unwrap().is_none());
 }
 
+/// PostgreSQL inserts and charges the leading proposals of a batch in one
+/// statement: each row must come out as the one-row statement would make it.
+mod many_at_once {
+    mod postgres {
+        use super::super::{open, run_and_proposal};
+        use crate::store::queries::proposals::{self, Inserted, ProposalRow, ToInsert};
+        use crate::store::queries::runs;
+        use crate::store::testing::TestDb;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn many_proposals_are_inserted_and_charged_as_each_would_be_alone() {
+            let db = TestDb::postgres().await;
+            let s = open(&db).await;
+            let p = run_and_proposal(&s).await;
+            // A second run of the same key, with its budget spent.
+            let spent = runs::RunRow {
+                id: "run_2".into(),
+                tenant: "acme".into(),
+                env: "prod".into(),
+                route: "r".into(),
+                on_behalf_of: None,
+                service_key_id: "key_1".into(),
+                created_at: 0,
+                expires_at: 1_000_000,
+                steps_used: 1,
+                usd_used: 0.0,
+                denials_in_row: 1,
+                revoked_at: None,
+                revoked_reason: None,
+            };
+            let used = ProposalRow {
+                id: "prp_old".into(),
+                run_id: "run_2".into(),
+                idempotency_key: Some("used".into()),
+                ..p.clone()
+            };
+            let budgets = crate::policy::Budgets {
+                steps: 2,
+                seconds: 3600,
+                usd: 1.0,
+            };
+            // Its last step spent on the proposal whose key is asked again below.
+            let first = s
+                .write(move |tx| {
+                    Box::pin(async move {
+                        runs::insert(&mut tx.conn, &spent).await?;
+                        let spend = runs::Spend {
+                            run_id: "run_2",
+                            steps: 1,
+                            usd: 0.0,
+                            now: 10,
+                            budgets: &budgets,
+                        };
+                        proposals::insert_and_spend(&mut tx.conn, &used, &spend).await
+                    })
+                })
+                .await;
+            assert_eq!(first, Ok(Inserted::Paid));
+            let charge = |row: ProposalRow| ToInsert {
+                row,
+                steps: 1,
+                usd: 0.25,
+                budgets,
+            };
+            // run_1 has budget left: inserted and charged. run_2 asks again with
+            // a used key: a repeat, neither inserted nor charged. (Rows of one
+            // statement have distinct runs: run_2 over its budget comes next.)
+            let fresh = ProposalRow {
+                id: "prp_a".into(),
+                idempotency_key: Some("new".into()),
+                ..p.clone()
+            };
+            let again = ProposalRow {
+                id: "prp_b".into(),
+                run_id: "run_2".into(),
+                idempotency_key: Some("used".into()),
+                ..p.clone()
+            };
+            let rows = vec![charge(fresh.clone()), charge(again)];
+            let out = s
+                .write(move |tx| {
+                    Box::pin(async move { proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await })
+                })
+                .await
+                .unwrap();
+            assert_eq!(out, vec![Inserted::Paid, Inserted::Repeat]);
+            let over = ProposalRow {
+                id: "prp_c".into(),
+                run_id: "run_2".into(),
+                idempotency_key: Some("other".into()),
+                ..p.clone()
+            };
+            let second = ProposalRow {
+                id: "prp_d".into(),
+                idempotency_key: Some("second".into()),
+                ..p.clone()
+            };
+            let rows = vec![charge(over), charge(second)];
+            let out = s
+                .write(move |tx| {
+                    Box::pin(async move { proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await })
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                out,
+                vec![Inserted::Unpaid, Inserted::Paid],
+                "run_2 is over its steps budget"
+            );
+
+            let mut r = s.reader().await.unwrap();
+            let run1 = runs::get(&mut r.conn(), "run_1").await.unwrap().unwrap();
+            assert_eq!(
+                (run1.steps_used, run1.usd_used, run1.denials_in_row),
+                (2, 0.5, 0),
+                "charged once per inserted proposal, and the denial streak ends"
+            );
+            let run2 = runs::get(&mut r.conn(), "run_2").await.unwrap().unwrap();
+            assert_eq!(
+                (run2.steps_used, run2.usd_used, run2.denials_in_row),
+                (2, 0.0, 0),
+                "a repeat and an over-budget proposal charge nothing"
+            );
+            // Every column as given: the row read back is the row inserted.
+            assert_eq!(proposals::get(&mut r.conn(), "prp_a").await.unwrap(), Some(fresh));
+            assert!(
+                proposals::get(&mut r.conn(), "prp_b").await.unwrap().is_none(),
+                "a repeat is not inserted"
+            );
+            assert!(
+                proposals::get(&mut r.conn(), "prp_c").await.unwrap().is_some(),
+                "over budget: inserted, for the caller to take back"
+            );
+        }
+    }
+}
+
 crate::store_tests!(
     migrations_apply_and_reopen_cleanly,
     a_failed_write_leaves_nothing_behind,

@@ -118,6 +118,19 @@ pub(crate) enum ReadPool {
     Postgres(sqlx::PgPool),
 }
 
+/// A new proposal as the writer inserts it ahead of its request: the row
+/// (its times set by the writer), the kill-switch name it is checked
+/// against, how long it stays decidable, and the charge to its run.
+#[derive(Debug, Clone)]
+pub(crate) struct Insert {
+    pub row: queries::proposals::ProposalRow,
+    pub tool_asked: String,
+    pub expires_after_ms: i64,
+    pub steps: i64,
+    pub usd: f64,
+    pub budgets: crate::policy::Budgets,
+}
+
 /// A unit of work for the writer, with its answer channel.
 /// Runs the use-case (again, if its batch is retried), keeps its result, and
 /// says whether it succeeded.
@@ -125,6 +138,9 @@ type WorkFn = Box<dyn for<'a, 'c> FnMut(&'a mut Tx<'c>) -> BoxFuture<'a, bool> +
 
 pub(crate) struct Work {
     run: WorkFn,
+    /// A new proposal the writer may insert and charge together with the
+    /// batch's others, before `run` (which then finds it done: `Tx::inserted`).
+    insert: Option<Insert>,
     /// The request that submitted it, for its audit events.
     request_id: Option<String>,
     /// Answers the caller once its batch committed (or did not).
@@ -206,11 +222,31 @@ impl Store {
         self.write(f).await?.into_result()
     }
 
+    /// `write_or_refuse` for a use-case that inserts the new proposal of
+    /// `insert` as its first change, through `Tx::inserted` or else one
+    /// row at a time: the writer may insert and charge the proposals of
+    /// several such requests in one statement before running them.
+    pub(crate) async fn write_or_refuse_inserting<T, F>(&self, insert: Insert, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> BoxFuture<'a, Result<Outcome<T>>> + Clone + Send + 'static,
+    {
+        self.submit(Some(insert), f).await?.into_result()
+    }
+
     /// Run `f` in a write transaction, grouped with other concurrent writes.
     /// `Err` leaves no trace of what `f` did; `Ok` is answered once the batch
     /// it joined has committed. `f` may run twice (see the writer), so it is
     /// `Clone` and must have no effects outside the transaction.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> BoxFuture<'a, Result<T>> + Clone + Send + 'static,
+    {
+        self.submit(None, f).await
+    }
+
+    async fn submit<T, F>(&self, insert: Option<Insert>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> BoxFuture<'a, Result<T>> + Clone + Send + 'static,
@@ -245,6 +281,7 @@ impl Store {
             .writer
             .send(Work {
                 run,
+                insert,
                 request_id: crate::audit::current_request_id(),
                 deliver,
             })

@@ -31,6 +31,17 @@ pub struct Tx<'c> {
     /// every request of a batch asks, one read answers them all. Forgotten
     /// when a request changes them or is rolled back.
     controls: Option<std::sync::Arc<crate::controls::Controls>>,
+    /// Proposals the writer inserted (or found already used) ahead of their
+    /// requests, by id, until each request takes its own.
+    inserted: std::collections::HashMap<String, InsertedAhead>,
+}
+
+/// What the writer did with a proposal ahead of its request (`Tx::inserted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InsertedAhead {
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub outcome: super::queries::proposals::Inserted,
 }
 
 impl<'c> Tx<'c> {
@@ -81,6 +92,13 @@ impl<'c> Tx<'c> {
     /// Caches shared by the process's transactions.
     pub fn caches(&self) -> &super::Caches {
         &self.caches
+    }
+
+    /// The proposal `id`, if the writer inserted it (or found its key used)
+    /// ahead of the request: with it, the request must not insert it again.
+    /// Answered once.
+    pub(crate) fn inserted(&mut self, id: &str) -> Option<InsertedAhead> {
+        self.inserted.remove(id)
     }
 
     /// The controls this transaction read, if it read them and has not
@@ -245,13 +263,27 @@ async fn attempt(
         caches: caches.clone(),
         reclaim: false,
         controls: None,
+        inserted: std::collections::HashMap::new(),
     };
+    if !careful && tx.conn.dialect() == super::Backend::Postgres {
+        // Any failure here: the batch runs again carefully, one row at a time.
+        if let Err(e) = insert_ahead(&mut tx, batch).await {
+            tracing::warn!(error = %e, "inserting a batch's proposals together failed; running it one by one");
+            return Ok(None);
+        }
+    }
     for w in batch.iter_mut() {
         tx.request_id = w.request_id.clone();
         let ok = run_item(&mut tx, &mut w.run, careful).await?;
         if !ok && !careful {
             return Ok(None);
         }
+    }
+    if !tx.inserted.is_empty() {
+        // A request did not take the proposal inserted for it: whatever it
+        // did instead, that row must not commit. One by one, it will not be.
+        tracing::warn!("a proposal inserted ahead of its request was not taken; running the batch one by one");
+        return Ok(None);
     }
     metrics::histogram!("countersign_write_batch_run_seconds").record(started.elapsed().as_secs_f64());
     let committing = std::time::Instant::now();
@@ -262,6 +294,65 @@ async fn attempt(
         tx.reclaim,
         std::mem::take(&mut tx.counts),
     )))
+}
+
+/// Insert and charge the proposals of the batch's leading proposal requests
+/// in one statement (PostgreSQL), instead of a round trip each, and leave
+/// each request its outcome (`Tx::inserted`). Only as long as nothing can
+/// depend on the order of the rows: the run of requests stops at the first
+/// that is not a new proposal, shares a run or an idempotency key with an
+/// earlier one, or that a kill switch refuses (it inserts nothing). The rows
+/// are inserted in the requests' order, before any of them runs: as they
+/// would be, one by one, since the requests between change nothing they read.
+async fn insert_ahead(tx: &mut Tx<'_>, batch: &[Work]) -> Result<()> {
+    use super::queries::proposals::{insert_and_spend_many, ToInsert};
+    let leading: Vec<&super::Insert> = batch.iter().map_while(|w| w.insert.as_ref()).collect();
+    if leading.len() < 2 {
+        return Ok(());
+    }
+    let controls = super::queries::controls::in_force(tx).await?;
+    let now = tx.now_ms();
+    let mut runs = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    let mut rows = Vec::with_capacity(leading.len());
+    for i in leading {
+        let r = &i.row;
+        let key_free = match (&r.idempotency_scope, &r.idempotency_key) {
+            (Some(scope), Some(key)) => keys.insert((scope.as_str(), key.as_str())),
+            _ => true,
+        };
+        if !key_free
+            || !runs.insert(r.run_id.as_str())
+            || controls.refusing(&r.tenant, &r.route, &i.tool_asked).is_some()
+        {
+            break;
+        }
+        let mut row = r.clone();
+        row.created_at = now;
+        row.expires_at = now + i.expires_after_ms;
+        rows.push(ToInsert {
+            row,
+            steps: i.steps,
+            usd: i.usd,
+            budgets: i.budgets,
+        });
+    }
+    if rows.len() < 2 {
+        return Ok(());
+    }
+    let outcomes = insert_and_spend_many(&mut tx.conn, &rows, now).await?;
+    metrics::histogram!("countersign_proposals_inserted_together").record(rows.len() as f64);
+    // Counted once the batch commits, as the other counts of a transaction.
+    tx.count("countersign_proposals_inserted_together_total", rows.len() as u64);
+    for (t, outcome) in rows.into_iter().zip(outcomes) {
+        let ahead = InsertedAhead {
+            created_at: t.row.created_at,
+            expires_at: t.row.expires_at,
+            outcome,
+        };
+        tx.inserted.insert(t.row.id, ahead);
+    }
+    Ok(())
 }
 
 async fn begin(conn: &mut Conn<'_>) -> Result<(i64, String)> {

@@ -177,6 +177,108 @@ pub async fn insert_and_spend(
     })
 }
 
+/// A proposal to insert and charge as one of several (`insert_and_spend_many`).
+#[derive(Debug, Clone)]
+pub struct ToInsert {
+    pub row: ProposalRow,
+    pub steps: i64,
+    pub usd: f64,
+    pub budgets: crate::policy::Budgets,
+}
+
+/// `insert_and_spend` for several proposals in one statement (PostgreSQL):
+/// each row as the one-row statement would treat it, all at `now`. The runs
+/// must be distinct (one statement updates a row at most once) and so must
+/// the idempotency keys of a scope (which row would win is not defined);
+/// the caller ensures both. Answers what happened to each, in order.
+pub async fn insert_and_spend_many(conn: &mut Conn<'_>, rows: &[ToInsert], now: i64) -> Result<Vec<Inserted>> {
+    // The arrays are bound below in `PROPOSAL_COLUMNS` order, then the charge.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let types = [
+            "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT",
+            "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BOOLEAN", "BOOLEAN", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
+            "TEXT", "TEXT", "BIGINT", "TEXT", "TEXT", "BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "FLOAT8", "BIGINT",
+            "FLOAT8", "BIGINT",
+        ];
+        let arrays: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}[]", i + 1))
+            .collect();
+        let now = format!("${}", types.len() + 1);
+        format!(
+            "WITH i AS (SELECT * FROM UNNEST({}) AS t({PROPOSAL_COLUMNS}, steps, usd, max_steps, max_usd, max_ms)), \
+             ins AS (INSERT INTO proposals ({PROPOSAL_COLUMNS}) SELECT {PROPOSAL_COLUMNS} FROM i \
+             ON CONFLICT DO NOTHING RETURNING id), \
+             spent AS (UPDATE runs r SET steps_used = r.steps_used + i.steps, usd_used = r.usd_used + i.usd, \
+             denials_in_row = 0 FROM i JOIN ins ON ins.id = i.id WHERE r.id = i.run_id AND r.revoked_at IS NULL \
+             AND r.expires_at > {now} AND r.steps_used + i.steps <= i.max_steps AND r.usd_used + i.usd <= i.max_usd \
+             AND {now} - r.created_at <= i.max_ms RETURNING r.id) \
+             SELECT i.id, (ins.id IS NOT NULL)::INT4 + (spent.id IS NOT NULL)::INT4 \
+             FROM i LEFT JOIN ins ON ins.id = i.id LEFT JOIN spent ON spent.id = i.run_id",
+            arrays.join(", ")
+        )
+    });
+    fn col<T>(rows: &[ToInsert], f: impl Fn(&ToInsert) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    // Arrays bound as parameters are PostgreSQL's.
+    let Conn::Postgres(c) = conn else {
+        return Err(Error::internal("insert_and_spend_many is for PostgreSQL"));
+    };
+    let answered: Vec<(String, i32)> = sqlx::query_as(SQL.as_str())
+        .bind(col(rows, |t| t.row.id.clone()))
+        .bind(col(rows, |t| t.row.tenant.clone()))
+        .bind(col(rows, |t| t.row.env.clone()))
+        .bind(col(rows, |t| t.row.route.clone()))
+        .bind(col(rows, |t| t.row.run_id.clone()))
+        .bind(col(rows, |t| t.row.tool.clone()))
+        .bind(col(rows, |t| t.row.args.clone()))
+        .bind(col(rows, |t| t.row.args_hash.clone()))
+        .bind(col(rows, |t| t.row.content_hash.clone()))
+        .bind(col(rows, |t| t.row.idempotency_key.clone()))
+        .bind(col(rows, |t| t.row.reason.clone()))
+        .bind(col(rows, |t| t.row.preview_before.clone()))
+        .bind(col(rows, |t| t.row.preview_after.clone()))
+        .bind(col(rows, |t| t.row.diff.clone()))
+        .bind(col(rows, |t| t.row.on_behalf_of.clone()))
+        .bind(col(rows, |t| t.row.status.as_str()))
+        .bind(col(rows, |t| t.row.approvals_required))
+        .bind(col(rows, |t| t.row.approvals))
+        .bind(col(rows, |t| t.row.destructive))
+        .bind(col(rows, |t| t.row.irreversible))
+        .bind(col(rows, |t| t.row.created_at))
+        .bind(col(rows, |t| t.row.expires_at))
+        .bind(col(rows, |t| t.row.decided_at))
+        .bind(col(rows, |t| t.row.execute_by))
+        .bind(col(rows, |t| t.row.preview_state.clone()))
+        .bind(col(rows, |t| t.row.preview_by.clone()))
+        .bind(col(rows, |t| t.row.preview_at))
+        .bind(col(rows, |t| t.row.idempotency_scope.clone()))
+        .bind(col(rows, |t| t.row.pii_fields.clone()))
+        .bind(col(rows, |t| t.row.pii_erased_at))
+        .bind(col(rows, |t| t.row.upstream.clone()))
+        .bind(col(rows, |t| t.row.upstream_tool.clone()))
+        .bind(col(rows, |t| t.row.via.clone()))
+        .bind(col(rows, |t| t.steps))
+        .bind(col(rows, |t| t.usd))
+        .bind(col(rows, |t| t.budgets.steps))
+        .bind(col(rows, |t| t.budgets.usd + 1e-9))
+        .bind(col(rows, |t| t.budgets.seconds * 1000))
+        .bind(now)
+        .fetch_all(&mut **c)
+        .await?;
+    let by_id: std::collections::HashMap<String, i32> = answered.into_iter().collect();
+    rows.iter()
+        .map(|t| match by_id.get(&t.row.id) {
+            Some(0) => Ok(Inserted::Repeat),
+            Some(1) => Ok(Inserted::Unpaid),
+            Some(_) => Ok(Inserted::Paid),
+            None => Err(Error::internal("a proposal of a many-row insert went unanswered")),
+        })
+        .collect()
+}
+
 pub async fn delete(conn: &mut Conn<'_>, id: &str) -> Result<()> {
     on!(conn, c => {
         sqlx::query("DELETE FROM proposals WHERE id = $1").bind(id).execute(&mut **c).await?;
