@@ -364,21 +364,16 @@ mod many_at_once {
             let db = TestDb::postgres().await;
             let s = open(&db).await;
             let p = run_and_proposal(&s).await;
-            // A second run of the same key, with its budget spent.
+            // A second run of the same key, one step from its budget.
+            let run_1 = runs::get(&mut s.reader().await.unwrap().conn(), "run_1")
+                .await
+                .unwrap()
+                .unwrap();
             let spent = runs::RunRow {
                 id: "run_2".into(),
-                tenant: "acme".into(),
-                env: "prod".into(),
-                route: "r".into(),
-                on_behalf_of: None,
-                service_key_id: "key_1".into(),
-                created_at: 0,
-                expires_at: 1_000_000,
                 steps_used: 1,
-                usd_used: 0.0,
                 denials_in_row: 1,
-                revoked_at: None,
-                revoked_reason: None,
+                ..run_1
             };
             let used = ProposalRow {
                 id: "prp_old".into(),
