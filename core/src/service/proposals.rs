@@ -275,12 +275,14 @@ fn insert_of(policy: &Policy, run: &RunPrincipal, tool_asked: &str, p: &Prepared
     let mut row = p.row.clone();
     row.on_behalf_of = run.on_behalf_of.clone();
     Some(crate::store::Insert {
-        row,
+        charge: proposals::ToInsert {
+            row,
+            steps: 1,
+            usd: p.cost_usd,
+            budgets: route.budgets,
+        },
         tool_asked: tool_asked.to_owned(),
         expires_after_ms: tool.expires_after_seconds * 1000,
-        steps: 1,
-        usd: p.cost_usd,
-        budgets: route.budgets,
     })
 }
 

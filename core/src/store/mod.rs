@@ -119,16 +119,13 @@ pub(crate) enum ReadPool {
 }
 
 /// A new proposal as the writer inserts it ahead of its request: the row
-/// (its times set by the writer), the kill-switch name it is checked
-/// against, how long it stays decidable, and the charge to its run.
+/// and the charge to its run (the row's times set by the writer), the
+/// kill-switch name it is checked against, and how long it stays decidable.
 #[derive(Debug, Clone)]
 pub(crate) struct Insert {
-    pub row: queries::proposals::ProposalRow,
+    pub charge: queries::proposals::ToInsert,
     pub tool_asked: String,
     pub expires_after_ms: i64,
-    pub steps: i64,
-    pub usd: f64,
-    pub budgets: crate::policy::Budgets,
 }
 
 /// A unit of work for the writer, with its answer channel.

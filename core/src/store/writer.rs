@@ -267,7 +267,7 @@ async fn attempt(
     };
     if !careful && tx.conn.dialect() == super::Backend::Postgres {
         // Any failure here: the batch runs again carefully, one row at a time.
-        if let Err(e) = insert_ahead(&mut tx, batch).await {
+        if let Err(e) = insert_ahead(&mut tx, &mut *batch).await {
             tracing::warn!(error = %e, "inserting a batch's proposals together failed; running it one by one");
             return Ok(None);
         }
@@ -304,19 +304,23 @@ async fn attempt(
 /// earlier one, or that a kill switch refuses (it inserts nothing). The rows
 /// are inserted in the requests' order, before any of them runs: as they
 /// would be, one by one, since the requests between change nothing they read.
-async fn insert_ahead(tx: &mut Tx<'_>, batch: &[Work]) -> Result<()> {
+async fn insert_ahead(tx: &mut Tx<'_>, batch: &mut [Work]) -> Result<()> {
     use super::queries::proposals::{insert_and_spend_many, ToInsert};
-    let leading: Vec<&super::Insert> = batch.iter().map_while(|w| w.insert.as_ref()).collect();
-    if leading.len() < 2 {
+    let leading = batch.iter().take_while(|w| w.insert.is_some()).count();
+    if leading < 2 {
         return Ok(());
     }
     let controls = super::queries::controls::in_force(tx).await?;
     let now = tx.now_ms();
     let mut runs = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
-    let mut rows = Vec::with_capacity(leading.len());
-    for i in leading {
-        let r = &i.row;
+    let mut rows: Vec<&ToInsert> = Vec::with_capacity(leading);
+    for i in batch.iter_mut().map_while(|w| w.insert.as_mut()) {
+        // The times are the writer's; a row not inserted here is not used.
+        i.charge.row.created_at = now;
+        i.charge.row.expires_at = now + i.expires_after_ms;
+        let i: &super::Insert = i;
+        let r = &i.charge.row;
         let key_free = match (&r.idempotency_scope, &r.idempotency_key) {
             (Some(scope), Some(key)) => keys.insert((scope.as_str(), key.as_str())),
             _ => true,
@@ -327,15 +331,7 @@ async fn insert_ahead(tx: &mut Tx<'_>, batch: &[Work]) -> Result<()> {
         {
             break;
         }
-        let mut row = r.clone();
-        row.created_at = now;
-        row.expires_at = now + i.expires_after_ms;
-        rows.push(ToInsert {
-            row,
-            steps: i.steps,
-            usd: i.usd,
-            budgets: i.budgets,
-        });
+        rows.push(&i.charge);
     }
     if rows.len() < 2 {
         return Ok(());
@@ -344,13 +340,13 @@ async fn insert_ahead(tx: &mut Tx<'_>, batch: &[Work]) -> Result<()> {
     metrics::histogram!("countersign_proposals_inserted_together").record(rows.len() as f64);
     // Counted once the batch commits, as the other counts of a transaction.
     tx.count("countersign_proposals_inserted_together_total", rows.len() as u64);
-    for (t, outcome) in rows.into_iter().zip(outcomes) {
+    for (t, outcome) in rows.iter().zip(outcomes) {
         let ahead = InsertedAhead {
             created_at: t.row.created_at,
             expires_at: t.row.expires_at,
             outcome,
         };
-        tx.inserted.insert(t.row.id, ahead);
+        tx.inserted.insert(t.row.id.clone(), ahead);
     }
     Ok(())
 }

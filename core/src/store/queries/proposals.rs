@@ -191,7 +191,11 @@ pub struct ToInsert {
 /// must be distinct (one statement updates a row at most once) and so must
 /// the idempotency keys of a scope (which row would win is not defined);
 /// the caller ensures both. Answers what happened to each, in order.
-pub async fn insert_and_spend_many(conn: &mut Conn<'_>, rows: &[ToInsert], now: i64) -> Result<Vec<Inserted>> {
+pub async fn insert_and_spend_many<R: std::borrow::Borrow<ToInsert>>(
+    conn: &mut Conn<'_>,
+    rows: &[R],
+    now: i64,
+) -> Result<Vec<Inserted>> {
     // The arrays are bound below in `PROPOSAL_COLUMNS` order, then the charge.
     static SQL: LazyLock<String> = LazyLock::new(|| {
         let types = [
@@ -219,8 +223,8 @@ pub async fn insert_and_spend_many(conn: &mut Conn<'_>, rows: &[ToInsert], now: 
             arrays.join(", ")
         )
     });
-    fn col<T>(rows: &[ToInsert], f: impl Fn(&ToInsert) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
+    fn col<R: std::borrow::Borrow<ToInsert>, T>(rows: &[R], f: impl Fn(&ToInsert) -> T) -> Vec<T> {
+        rows.iter().map(|r| f(r.borrow())).collect()
     }
     // Arrays bound as parameters are PostgreSQL's.
     let Conn::Postgres(c) = conn else {
@@ -270,7 +274,7 @@ pub async fn insert_and_spend_many(conn: &mut Conn<'_>, rows: &[ToInsert], now: 
         .await?;
     let by_id: std::collections::HashMap<String, i32> = answered.into_iter().collect();
     rows.iter()
-        .map(|t| match by_id.get(&t.row.id) {
+        .map(|t| match by_id.get(&t.borrow().row.id) {
             Some(0) => Ok(Inserted::Repeat),
             Some(1) => Ok(Inserted::Unpaid),
             Some(_) => Ok(Inserted::Paid),
