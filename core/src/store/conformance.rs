@@ -350,6 +350,63 @@ async fn a_proposal_is_charged_to_its_run_once_and_only_if_inserted(db: &TestDb)
     assert!(proposals::get(&mut r.conn(), "prp_2").await.unwrap().is_none());
 }
 
+/// On PostgreSQL a proposal's moves after approval (queued, running,
+/// succeeded) must be heap-only updates: no index may name `status`, or each
+/// move writes an entry into every index of the table (migration 0013).
+mod hot_updates {
+    mod postgres {
+        use super::super::{open, run_and_proposal};
+        use crate::lifecycle::Status::*;
+        use crate::store::queries::{proposals, runs};
+        use crate::store::testing::TestDb;
+        use crate::store::Conn;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn status_changes_after_approval_are_heap_only_updates() {
+            let db = TestDb::postgres().await;
+            let s = open(&db).await;
+            let p = proposals::ProposalRow {
+                status: Queued,
+                ..run_and_proposal(&s).await
+            };
+            let budgets = crate::policy::Budgets {
+                steps: 10,
+                seconds: 3600,
+                usd: 10.0,
+            };
+            let (updated, hot) = s
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let spend = runs::Spend {
+                            run_id: "run_1",
+                            steps: 1,
+                            usd: 0.0,
+                            now: 20,
+                            budgets: &budgets,
+                        };
+                        proposals::insert_and_spend(&mut tx.conn, &p, &spend).await?;
+                        let ids = vec![p.id.clone()];
+                        proposals::transition_many(&mut tx.conn, &ids, Queued, Running).await?;
+                        proposals::transition_many(&mut tx.conn, &ids, Running, Succeeded).await?;
+                        let Conn::Postgres(c) = &mut tx.conn else {
+                            unreachable!("a PostgreSQL store")
+                        };
+                        // This transaction's own counts, before any statistics are sent.
+                        Ok(sqlx::query_as::<_, (i64, i64)>(
+                            "SELECT pg_stat_get_xact_tuples_updated('proposals'::regclass), \
+                             pg_stat_get_xact_tuples_hot_updated('proposals'::regclass)",
+                        )
+                        .fetch_one(&mut **c)
+                        .await?)
+                    })
+                })
+                .await
+                .unwrap();
+            assert_eq!((updated, hot), (2, 2), "both moves are heap-only updates");
+        }
+    }
+}
+
 /// PostgreSQL inserts and charges the leading proposals of a batch in one
 /// statement: each row must come out as the one-row statement would make it.
 mod many_at_once {
@@ -482,6 +539,108 @@ mod many_at_once {
     }
 }
 
+/// The queue, the sweeper, the pending count and the history's gone-wrong
+/// filter find proposals through columns generated from `status` (migration
+/// 0013): each must follow the status through every move.
+async fn pending_and_gone_wrong_proposals_are_found_as_their_status_moves(db: &TestDb) {
+    use super::queries::proposals::{self, HistoryFilter};
+    use crate::lifecycle::Status::{self, *};
+    let s = open(db).await;
+    let p = run_and_proposal(&s).await;
+    let (a, b) = (
+        p.clone(),
+        proposals::ProposalRow {
+            id: "prp_2".into(),
+            idempotency_key: Some("k2".into()),
+            created_at: 11,
+            ..p
+        },
+    );
+    let budgets = crate::policy::Budgets {
+        steps: 10,
+        seconds: 3600,
+        usd: 10.0,
+    };
+    s.write(move |tx| {
+        Box::pin(async move {
+            for p in [a, b] {
+                let spend = super::queries::runs::Spend {
+                    run_id: "run_1",
+                    steps: 1,
+                    usd: 0.0,
+                    now: 20,
+                    budgets: &budgets,
+                };
+                proposals::insert_and_spend(&mut tx.conn, &p, &spend).await?;
+            }
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let found = |status: Option<Status>| {
+        let s = &s;
+        async move {
+            let mut r = s.reader().await.unwrap();
+            let mut c = r.conn();
+            let ids = |rows: Vec<proposals::ProposalRow>| rows.into_iter().map(|p| p.id).collect::<Vec<_>>();
+            let queue = ids(proposals::pending(&mut c, &["acme".into(), "other".into()], 10)
+                .await
+                .unwrap());
+            let overdue = ids(proposals::pending_expired(&mut c, 1_000, 10).await.unwrap());
+            assert_eq!(queue, overdue, "the queue and the sweeper agree");
+            let (count, oldest) = proposals::pending_count_and_oldest(&mut c).await.unwrap();
+            assert_eq!(count as usize, queue.len());
+            assert_eq!(oldest, queue.first().map(|id| if id == "prp_1" { 10 } else { 11 }));
+            let filter = HistoryFilter {
+                status,
+                ..HistoryFilter::default()
+            };
+            let history = status.map(|_| async { ids(proposals::history(&mut r.conn(), &filter, 10).await.unwrap()) });
+            (
+                queue,
+                match history {
+                    Some(h) => h.await,
+                    None => Vec::new(),
+                },
+            )
+        }
+    };
+    let step = |id: &'static str, from: Status, to: Status| {
+        let s = &s;
+        async move {
+            let moved = s
+                .write(move |tx| Box::pin(async move { proposals::transition(&mut tx.conn, id, from, to).await }))
+                .await
+                .unwrap();
+            assert!(moved, "{id}: {from} -> {to}");
+        }
+    };
+    assert_eq!(found(None).await.0, ["prp_1", "prp_2"], "both pending, oldest first");
+    step("prp_2", Pending, Rejected).await;
+    assert_eq!(
+        found(Some(Rejected)).await,
+        (vec!["prp_1".to_owned()], vec!["prp_2".to_owned()])
+    );
+    step("prp_1", Pending, Approved).await;
+    for (from, to) in [(Approved, Queued), (Queued, Running)] {
+        step("prp_1", from, to).await;
+        assert_eq!(
+            found(Some(Failed)).await,
+            (vec![], vec![]),
+            "{to}: neither pending nor gone wrong"
+        );
+        assert_eq!(found(Some(to)).await.1, ["prp_1"], "the history finds it as {to}");
+    }
+    step("prp_1", Running, Failed).await;
+    assert_eq!(found(Some(Failed)).await, (vec![], vec!["prp_1".to_owned()]));
+    assert_eq!(
+        found(Some(Rejected)).await.1,
+        ["prp_2"],
+        "each gone-wrong status finds its own"
+    );
+}
+
 crate::store_tests!(
     migrations_apply_and_reopen_cleanly,
     a_failed_write_leaves_nothing_behind,
@@ -493,6 +652,7 @@ crate::store_tests!(
     verify_catches_truncation,
     notices_are_published_only_after_commit,
     a_proposal_is_charged_to_its_run_once_and_only_if_inserted,
+    pending_and_gone_wrong_proposals_are_found_as_their_status_moves,
 );
 
 /// Notices cross processes through one PostgreSQL connection per process;

@@ -64,7 +64,9 @@ async fn sqlite_schema(conn: &mut Conn<'_>) -> (Columns, BTreeMap<String, Index>
     let mut columns = Columns::new();
     for t in &tables {
         let rows: Vec<(String, String, bool, i64)> = sqlx::query_as(&format!(
-            "SELECT name, type, \"notnull\", pk FROM pragma_table_info('{t}')"
+            // `table_xinfo`, not `table_info`: generated columns too (hidden 2
+            // or 3), as PostgreSQL's catalogue lists them.
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_xinfo('{t}') WHERE hidden <> 1"
         ))
         .fetch_all(&mut **c)
         .await
