@@ -287,6 +287,27 @@ async fn run_and_proposal(s: &Store) -> super::queries::proposals::ProposalRow {
     }
 }
 
+/// Inserts `p` into run_1, charged one step against a budget with room to
+/// spare: for tests about what happens to a proposal after intake.
+async fn insert_charged(
+    conn: &mut super::Conn<'_>,
+    p: &super::queries::proposals::ProposalRow,
+) -> crate::error::Result<super::queries::proposals::Inserted> {
+    let budgets = crate::policy::Budgets {
+        steps: 10,
+        seconds: 3600,
+        usd: 10.0,
+    };
+    let spend = super::queries::runs::Spend {
+        run_id: "run_1",
+        steps: 1,
+        usd: 0.0,
+        now: 20,
+        budgets: &budgets,
+    };
+    super::queries::proposals::insert_and_spend(conn, p, &spend).await
+}
+
 async fn a_proposal_is_charged_to_its_run_once_and_only_if_inserted(db: &TestDb) {
     use super::queries::proposals::{self, Inserted};
     use super::queries::runs;
@@ -355,9 +376,9 @@ async fn a_proposal_is_charged_to_its_run_once_and_only_if_inserted(db: &TestDb)
 /// move writes an entry into every index of the table (migration 0013).
 mod hot_updates {
     mod postgres {
-        use super::super::{open, run_and_proposal};
+        use super::super::{insert_charged, open, run_and_proposal};
         use crate::lifecycle::Status::*;
-        use crate::store::queries::{proposals, runs};
+        use crate::store::queries::proposals;
         use crate::store::testing::TestDb;
         use crate::store::Conn;
 
@@ -369,22 +390,10 @@ mod hot_updates {
                 status: Queued,
                 ..run_and_proposal(&s).await
             };
-            let budgets = crate::policy::Budgets {
-                steps: 10,
-                seconds: 3600,
-                usd: 10.0,
-            };
             let (updated, hot) = s
                 .write(move |tx| {
                     Box::pin(async move {
-                        let spend = runs::Spend {
-                            run_id: "run_1",
-                            steps: 1,
-                            usd: 0.0,
-                            now: 20,
-                            budgets: &budgets,
-                        };
-                        proposals::insert_and_spend(&mut tx.conn, &p, &spend).await?;
+                        insert_charged(&mut tx.conn, &p).await?;
                         let ids = vec![p.id.clone()];
                         proposals::transition_many(&mut tx.conn, &ids, Queued, Running).await?;
                         proposals::transition_many(&mut tx.conn, &ids, Running, Succeeded).await?;
@@ -556,22 +565,10 @@ async fn pending_and_gone_wrong_proposals_are_found_as_their_status_moves(db: &T
             ..p
         },
     );
-    let budgets = crate::policy::Budgets {
-        steps: 10,
-        seconds: 3600,
-        usd: 10.0,
-    };
     s.write(move |tx| {
         Box::pin(async move {
             for p in [a, b] {
-                let spend = super::queries::runs::Spend {
-                    run_id: "run_1",
-                    steps: 1,
-                    usd: 0.0,
-                    now: 20,
-                    budgets: &budgets,
-                };
-                proposals::insert_and_spend(&mut tx.conn, &p, &spend).await?;
+                insert_charged(&mut tx.conn, &p).await?;
             }
             Ok(())
         })
