@@ -416,6 +416,128 @@ mod hot_updates {
     }
 }
 
+/// A statement that finds jobs by id must read them through the primary
+/// key, whatever the statistics say. After a burst (the statistics taken
+/// while few jobs were queued), PostgreSQL read the whole of a partial index
+/// on queued jobs (`jobs_claimable` or `jobs_due`) at every claim, to AND it
+/// with the ids or to filter it: a claim cost as much as the queue was long.
+mod plans {
+    mod postgres {
+        use super::super::{insert_charged, open, run_and_proposal};
+        use crate::lifecycle::{JobKind, JobState, Status};
+        use crate::store::queries::jobs;
+        use crate::store::queries::proposals::{ProposalRow, PROPOSAL_COLUMNS as COLUMNS};
+        use crate::store::testing::TestDb;
+        use crate::store::Conn;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn moving_jobs_named_by_id_reads_only_the_primary_key_when_statistics_are_stale() {
+            let db = TestDb::postgres().await;
+            let s = open(&db).await;
+            let p = ProposalRow {
+                status: Status::Succeeded,
+                ..run_and_proposal(&s).await
+            };
+            let job = jobs::JobRow {
+                id: "job_1".into(),
+                proposal_id: p.id.clone(),
+                tenant: p.tenant.clone(),
+                env: p.env.clone(),
+                route: p.route.clone(),
+                tool: p.tool.clone(),
+                state: JobState::Succeeded,
+                attempt: 1,
+                max_attempts: 3,
+                lease_id: None,
+                lease_expires_at: None,
+                leased_at: None,
+                available_at: 10,
+                execute_by: 1_000_000,
+                result: None,
+                completion: None,
+                created_at: 10,
+                finished_at: Some(20),
+                kind: JobKind::Execute,
+                execution_key: "exk_1".into(),
+                receipt: None,
+            };
+            let (leased, moved, scans) = s
+                .write(move |tx| {
+                    Box::pin(async move {
+                        insert_charged(&mut tx.conn, &p).await?;
+                        jobs::insert(&mut tx.conn, &job).await?;
+                        let Conn::Postgres(c) = &mut tx.conn else {
+                            unreachable!("a PostgreSQL store")
+                        };
+                        // 4,000 finished jobs, and their statistics...
+                        let copies = COLUMNS
+                            .replacen("id, ", "'prp_' || g, ", 1)
+                            .replacen("idempotency_key, ", "'k' || g, ", 1);
+                        sqlx::query(&format!(
+                            "INSERT INTO proposals ({COLUMNS}) SELECT {copies} FROM proposals, \
+                             generate_series(2, 4000) g WHERE id = 'prp_1'"
+                        ))
+                        .execute(&mut **c)
+                        .await?;
+                        sqlx::query(
+                            "INSERT INTO jobs (id, proposal_id, tenant, env, route, tool, state, attempt, max_attempts, \
+                             available_at, execute_by, created_at, finished_at, kind, execution_key) \
+                             SELECT 'job_' || g, 'prp_' || g, tenant, env, route, tool, state, attempt, max_attempts, \
+                             available_at + g, execute_by, created_at, finished_at, kind, 'exk_' || g \
+                             FROM jobs, generate_series(2, 4000) g WHERE id = 'job_1'",
+                        )
+                        .execute(&mut **c)
+                        .await?;
+                        sqlx::query("ANALYZE jobs").execute(&mut **c).await?;
+                        // ...then all of them queued again at once, as after a burst.
+                        for sql in [
+                            "UPDATE jobs SET state = 'queued', attempt = 0, finished_at = NULL",
+                            "UPDATE proposals SET status = 'queued'",
+                        ] {
+                            sqlx::query(sql).execute(&mut **c).await?;
+                        }
+                        let ids: Vec<String> = (1..=50).map(|i| format!("job_{i}")).collect();
+                        let before = numscans(c).await?;
+                        let leased = jobs::lease_many(&mut tx.conn, &ids, "c1", 30, 1_000).await?;
+                        // And the rest of a lease's life, job by job and many at once.
+                        let lease = |i: usize| format!("lse_c1_job_{i}");
+                        let done = [(1, jobs::Success { id: "job_1", result: "{}", completion: "{}" })];
+                        let moved = [
+                            jobs::extend_lease(&mut tx.conn, "job_2", &lease(2), 40, 2_000).await?,
+                            jobs::succeed_many(&mut tx.conn, &done.map(|(_, s)| s), 50).await? == 1,
+                            jobs::finish(&mut tx.conn, "job_3", &lease(3), JobState::Failed, "{}", "{}", 50).await?,
+                            jobs::requeue(&mut tx.conn, "job_4", 60, None, None).await?,
+                            jobs::set_state(&mut tx.conn, "job_4", JobState::Queued, JobState::Cancelled, 70).await?,
+                        ];
+                        let Conn::Postgres(c) = &mut tx.conn else {
+                            unreachable!("a PostgreSQL store")
+                        };
+                        Ok((leased.len(), moved, numscans(c).await? - before))
+                    })
+                })
+                .await
+                .unwrap();
+            assert_eq!(leased, 50, "every job named is leased");
+            assert_eq!(moved, [true; 5], "each move found its job");
+            assert_eq!(
+                scans, 0,
+                "no index but the primary key is read to move jobs named by id"
+            );
+        }
+
+        /// This transaction's scans so far of the jobs' indexes other than
+        /// the primary key.
+        async fn numscans(c: &mut sqlx::PgConnection) -> crate::error::Result<i64> {
+            Ok(sqlx::query_scalar(
+                "SELECT COALESCE(SUM(pg_stat_get_xact_numscans(indexrelid)), 0)::BIGINT FROM pg_index \
+                 WHERE indrelid = 'jobs'::regclass AND indexrelid <> 'jobs_pkey'::regclass",
+            )
+            .fetch_one(c)
+            .await?)
+        }
+    }
+}
+
 /// PostgreSQL inserts and charges the leading proposals of a batch in one
 /// statement: each row must come out as the one-row statement would make it.
 mod many_at_once {

@@ -1,3 +1,15 @@
+//! Jobs: the queue, leases and outcomes.
+//!
+//! A statement that names its jobs by id checks their state as
+//! `state || '' = …`, not `state = …`. The queue's partial indexes
+//! (`jobs_claimable`, `jobs_due`, `jobs_leases`) are defined by `state = …`,
+//! and a condition that implies an index's predicate lets PostgreSQL read
+//! that whole index instead of (or as well as) the ids' primary-key
+//! entries. It does so when its statistics were taken while few jobs were in
+//! that state, as right after a burst: every claim then read every queued
+//! job. Through an expression the check stays, and the primary key is the
+//! only way in (`store::conformance::plans`).
+
 use super::PushAny;
 use crate::error::{Error, Result};
 use crate::lifecycle::{job_can_transition, JobKind, JobState};
@@ -164,7 +176,7 @@ pub async fn lease_many(
         qb.push(" || '_' || id, lease_expires_at = CASE WHEN execute_by < ").push_bind(until);
         qb.push(" THEN execute_by ELSE ").push_bind(until);
         qb.push(" END, leased_at = ").push_bind(now);
-        qb.push(", attempt = attempt + 1 WHERE state = 'queued' AND id");
+        qb.push(", attempt = attempt + 1 WHERE state || '' = 'queued' AND id");
         qb.push_any(ids);
         qb.push(" RETURNING id, lease_id, lease_expires_at");
         qb.build_query_as::<(String, String, i64)>().fetch_all(&mut **c).await?
@@ -174,7 +186,7 @@ pub async fn lease_many(
 /// Extend a live lease; false if the lease is no longer held.
 pub async fn extend_lease(conn: &mut Conn<'_>, id: &str, lease_id: &str, now: i64, until: i64) -> Result<bool> {
     let n = on!(conn, c => sqlx::query(
-        "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_id = $3 AND state = 'leased' AND lease_expires_at > $4")
+        "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_id = $3 AND state || '' = 'leased' AND lease_expires_at > $4")
         .bind(until).bind(id).bind(lease_id).bind(now).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
@@ -192,7 +204,7 @@ pub async fn finish(
     check_move(JobState::Leased, state)?;
     let n = on!(conn, c => sqlx::query(
         "UPDATE jobs SET state = $1, result = $2, completion = $3, finished_at = $4, lease_expires_at = NULL \
-         WHERE id = $5 AND lease_id = $6 AND state = 'leased'")
+         WHERE id = $5 AND lease_id = $6 AND state || '' = 'leased'")
         .bind(state).bind(result).bind(completion).bind(now).bind(id).bind(lease_id)
         .execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
@@ -256,7 +268,7 @@ pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -
         qb.push_bind(now);
         qb.push(", lease_expires_at = NULL FROM ");
         qb.push_rows_v(&rows);
-        qb.push(" WHERE jobs.id = v.column1 AND jobs.state = 'leased'");
+        qb.push(" WHERE jobs.id = v.column1 AND jobs.state || '' = 'leased'");
         qb.build().execute(&mut **c).await?.rows_affected()
     }))
 }
@@ -273,7 +285,7 @@ pub async fn requeue(
     check_move(JobState::Leased, JobState::Queued)?;
     let n = on!(conn, c => sqlx::query(
         "UPDATE jobs SET state = 'queued', lease_id = NULL, lease_expires_at = NULL, available_at = $1, \
-         result = COALESCE($2, result), completion = COALESCE($3, completion) WHERE id = $4 AND state = 'leased'")
+         result = COALESCE($2, result), completion = COALESCE($3, completion) WHERE id = $4 AND state || '' = 'leased'")
         .bind(available_at).bind(result).bind(completion).bind(id).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
@@ -322,7 +334,7 @@ pub async fn set_state(conn: &mut Conn<'_>, id: &str, from: JobState, to: JobSta
     check_move(from, to)?;
     let n = on!(conn, c => sqlx::query(
         "UPDATE jobs SET state = $1, finished_at = CASE WHEN $1 IN ('succeeded', 'failed', 'expired') THEN $2 ELSE finished_at END \
-         WHERE id = $3 AND state = $4")
+         WHERE id = $3 AND state || '' = $4")
         .bind(to).bind(now).bind(id).bind(from).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
 }
