@@ -426,7 +426,7 @@ mod plans {
         use super::super::{insert_charged, open, run_and_proposal};
         use crate::lifecycle::{JobKind, JobState, Status};
         use crate::store::queries::jobs;
-        use crate::store::queries::proposals::{ProposalRow, PROPOSAL_COLUMNS as COLUMNS};
+        use crate::store::queries::proposals::{self, ProposalRow, PROPOSAL_COLUMNS as COLUMNS};
         use crate::store::testing::TestDb;
         use crate::store::Conn;
 
@@ -470,15 +470,7 @@ mod plans {
                             unreachable!("a PostgreSQL store")
                         };
                         // 4,000 finished jobs, and their statistics...
-                        let copies = COLUMNS
-                            .replacen("id, ", "'prp_' || g, ", 1)
-                            .replacen("idempotency_key, ", "'k' || g, ", 1);
-                        sqlx::query(&format!(
-                            "INSERT INTO proposals ({COLUMNS}) SELECT {copies} FROM proposals, \
-                             generate_series(2, 4000) g WHERE id = 'prp_1'"
-                        ))
-                        .execute(&mut **c)
-                        .await?;
+                        copy_proposal(c, 4000).await?;
                         sqlx::query(
                             "INSERT INTO jobs (id, proposal_id, tenant, env, route, tool, state, attempt, max_attempts, \
                              available_at, execute_by, created_at, finished_at, kind, execution_key) \
@@ -523,6 +515,78 @@ mod plans {
                 scans, 0,
                 "no index but the primary key is read to move jobs named by id"
             );
+        }
+
+        /// The review queue and the sweeper each read their own index of
+        /// pending proposals, whatever the statistics say (migration 0014).
+        /// The sweeper's, by expiry, was also a way to every pending
+        /// proposal: right after a burst PostgreSQL read the whole of it
+        /// for the queue, and sorted.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_review_queue_reads_its_own_index_when_statistics_are_stale() {
+            let db = TestDb::postgres().await;
+            let s = open(&db).await;
+            let p = ProposalRow {
+                status: Status::Succeeded,
+                ..run_and_proposal(&s).await
+            };
+            let (queue, expired, scans) = s
+                .write(move |tx| {
+                    Box::pin(async move {
+                        insert_charged(&mut tx.conn, &p).await?;
+                        let Conn::Postgres(c) = &mut tx.conn else {
+                            unreachable!("a PostgreSQL store")
+                        };
+                        // 4,000 decided proposals, and their statistics...
+                        copy_proposal(c, 4000).await?;
+                        sqlx::query("ANALYZE proposals").execute(&mut **c).await?;
+                        // ...then all of them pending at once, as after a burst.
+                        sqlx::query("UPDATE proposals SET status = 'pending'")
+                            .execute(&mut **c)
+                            .await?;
+                        let before = expiry_scans(&mut tx.conn).await?;
+                        let queue = proposals::pending(&mut tx.conn, &["acme".into()], 10).await?;
+                        let after_queue = expiry_scans(&mut tx.conn).await?;
+                        let expired = proposals::pending_expired(&mut tx.conn, 1_000_000, 1).await?;
+                        let after_sweep = expiry_scans(&mut tx.conn).await?;
+                        Ok((queue, expired, (after_queue - before, after_sweep - after_queue)))
+                    })
+                })
+                .await
+                .unwrap();
+            assert_eq!(queue.len(), 10);
+            assert_eq!(queue[0].id, "prp_1", "oldest first");
+            assert_eq!(expired.len(), 1);
+            assert_eq!(scans, (0, 1), "the queue leaves the expiry index to the sweeper");
+        }
+
+        /// This transaction's scans so far of the sweeper's expiry index.
+        async fn expiry_scans(conn: &mut Conn<'_>) -> crate::error::Result<i64> {
+            let Conn::Postgres(c) = conn else {
+                unreachable!("a PostgreSQL store")
+            };
+            Ok(
+                sqlx::query_scalar("SELECT pg_stat_get_xact_numscans('proposals_pending_expiry'::regclass)")
+                    .fetch_one(&mut **c)
+                    .await?,
+            )
+        }
+
+        /// Copies of proposal prp_1 as prp_2 to prp_`last`, each with its own
+        /// idempotency key and a later creation time.
+        async fn copy_proposal(c: &mut sqlx::PgConnection, last: i64) -> crate::error::Result<()> {
+            let copies = COLUMNS
+                .replacen("id, ", "'prp_' || g, ", 1)
+                .replacen("idempotency_key, ", "'k' || g, ", 1)
+                .replacen("created_at, ", "created_at + g, ", 1);
+            sqlx::query(&format!(
+                "INSERT INTO proposals ({COLUMNS}) SELECT {copies} FROM proposals, \
+                 generate_series(2, $1) g WHERE id = 'prp_1'"
+            ))
+            .bind(last)
+            .execute(c)
+            .await?;
+            Ok(())
         }
 
         /// This transaction's scans so far of the jobs' indexes other than

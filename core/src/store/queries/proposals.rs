@@ -552,11 +552,12 @@ pub async fn pending(conn: &mut Conn<'_>, tenants: &[String], limit: i64) -> Res
     }))
 }
 
-/// Pending proposals whose time is up.
+/// Pending proposals whose time is up. Both terms of the expiry index's
+/// WHERE are spelled out (migration 0014), so SQLite sees that it applies.
 pub async fn pending_expired(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<ProposalRow>> {
     let sql = format!(
-        "SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE pending_tenant IS NOT NULL AND expires_at <= $1 \
-         ORDER BY expires_at LIMIT $2"
+        "SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE pending_tenant IS NOT NULL AND expires_at IS NOT NULL \
+         AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
     );
     Ok(on!(conn, c => sqlx::query_as::<_, ProposalRow>(&sql).bind(now).bind(limit).fetch_all(&mut **c).await?))
 }
