@@ -489,22 +489,20 @@ mod plans {
                             sqlx::query(sql).execute(&mut **c).await?;
                         }
                         let ids: Vec<String> = (1..=50).map(|i| format!("job_{i}")).collect();
-                        let before = numscans(c).await?;
+                        let before = index_scans(&mut tx.conn, JOBS_BUT_THE_KEY).await?;
                         let leased = jobs::lease_many(&mut tx.conn, &ids, "c1", 30, 1_000).await?;
                         // And the rest of a lease's life, job by job and many at once.
                         let lease = |i: usize| format!("lse_c1_job_{i}");
-                        let done = [(1, jobs::Success { id: "job_1", result: "{}", completion: "{}" })];
+                        let done = [jobs::Success { id: "job_1", result: "{}", completion: "{}" }];
                         let moved = [
                             jobs::extend_lease(&mut tx.conn, "job_2", &lease(2), 40, 2_000).await?,
-                            jobs::succeed_many(&mut tx.conn, &done.map(|(_, s)| s), 50).await? == 1,
+                            jobs::succeed_many(&mut tx.conn, &done, 50).await? == 1,
                             jobs::finish(&mut tx.conn, "job_3", &lease(3), JobState::Failed, "{}", "{}", 50).await?,
                             jobs::requeue(&mut tx.conn, "job_4", 60, None, None).await?,
                             jobs::set_state(&mut tx.conn, "job_4", JobState::Queued, JobState::Cancelled, 70).await?,
                         ];
-                        let Conn::Postgres(c) = &mut tx.conn else {
-                            unreachable!("a PostgreSQL store")
-                        };
-                        Ok((leased.len(), moved, numscans(c).await? - before))
+                        let after = index_scans(&mut tx.conn, JOBS_BUT_THE_KEY).await?;
+                        Ok((leased.len(), moved, after - before))
                     })
                 })
                 .await
@@ -544,11 +542,11 @@ mod plans {
                         sqlx::query("UPDATE proposals SET status = 'pending'")
                             .execute(&mut **c)
                             .await?;
-                        let before = expiry_scans(&mut tx.conn).await?;
+                        let before = index_scans(&mut tx.conn, EXPIRY).await?;
                         let queue = proposals::pending(&mut tx.conn, &["acme".into()], 10).await?;
-                        let after_queue = expiry_scans(&mut tx.conn).await?;
+                        let after_queue = index_scans(&mut tx.conn, EXPIRY).await?;
                         let expired = proposals::pending_expired(&mut tx.conn, 1_000_000, 1).await?;
-                        let after_sweep = expiry_scans(&mut tx.conn).await?;
+                        let after_sweep = index_scans(&mut tx.conn, EXPIRY).await?;
                         Ok((queue, expired, (after_queue - before, after_sweep - after_queue)))
                     })
                 })
@@ -560,16 +558,21 @@ mod plans {
             assert_eq!(scans, (0, 1), "the queue leaves the expiry index to the sweeper");
         }
 
-        /// This transaction's scans so far of the sweeper's expiry index.
-        async fn expiry_scans(conn: &mut Conn<'_>) -> crate::error::Result<i64> {
+        /// The indexes of `jobs` other than its primary key, and the
+        /// sweeper's expiry index, as conditions on `pg_index`.
+        const JOBS_BUT_THE_KEY: &str = "indrelid = 'jobs'::regclass AND indexrelid <> 'jobs_pkey'::regclass";
+        const EXPIRY: &str = "indexrelid = 'proposals_pending_expiry'::regclass";
+
+        /// This transaction's scans so far of the indexes `which` picks.
+        async fn index_scans(conn: &mut Conn<'_>, which: &str) -> crate::error::Result<i64> {
             let Conn::Postgres(c) = conn else {
                 unreachable!("a PostgreSQL store")
             };
-            Ok(
-                sqlx::query_scalar("SELECT pg_stat_get_xact_numscans('proposals_pending_expiry'::regclass)")
-                    .fetch_one(&mut **c)
-                    .await?,
-            )
+            Ok(sqlx::query_scalar(&format!(
+                "SELECT COALESCE(SUM(pg_stat_get_xact_numscans(indexrelid)), 0)::BIGINT FROM pg_index WHERE {which}"
+            ))
+            .fetch_one(&mut **c)
+            .await?)
         }
 
         /// Copies of proposal prp_1 as prp_2 to prp_`last`, each with its own
@@ -587,17 +590,6 @@ mod plans {
             .execute(c)
             .await?;
             Ok(())
-        }
-
-        /// This transaction's scans so far of the jobs' indexes other than
-        /// the primary key.
-        async fn numscans(c: &mut sqlx::PgConnection) -> crate::error::Result<i64> {
-            Ok(sqlx::query_scalar(
-                "SELECT COALESCE(SUM(pg_stat_get_xact_numscans(indexrelid)), 0)::BIGINT FROM pg_index \
-                 WHERE indrelid = 'jobs'::regclass AND indexrelid <> 'jobs_pkey'::regclass",
-            )
-            .fetch_one(c)
-            .await?)
         }
     }
 }
