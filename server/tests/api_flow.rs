@@ -283,6 +283,82 @@ async fn an_admin_revoked_run_stops_at_once(db: &TestDb) {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
+async fn a_run_revoked_in_another_process_is_refused_by_each_way_a_proposal_ends(db: &TestDb) {
+    let t = spawn(db).await;
+    // A second process over the same database, as behind a load balancer.
+    let other = spawn(db).await;
+    let cases = [
+        ("a new proposal (refused by its charge)", close_ticket("k2")),
+        ("a replay of the first", close_ticket("k1")),
+        (
+            "a denied tool (a refusal)",
+            json!({ "tool": "db.write", "args": {}, "idempotency_key": "k3" }),
+        ),
+        (
+            "a body that does not fit",
+            json!({ "tool": "ticket.close", "no_such_field": 1 }),
+        ),
+    ];
+    for (n, (what, mut body)) in cases.into_iter().enumerate() {
+        // Keys are unique within a tenant and env: each case its own.
+        let key = |k: &str| format!("case{n}-{k}");
+        if body.get("idempotency_key").is_some() {
+            body["idempotency_key"] = json!(key(body["idempotency_key"].as_str().unwrap()));
+        }
+        let (run_id, token) = t.run("acme", "prod", "support/send", None).await;
+        let first = t.post("/api/v1/proposals", &token, close_ticket(&key("k1"))).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+        // This process has seen the run live; the other revokes it.
+        other.core().revoke_run(&Admin::cli(), &run_id, "leaked").await.unwrap();
+        let recorded = t.inspect().audit_events().await.unwrap().len();
+        let r = t.post("/api/v1/proposals", &token, body).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            "{what}: {}",
+            r.body
+        );
+        assert_eq!(
+            t.inspect().audit_events().await.unwrap().len(),
+            recorded,
+            "{what}: nothing recorded for a revoked run"
+        );
+        // Known ended now: refused before any read or write.
+        let reads = t.core().run_rows_read();
+        let again = t.post("/api/v1/proposals", &token, close_ticket(&key("k4"))).await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{what}: {}", again.body);
+        assert_eq!(t.core().run_rows_read(), reads, "{what}");
+    }
+}
+
+async fn a_known_runs_later_proposals_read_no_run_row(db: &TestDb) {
+    let t = spawn(db).await;
+    let (run_id, token) = t.run("acme", "prod", "support/send", None).await;
+    let before = t.core().run_rows_read();
+    for i in 0..5 {
+        let r = t
+            .post("/api/v1/proposals", &token, close_ticket(&format!("k{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    assert_eq!(t.core().run_rows_read() - before, 1, "read at the first proposal only");
+    // Other calls still read the run each time.
+    t.post("/api/v1/check", &token, json!({ "tool": "kb.search" })).await;
+    assert_eq!(t.core().run_rows_read() - before, 2);
+    // A revocation in this process is known here at once.
+    t.core().revoke_run(&Admin::cli(), &run_id, "done").await.unwrap();
+    let r = t.post("/api/v1/proposals", &token, close_ticket("k9")).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    assert_eq!(t.core().run_rows_read() - before, 2);
+    // And a run past its end is refused from what is known of it.
+    let (_, token) = t.run("acme", "prod", "support/send", None).await;
+    let r = t.post("/api/v1/proposals", &token, close_ticket("later-k1")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.advance(601);
+    let r = t.post("/api/v1/proposals", &token, close_ticket("later-k2")).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+}
+
 async fn every_write_is_audited_and_the_chain_verifies(db: &TestDb) {
     let t = spawn(db).await;
     let (_, token) = t.run("acme", "prod", "support/send", None).await;
@@ -371,6 +447,8 @@ countersign_core::store_tests!(
     wait_times_out_with_the_current_status,
     the_run_breaker_revokes_after_five_denials_in_a_row,
     an_admin_revoked_run_stops_at_once,
+    a_run_revoked_in_another_process_is_refused_by_each_way_a_proposal_ends,
+    a_known_runs_later_proposals_read_no_run_row,
     every_write_is_audited_and_the_chain_verifies,
     the_openapi_document_and_the_router_name_the_same_operations,
     health_readiness_and_metrics_answer,

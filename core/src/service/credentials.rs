@@ -1,13 +1,14 @@
 //! Credentials: who is calling, from the bearer value alone; API keys (made,
 //! listed, revoked) and the server's signing keys.
 
+use super::runs::{Known, ProposingRun};
 use super::{Core, ExecutorPrincipal, RunPrincipal, ServicePrincipal};
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
 use crate::ids::{new_id, parse_slug};
 use crate::store::queries::{keys, runs};
 use crate::store::Tx;
-use crate::tokens::{generate_key, hash_key, KeyKind, Keyring, SigningKey, TokenError, RUN_TOKEN_PREFIX};
+use crate::tokens::{generate_key, hash_key, KeyKind, Keyring, RunClaims, SigningKey, TokenError, RUN_TOKEN_PREFIX};
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,9 +122,28 @@ impl Core {
     }
 
     async fn authenticate_run(&self, token: &str) -> Result<RunPrincipal> {
+        let claims = self.verify_run_token(token).await?;
+        self.read_run(claims).await
+    }
+
+    /// A run token for `propose`: verified, and its run admitted from what
+    /// this process knows of it (read once, at its first call here); its
+    /// revocation is checked in the transaction that inserts the proposal
+    /// (`ProposingRun`). A run known to have ended is refused at once.
+    pub async fn authenticate_proposer(&self, token: &str) -> Result<ProposingRun> {
+        let claims = self.verify_run_token(token).await?;
+        match self.known_runs.get(&claims.run) {
+            Some(known) => known.admit(claims, self.now_ms()),
+            None => self.read_run(claims).await,
+        }
+        .map(ProposingRun::new)
+    }
+
+    /// The signed claims of a run token, checked: a key of ours, not expired.
+    async fn verify_run_token(&self, token: &str) -> Result<RunClaims> {
         let now = self.now_ms();
         let verified = self.keyring.read().map_err(super::poisoned)?.verify(token, now);
-        let claims = match verified {
+        match verified {
             Err(TokenError::UnknownKey(_)) if self.may_reload_keyring() => {
                 // Another process may have rotated: reload and retry. Not at
                 // every request: a flood of tokens naming made-up keys would
@@ -134,24 +154,18 @@ impl Core {
             }
             other => other,
         }
-        .map_err(|e| unauth(&e.to_string()))?;
-        let run = runs::get(&mut self.store.reader().await?.conn(), &claims.run)
+        .map_err(|e| unauth(&e.to_string()))
+    }
+
+    /// The caller, from its run's row as the store has it now.
+    async fn read_run(&self, claims: RunClaims) -> Result<RunPrincipal> {
+        self.known_runs.count_read();
+        let row = runs::get(&mut self.store.reader().await?.conn(), &claims.run)
             .await?
             .ok_or_else(|| unauth("the run does not exist"))?;
-        if run.revoked_at.is_some() {
-            return Err(unauth("the run was revoked"));
-        }
-        if run.expires_at <= now || run.tenant != claims.tenant || run.env != claims.env {
-            return Err(unauth("the run token has expired"));
-        }
-        Ok(RunPrincipal {
-            run_id: claims.run,
-            tenant: claims.tenant,
-            env: claims.env,
-            route: claims.route,
-            tools: claims.tools,
-            on_behalf_of: run.on_behalf_of,
-        })
+        let known = Known::of(row);
+        self.known_runs.learn(&claims.run, known.clone());
+        known.admit(claims, self.now_ms())
     }
 
     /// Make a key; the plaintext is returned once and never stored.

@@ -57,7 +57,7 @@ pub use privacy::{PersonalData, PurgeReport};
 pub use proposals::{ProposalOut, ProposeRequest, Via};
 pub use receipts::RECEIPT_KEY_REFRESH;
 pub use review::{QueueEntry, ReviewData, RunEntry};
-pub use runs::{CheckOutcome, MintRequest, MintedRun, ReadCheck, ReadPermit};
+pub use runs::{CheckOutcome, MintRequest, MintedRun, ProposingRun, ReadCheck, ReadPermit};
 pub use upstream_calls::{CallOutcome, CallStart, UpstreamCall, MAX_UPSTREAM_RESULT_BYTES, UPSTREAM_EXECUTOR_KEY_ID};
 
 pub use crate::audit::{current_request_id, REQUEST_ID};
@@ -211,6 +211,8 @@ pub struct Core {
     keyring: RwLock<Keyring>,
     /// When the run-token keys were last reloaded for an unknown key id.
     keyring_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
+    /// What this process knows of the runs it has admitted.
+    known_runs: runs::KnownRuns,
     /// Long-polls each run or executor key holds open.
     long_polls: std::sync::Arc<crate::limits::Slots>,
     /// The diff thread: one diff at a time, 32 in the line.
@@ -255,6 +257,7 @@ impl Core {
             policy: RwLock::new(Arc::new(policy)),
             keyring: RwLock::new(Keyring::default()),
             keyring_reloaded: std::sync::Mutex::new(None),
+            known_runs: runs::KnownRuns::default(),
             receipt_key: RwLock::new(None),
             verified_to: std::sync::Mutex::new(None),
             audit_verified_at: std::sync::atomic::AtomicI64::new(0),

@@ -5,7 +5,7 @@
 use super::previews::{announce_pending, content_hash, diff_json, diffs_inline, MAX_PREVIEW_BYTES};
 use super::receipts::Signer;
 use super::release::{cancel_unclaimed, release_approved, Approved};
-use super::runs::{decide_for_run, refuse, route_of, why_unpaid};
+use super::runs::{decide_for_run, live_run, refuse, route_of, why_unpaid, ProposingRun};
 use super::waiting::Waiter;
 use super::{review_url, Core, RunPrincipal};
 use crate::audit::{canonical_json, hash_json, AuditDraft};
@@ -236,6 +236,9 @@ struct NewProposal {
     prepared: Result<Prepared>,
     public_url: String,
     signer: Signer,
+    /// Whether the run's liveness is checked here (`ProposingRun`), not
+    /// before: the charge checks it on the way in, a replay reads it.
+    check_run: bool,
 }
 
 /// The dry-run job of a proposal whose executor describes the change.
@@ -301,6 +304,7 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
         prepared,
         public_url,
         signer,
+        check_run,
     } = n;
     let mut p = match prepared {
         Ok(p) => p,
@@ -348,7 +352,12 @@ async fn create_in(tx: &mut Tx<'_>, n: NewProposal) -> Result<Outcome<Created>> 
     };
     match inserted {
         proposals::Inserted::Paid => {}
-        proposals::Inserted::Repeat => return replay_in(tx, &run, &tool_name, p.row).await,
+        proposals::Inserted::Repeat => {
+            if check_run {
+                live_run(tx, &run).await?;
+            }
+            return replay_in(tx, &run, &tool_name, p.row).await;
+        }
         proposals::Inserted::Unpaid => {
             // Not spent: take the proposal back and say why (revoked or
             // expired is 401, else a budget).
@@ -462,27 +471,33 @@ impl Core {
     /// Propose an action. Answers the proposal and whether it was a replay of
     /// an earlier request with the same idempotency key.
     pub async fn propose(&self, run: &RunPrincipal, req: ProposeRequest) -> Result<(ProposalOut, bool)> {
-        crate::ids::parse_tool_name(&req.tool).map_err(Error::BadRequest)?;
-        let policy = self.policy();
-        let mut prepared = prepare(&policy, run, &req);
-        if let Ok(p) = &mut prepared {
-            p.row.diff = self.diff_unless_refused(run, &policy, &p.row).await?;
+        self.propose_checking(run, req, false).await
+    }
+
+    /// `propose` for a run admitted from what this process knew of it: the
+    /// transaction checks that it is still live (revoked in another process
+    /// a moment ago, it is refused with nothing stored), and a run found
+    /// ended is remembered so, its next calls refused before any write.
+    pub async fn propose_as(&self, run: &ProposingRun, req: ProposeRequest) -> Result<(ProposalOut, bool)> {
+        let out = self.propose_checking(run.unchecked(), req, true).await;
+        if let Err(Error::Unauthenticated(why)) = &out {
+            self.known_runs.ended(run.run_id(), why);
         }
-        // Only PostgreSQL's writer inserts proposals together: elsewhere the
-        // copy of the row would be made for nothing on every request.
-        let together = self.store.backend() == crate::store::Backend::Postgres;
-        let insert = prepared
-            .as_ref()
-            .ok()
-            .filter(|_| together)
-            .and_then(|p| insert_of(&policy, run, &req.tool, p));
-        let n = NewProposal {
-            prepared,
-            policy,
-            run: run.clone(),
-            tool: req.tool,
-            public_url: self.settings.public_url.clone(),
-            signer: self.receipt_signer()?,
+        out
+    }
+
+    async fn propose_checking(
+        &self,
+        run: &RunPrincipal,
+        req: ProposeRequest,
+        check_run: bool,
+    ) -> Result<(ProposalOut, bool)> {
+        let (n, insert) = match self.new_proposal(run, req, check_run).await {
+            Ok(ready) => ready,
+            // Answered before the transaction: a run that has ended hears
+            // that instead, as it would have from a check before.
+            Err(e) if check_run => return Err(self.confirm_live(run).await.err().unwrap_or(e)),
+            Err(e) => return Err(e),
         };
         let c = match insert {
             Some(insert) => {
@@ -505,6 +520,40 @@ impl Core {
             },
             false,
         ))
+    }
+
+    /// Everything done before the transaction: the request checked, its
+    /// diff computed, and the row the writer may insert ahead (PostgreSQL).
+    async fn new_proposal(
+        &self,
+        run: &RunPrincipal,
+        req: ProposeRequest,
+        check_run: bool,
+    ) -> Result<(NewProposal, Option<crate::store::Insert>)> {
+        crate::ids::parse_tool_name(&req.tool).map_err(Error::BadRequest)?;
+        let policy = self.policy();
+        let mut prepared = prepare(&policy, run, &req);
+        if let Ok(p) = &mut prepared {
+            p.row.diff = self.diff_unless_refused(run, &policy, &p.row).await?;
+        }
+        // Only PostgreSQL's writer inserts proposals together: elsewhere the
+        // copy of the row would be made for nothing on every request.
+        let together = self.store.backend() == crate::store::Backend::Postgres;
+        let insert = prepared
+            .as_ref()
+            .ok()
+            .filter(|_| together)
+            .and_then(|p| insert_of(&policy, run, &req.tool, p));
+        let n = NewProposal {
+            prepared,
+            policy,
+            run: run.clone(),
+            tool: req.tool,
+            public_url: self.settings.public_url.clone(),
+            signer: self.receipt_signer()?,
+            check_run,
+        };
+        Ok((n, insert))
     }
 
     /// The diff of an agent's preview. A small one is computed at once (it

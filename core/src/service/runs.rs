@@ -92,6 +92,133 @@ impl RunPrincipal {
     }
 }
 
+/// A run token whose signature, expiry and claims are checked, of a run this
+/// process has seen live, whose revocation is not checked yet: `propose`
+/// takes it and checks that in the transaction that inserts (the charge
+/// refuses a revoked or expired run; a replay or a refusal reads the run),
+/// so a run's proposals after its first cost no read of the run before it.
+/// Made only by `Core::authenticate_proposer`.
+#[derive(Debug, Clone)]
+pub struct ProposingRun(RunPrincipal);
+
+impl ProposingRun {
+    pub(super) fn new(run: RunPrincipal) -> ProposingRun {
+        ProposingRun(run)
+    }
+    pub fn run_id(&self) -> &str {
+        &self.0.run_id
+    }
+    pub(super) fn unchecked(&self) -> &RunPrincipal {
+        &self.0
+    }
+}
+
+/// How many runs a process keeps what it knows of; when full it starts over
+/// (a run it forgot costs one read at its next call).
+const KNOWN_RUNS_MAX: usize = 20_000;
+
+/// What never changes about a run once minted (its scope, the person it acts
+/// for, its end), kept by each process once it has read it, and whether
+/// this process has seen it end. Ending is for ever, so "ended" may be kept;
+/// "live" is only ever a reason to check in the transaction, never to skip it.
+#[derive(Default)]
+pub(super) struct KnownRuns {
+    runs: std::sync::Mutex<std::collections::HashMap<String, Known>>,
+    rows_read: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Known {
+    Live {
+        tenant: String,
+        env: String,
+        on_behalf_of: Option<String>,
+        expires_at: i64,
+    },
+    /// Revoked, expired or gone: why, as the caller is told.
+    Ended(String),
+}
+
+impl Known {
+    pub(super) fn of(row: RunRow) -> Known {
+        if row.revoked_at.is_some() {
+            return Known::Ended("the run was revoked".into());
+        }
+        Known::Live {
+            tenant: row.tenant,
+            env: row.env,
+            on_behalf_of: row.on_behalf_of,
+            expires_at: row.expires_at,
+        }
+    }
+
+    /// The caller a verified token names, if its run is live and is the
+    /// run the token was signed for.
+    pub(super) fn admit(self, claims: RunClaims, now: i64) -> Result<RunPrincipal> {
+        match self {
+            Known::Ended(why) => Err(Error::Unauthenticated(why)),
+            Known::Live {
+                tenant,
+                env,
+                on_behalf_of,
+                expires_at,
+            } => {
+                if expires_at <= now || tenant != claims.tenant || env != claims.env {
+                    return Err(Error::Unauthenticated("the run token has expired".into()));
+                }
+                Ok(RunPrincipal {
+                    run_id: claims.run,
+                    tenant: claims.tenant,
+                    env: claims.env,
+                    route: claims.route,
+                    tools: claims.tools,
+                    on_behalf_of,
+                })
+            }
+        }
+    }
+}
+
+impl KnownRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Known>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn get(&self, run_id: &str) -> Option<Known> {
+        self.lock().get(run_id).cloned()
+    }
+
+    /// A read of a run's row, to admit or confirm it.
+    pub(super) fn count_read(&self) {
+        self.rows_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What a read of the run found. A run seen ended stays ended here.
+    pub(super) fn learn(&self, run_id: &str, known: Known) {
+        let mut runs = self.lock();
+        if runs.len() >= KNOWN_RUNS_MAX && !runs.contains_key(run_id) {
+            runs.clear();
+        }
+        let entry = runs.entry(run_id.to_owned()).or_insert_with(|| known.clone());
+        if matches!(entry, Known::Live { .. }) {
+            *entry = known;
+        }
+    }
+
+    /// The run has ended (revoked here, or found ended in a transaction).
+    pub(super) fn ended(&self, run_id: &str, why: &str) {
+        let mut runs = self.lock();
+        if runs.len() >= KNOWN_RUNS_MAX && !runs.contains_key(run_id) {
+            runs.clear();
+        }
+        runs.insert(run_id.to_owned(), Known::Ended(why.to_owned()));
+    }
+
+    pub(super) fn rows_read(&self) -> u64 {
+        self.rows_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The route a run was minted for, as the policy now says.
 pub(super) fn route_of<'p>(policy: &'p Policy, run: &RunPrincipal) -> Result<&'p Route> {
     policy
@@ -486,9 +613,37 @@ impl Core {
     /// Revoke a run: its token stops working at once, and its work not yet
     /// begun is cancelled.
     pub async fn revoke_run(&self, by: &super::Admin, run_id: &str, reason: &str) -> Result<()> {
-        let (actor, run_id, reason) = (by.actor().to_owned(), run_id.to_owned(), reason.to_owned());
+        let (actor, id, reason) = (by.actor().to_owned(), run_id.to_owned(), reason.to_owned());
         self.store
-            .write(move |tx| Box::pin(revoke_in(tx, actor, run_id, reason)))
-            .await
+            .write(move |tx| Box::pin(revoke_in(tx, actor, id, reason)))
+            .await?;
+        self.known_runs.ended(run_id, "the run was revoked");
+        Ok(())
+    }
+
+    /// Whether a run admitted for `propose` is live, read now: an answer
+    /// other than success to a `ProposingRun` is given only after this (or
+    /// the transaction's own look at the run), so an ended run hears 401.
+    pub async fn confirm_proposer(&self, run: &ProposingRun) -> Result<()> {
+        self.confirm_live(run.unchecked()).await
+    }
+
+    pub(super) async fn confirm_live(&self, run: &RunPrincipal) -> Result<()> {
+        self.known_runs.count_read();
+        let row = runs::get(&mut self.store.reader().await?.conn(), &run.run_id).await?;
+        let ended = match row {
+            None => "the run does not exist",
+            Some(r) if r.revoked_at.is_some() => "the run was revoked",
+            Some(r) if r.expires_at <= self.now_ms() => "the run token has expired",
+            Some(_) => return Ok(()),
+        };
+        self.known_runs.ended(&run.run_id, ended);
+        Err(Error::Unauthenticated(ended.into()))
+    }
+
+    /// How many times this process read a run's row to admit its token;
+    /// a run's later proposals are admitted from what it learned then.
+    pub fn run_rows_read(&self) -> u64 {
+        self.known_runs.rows_read()
     }
 }

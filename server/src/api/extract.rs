@@ -7,7 +7,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use countersign_core::service::{Core, Credential, ExecutorPrincipal, RunPrincipal, ServicePrincipal};
+use countersign_core::service::{Core, Credential, ExecutorPrincipal, ProposingRun, RunPrincipal, ServicePrincipal};
+use countersign_core::tokens::RUN_TOKEN_PREFIX;
 use countersign_core::Error;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -94,20 +95,24 @@ impl FromRequestParts<Arc<Core>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| Error::Unauthenticated("missing Authorization: Bearer header".into()))?
-            .to_str()
-            .map_err(|_| Error::Unauthenticated("malformed Authorization header".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::Unauthenticated("the Authorization header must be Bearer <credential>".into()))?;
-        Ok(Caller(core.authenticate(token).await?))
+        Ok(Caller(core.authenticate(bearer(parts)?).await?))
     }
+}
+
+/// The credential of an `Authorization: Bearer` header.
+fn bearer(parts: &Parts) -> Result<&str, Error> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Error::Unauthenticated("missing Authorization: Bearer header".into()))?
+        .to_str()
+        .map_err(|_| Error::Unauthenticated("malformed Authorization header".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Unauthenticated("the Authorization header must be Bearer <credential>".into()))
 }
 
 fn wrong_kind(got: &Credential, want: &str) -> ApiError {
@@ -127,6 +132,9 @@ fn wrong_kind(got: &Credential, want: &str) -> ApiError {
 }
 
 pub struct RunAuth(pub RunPrincipal);
+/// A run token for `propose`, whose run's liveness the proposal's own
+/// transaction checks (`ProposingRun`).
+pub struct ProposerAuth(pub ProposingRun);
 pub struct ServiceAuth(pub ServicePrincipal);
 pub struct ExecutorAuth(pub ExecutorPrincipal);
 
@@ -140,6 +148,21 @@ impl FromRequestParts<Arc<Core>> for RunAuth {
             }
             other => Err(wrong_kind(&other, "run token")),
         }
+    }
+}
+
+impl FromRequestParts<Arc<Core>> for ProposerAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if !token.starts_with(RUN_TOKEN_PREFIX) {
+            // Another kind of credential (never a run's): authenticated as
+            // any call is, and refused as the wrong kind.
+            return Err(wrong_kind(&core.authenticate(token).await?, "run token"));
+        }
+        let run = core.authenticate_proposer(token).await?;
+        tracing::Span::current().record("run", run.run_id());
+        Ok(ProposerAuth(run))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Agents propose, read, wait on and cancel their own run's proposals.
 
 use super::error::{error_response, ApiResult, ErrorBody};
-use super::extract::{ApiJson, RunAuth};
+use super::extract::{ApiJson, BodyRejection, ProposerAuth, RunAuth};
 use super::types::{ProposalResponse, ProposeBody, WaitQuery};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -32,9 +32,17 @@ use std::time::Duration;
 )]
 pub async fn create(
     State(core): State<Arc<Core>>,
-    RunAuth(run): RunAuth,
-    ApiJson(body): ApiJson<ProposeBody>,
+    ProposerAuth(run): ProposerAuth,
+    body: Result<ApiJson<ProposeBody>, BodyRejection>,
 ) -> ApiResult<Response> {
+    let body = match body {
+        Ok(ApiJson(body)) => body,
+        Err(rejection) => {
+            // A run that has ended hears that first, whatever its body.
+            core.confirm_proposer(&run).await?;
+            return Ok(rejection.into_response());
+        }
+    };
     let req = ProposeRequest {
         tool: body.tool,
         args: body.args,
@@ -43,7 +51,7 @@ pub async fn create(
         preview: body.preview.map(|p| (p.before, p.after)),
         via: countersign_core::service::Via::Api,
     };
-    let (out, replayed) = core.propose(&run, req).await?;
+    let (out, replayed) = core.propose_as(&run, req).await?;
     let body = Json(ProposalResponse::from(out));
     Ok(if replayed {
         let mut r = (StatusCode::OK, body).into_response();
