@@ -452,80 +452,75 @@ countersign_core::store_tests!(
     every_write_is_audited_and_the_chain_verifies,
     the_openapi_document_and_the_router_name_the_same_operations,
     health_readiness_and_metrics_answer,
+    concurrent_proposals_are_inserted_together_and_each_answered_as_if_alone,
 );
 
-/// PostgreSQL only: the writer inserts and charges the new proposals of a
-/// batch of requests in one statement, and each request is answered as if
-/// its proposal had been inserted alone.
-mod inserted_together {
-    mod postgres {
-        use super::super::*;
+/// How many proposals the writer has inserted together (`/metrics`).
+async fn inserted_together(t: &TestApp) -> f64 {
+    let r = t.send(Method::GET, "/metrics", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body.as_str().unwrap().to_owned();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("countersign_proposals_inserted_together_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
 
-        async fn inserted_together(t: &TestApp) -> f64 {
-            let r = t.send(Method::GET, "/metrics", None, None).await;
-            assert_eq!(r.status, StatusCode::OK);
-            let text = r.body.as_str().unwrap().to_owned();
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("countersign_proposals_inserted_together_total ")?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0.0)
+/// The writer inserts and charges the new proposals of a batch of requests
+/// in one call (one statement on PostgreSQL, one hand-off to the
+/// connection's thread on SQLite), and each request is answered as if its
+/// proposal had been inserted alone.
+async fn concurrent_proposals_are_inserted_together_and_each_answered_as_if_alone(db: &TestDb) {
+    let t = spawn(db).await;
+    let mut runs = Vec::new();
+    for _ in 0..16 {
+        runs.push(t.run("acme", "prod", "support/send", None).await);
+    }
+    let mut rounds = 0;
+    let mut ids = std::collections::HashSet::new();
+    // Bursts of one new proposal per run, each with the replays of the
+    // previous burst's keys, until batches were inserted together.
+    while rounds < 12 && (rounds < 2 || inserted_together(&t).await == 0.0) {
+        let fresh = futures::future::join_all(runs.iter().enumerate().map(|(i, (_, token))| {
+            // Keys are scoped to the tenant and environment, not the run.
+            t.post("/api/v1/proposals", token, close_ticket(&format!("k{i}.{rounds}")))
+        }));
+        // The first burst has nothing to replay.
+        let replaying = if rounds == 0 { &runs[..0] } else { &runs[..] };
+        let app = &t;
+        let replays = futures::future::join_all(replaying.iter().enumerate().map(|(i, (_, token))| {
+            let key = format!("k{i}.{}", rounds - 1);
+            async move { app.post("/api/v1/proposals", token, close_ticket(&key)).await }
+        }));
+        let (fresh, replays) = tokio::join!(fresh, replays);
+        for (r, (_, token)) in fresh.iter().zip(&runs) {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            let id = r.body["id"].as_str().unwrap().to_owned();
+            // The answer tells what was stored, times included.
+            let g = t.get(&format!("/api/v1/proposals/{id}"), token).await;
+            assert_eq!(g.status, StatusCode::OK, "a 201 proposal is stored: {}", g.body);
+            assert_eq!(g.body["expires_at"], r.body["expires_at"], "{}", g.body);
+            assert_eq!(g.body["status"], "pending");
+            assert!(ids.insert(id), "each request its own proposal");
         }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn concurrent_proposals_are_inserted_together_and_each_answered_as_if_alone() {
-            let db = TestDb::postgres().await;
-            let t = spawn(&db).await;
-            let mut runs = Vec::new();
-            for _ in 0..16 {
-                runs.push(t.run("acme", "prod", "support/send", None).await);
-            }
-            let mut rounds = 0;
-            let mut ids = std::collections::HashSet::new();
-            // Bursts of one new proposal per run, each with the replays of the
-            // previous burst's keys, until batches were inserted together.
-            while rounds < 12 && (rounds < 2 || inserted_together(&t).await == 0.0) {
-                let fresh = futures::future::join_all(runs.iter().enumerate().map(|(i, (_, token))| {
-                    // Keys are scoped to the tenant and environment, not the run.
-                    t.post("/api/v1/proposals", token, close_ticket(&format!("k{i}.{rounds}")))
-                }));
-                // The first burst has nothing to replay.
-                let replaying = if rounds == 0 { &runs[..0] } else { &runs[..] };
-                let app = &t;
-                let replays = futures::future::join_all(replaying.iter().enumerate().map(|(i, (_, token))| {
-                    let key = format!("k{i}.{}", rounds - 1);
-                    async move { app.post("/api/v1/proposals", token, close_ticket(&key)).await }
-                }));
-                let (fresh, replays) = tokio::join!(fresh, replays);
-                for (r, (_, token)) in fresh.iter().zip(&runs) {
-                    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-                    let id = r.body["id"].as_str().unwrap().to_owned();
-                    // The answer tells what was stored, times included.
-                    let g = t.get(&format!("/api/v1/proposals/{id}"), token).await;
-                    assert_eq!(g.status, StatusCode::OK, "a 201 proposal is stored: {}", g.body);
-                    assert_eq!(g.body["expires_at"], r.body["expires_at"], "{}", g.body);
-                    assert_eq!(g.body["status"], "pending");
-                    assert!(ids.insert(id), "each request its own proposal");
-                }
-                for r in &replays {
-                    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-                    assert_eq!(r.headers.get("idempotent-replayed").unwrap(), "true");
-                    assert!(ids.contains(r.body["id"].as_str().unwrap()), "{}", r.body);
-                }
-                rounds += 1;
-            }
-            assert!(
-                inserted_together(&t).await > 0.0,
-                "{rounds} bursts of concurrent proposals never inserted two together"
-            );
-            // Each new proposal was charged to its run once; replays nothing.
-            for (run_id, _) in &runs {
-                let run = t.inspect().run(run_id).await.unwrap().unwrap();
-                assert_eq!(run.steps_used, rounds, "{run_id}");
-            }
+        for r in &replays {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            assert_eq!(r.headers.get("idempotent-replayed").unwrap(), "true");
+            assert!(ids.contains(r.body["id"].as_str().unwrap()), "{}", r.body);
         }
+        rounds += 1;
+    }
+    assert!(
+        inserted_together(&t).await > 0.0,
+        "{rounds} bursts of concurrent proposals never inserted two together"
+    );
+    // Each new proposal was charged to its run once; replays nothing.
+    for (run_id, _) in &runs {
+        let run = t.inspect().run(run_id).await.unwrap().unwrap();
+        assert_eq!(run.steps_used, rounds, "{run_id}");
     }
 }

@@ -536,13 +536,10 @@ impl Core {
         if let Ok(p) = &mut prepared {
             p.row.diff = self.diff_unless_refused(run, &policy, &p.row).await?;
         }
-        // Only PostgreSQL's writer inserts proposals together: elsewhere the
-        // copy of the row would be made for nothing on every request.
-        let together = self.store.backend() == crate::store::Backend::Postgres;
+        // The writer inserts a batch's new proposals together, on both stores.
         let insert = prepared
             .as_ref()
             .ok()
-            .filter(|_| together)
             .and_then(|p| insert_of(&policy, run, &req.tool, p));
         let n = NewProposal {
             prepared,

@@ -594,135 +594,167 @@ mod plans {
     }
 }
 
-/// PostgreSQL inserts and charges the leading proposals of a batch in one
-/// statement: each row must come out as the one-row statement would make it.
-mod many_at_once {
-    mod postgres {
-        use super::super::{open, run_and_proposal};
-        use crate::store::queries::proposals::{self, Inserted, ProposalRow, ToInsert};
-        use crate::store::queries::runs;
-        use crate::store::testing::TestDb;
+/// The writer inserts and charges the leading proposals of a batch in one
+/// call (one statement on PostgreSQL, one hand-off to the connection's
+/// thread on SQLite): each row must come out as the one-row statement would
+/// make it.
+async fn many_proposals_are_inserted_and_charged_as_each_would_be_alone(db: &TestDb) {
+    use super::queries::proposals::{self, Inserted, ProposalRow, ToInsert};
+    use super::queries::runs;
+    let s = open(db).await;
+    let p = run_and_proposal(&s).await;
+    // A second run of the same key, one step from its budget.
+    let run_1 = runs::get(&mut s.reader().await.unwrap().conn(), "run_1")
+        .await
+        .unwrap()
+        .unwrap();
+    let spent = runs::RunRow {
+        id: "run_2".into(),
+        steps_used: 1,
+        denials_in_row: 1,
+        ..run_1.clone()
+    };
+    let used = ProposalRow {
+        id: "prp_old".into(),
+        run_id: "run_2".into(),
+        idempotency_key: Some("used".into()),
+        ..p.clone()
+    };
+    let budgets = crate::policy::Budgets {
+        steps: 2,
+        seconds: 3600,
+        usd: 1.0,
+    };
+    // Its last step spent on the proposal whose key is asked again below.
+    let first = s
+        .write(move |tx| {
+            Box::pin(async move {
+                runs::insert(&mut tx.conn, &spent).await?;
+                let spend = runs::Spend {
+                    run_id: "run_2",
+                    steps: 1,
+                    usd: 0.0,
+                    now: 10,
+                    budgets: &budgets,
+                };
+                proposals::insert_and_spend(&mut tx.conn, &used, &spend).await
+            })
+        })
+        .await;
+    assert_eq!(first, Ok(Inserted::Paid));
+    let charge = |row: ProposalRow| ToInsert {
+        row,
+        steps: 1,
+        usd: 0.25,
+        budgets,
+    };
+    // run_1 has budget left: inserted and charged. run_2 asks again with
+    // a used key: a repeat, neither inserted nor charged. (Rows of one
+    // statement have distinct runs: run_2 over its budget comes next.)
+    let fresh = ProposalRow {
+        id: "prp_a".into(),
+        idempotency_key: Some("new".into()),
+        ..p.clone()
+    };
+    let again = ProposalRow {
+        id: "prp_b".into(),
+        run_id: "run_2".into(),
+        idempotency_key: Some("used".into()),
+        ..p.clone()
+    };
+    let rows = vec![charge(fresh.clone()), charge(again)];
+    let out = s
+        .write(move |tx| Box::pin(async move { proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await }))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Inserted::Paid, Inserted::Repeat]);
+    let over = ProposalRow {
+        id: "prp_c".into(),
+        run_id: "run_2".into(),
+        idempotency_key: Some("other".into()),
+        ..p.clone()
+    };
+    let second = ProposalRow {
+        id: "prp_d".into(),
+        idempotency_key: Some("second".into()),
+        ..p.clone()
+    };
+    let rows = vec![charge(over), charge(second)];
+    let out = s
+        .write(move |tx| Box::pin(async move { proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await }))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Inserted::Unpaid, Inserted::Paid],
+        "run_2 is over its steps budget"
+    );
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn many_proposals_are_inserted_and_charged_as_each_would_be_alone() {
-            let db = TestDb::postgres().await;
-            let s = open(&db).await;
-            let p = run_and_proposal(&s).await;
-            // A second run of the same key, one step from its budget.
-            let run_1 = runs::get(&mut s.reader().await.unwrap().conn(), "run_1")
-                .await
-                .unwrap()
-                .unwrap();
-            let spent = runs::RunRow {
-                id: "run_2".into(),
-                steps_used: 1,
-                denials_in_row: 1,
-                ..run_1
-            };
-            let used = ProposalRow {
-                id: "prp_old".into(),
-                run_id: "run_2".into(),
-                idempotency_key: Some("used".into()),
-                ..p.clone()
-            };
-            let budgets = crate::policy::Budgets {
-                steps: 2,
-                seconds: 3600,
-                usd: 1.0,
-            };
-            // Its last step spent on the proposal whose key is asked again below.
-            let first = s
-                .write(move |tx| {
-                    Box::pin(async move {
-                        runs::insert(&mut tx.conn, &spent).await?;
-                        let spend = runs::Spend {
-                            run_id: "run_2",
-                            steps: 1,
-                            usd: 0.0,
-                            now: 10,
-                            budgets: &budgets,
-                        };
-                        proposals::insert_and_spend(&mut tx.conn, &used, &spend).await
-                    })
-                })
-                .await;
-            assert_eq!(first, Ok(Inserted::Paid));
-            let charge = |row: ProposalRow| ToInsert {
-                row,
-                steps: 1,
-                usd: 0.25,
-                budgets,
-            };
-            // run_1 has budget left: inserted and charged. run_2 asks again with
-            // a used key: a repeat, neither inserted nor charged. (Rows of one
-            // statement have distinct runs: run_2 over its budget comes next.)
-            let fresh = ProposalRow {
-                id: "prp_a".into(),
-                idempotency_key: Some("new".into()),
-                ..p.clone()
-            };
-            let again = ProposalRow {
-                id: "prp_b".into(),
-                run_id: "run_2".into(),
-                idempotency_key: Some("used".into()),
-                ..p.clone()
-            };
-            let rows = vec![charge(fresh.clone()), charge(again)];
-            let out = s
-                .write(move |tx| {
-                    Box::pin(async move { proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await })
-                })
-                .await
-                .unwrap();
-            assert_eq!(out, vec![Inserted::Paid, Inserted::Repeat]);
-            let over = ProposalRow {
-                id: "prp_c".into(),
-                run_id: "run_2".into(),
-                idempotency_key: Some("other".into()),
-                ..p.clone()
-            };
-            let second = ProposalRow {
-                id: "prp_d".into(),
-                idempotency_key: Some("second".into()),
-                ..p.clone()
-            };
-            let rows = vec![charge(over), charge(second)];
-            let out = s
-                .write(move |tx| {
-                    Box::pin(async move { proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await })
-                })
-                .await
-                .unwrap();
-            assert_eq!(
-                out,
-                vec![Inserted::Unpaid, Inserted::Paid],
-                "run_2 is over its steps budget"
-            );
+    let mut r = s.reader().await.unwrap();
+    let run1 = runs::get(&mut r.conn(), "run_1").await.unwrap().unwrap();
+    assert_eq!(
+        (run1.steps_used, run1.usd_used, run1.denials_in_row),
+        (2, 0.5, 0),
+        "charged once per inserted proposal, and the denial streak ends"
+    );
+    let run2 = runs::get(&mut r.conn(), "run_2").await.unwrap().unwrap();
+    assert_eq!(
+        (run2.steps_used, run2.usd_used, run2.denials_in_row),
+        (2, 0.0, 0),
+        "a repeat and an over-budget proposal charge nothing"
+    );
+    // Every column as given: the row read back is the row inserted.
+    assert_eq!(proposals::get(&mut r.conn(), "prp_a").await.unwrap(), Some(fresh));
+    assert!(
+        proposals::get(&mut r.conn(), "prp_b").await.unwrap().is_none(),
+        "a repeat is not inserted"
+    );
+    assert!(
+        proposals::get(&mut r.conn(), "prp_c").await.unwrap().is_some(),
+        "over budget: inserted, for the caller to take back"
+    );
+    drop(r);
 
-            let mut r = s.reader().await.unwrap();
-            let run1 = runs::get(&mut r.conn(), "run_1").await.unwrap().unwrap();
-            assert_eq!(
-                (run1.steps_used, run1.usd_used, run1.denials_in_row),
-                (2, 0.5, 0),
-                "charged once per inserted proposal, and the denial streak ends"
-            );
-            let run2 = runs::get(&mut r.conn(), "run_2").await.unwrap().unwrap();
-            assert_eq!(
-                (run2.steps_used, run2.usd_used, run2.denials_in_row),
-                (2, 0.0, 0),
-                "a repeat and an over-budget proposal charge nothing"
-            );
-            // Every column as given: the row read back is the row inserted.
-            assert_eq!(proposals::get(&mut r.conn(), "prp_a").await.unwrap(), Some(fresh));
-            assert!(
-                proposals::get(&mut r.conn(), "prp_b").await.unwrap().is_none(),
-                "a repeat is not inserted"
-            );
-            assert!(
-                proposals::get(&mut r.conn(), "prp_c").await.unwrap().is_some(),
-                "over budget: inserted, for the caller to take back"
-            );
-        }
+    // Three fresh runs at once: each proposal inserted, each run charged once.
+    let fresh_runs: Vec<runs::RunRow> = (3..=5)
+        .map(|i| runs::RunRow {
+            id: format!("run_{i}"),
+            steps_used: 0,
+            usd_used: 0.0,
+            denials_in_row: 0,
+            ..run_1.clone()
+        })
+        .collect();
+    let rows: Vec<ToInsert> = (3..=5)
+        .map(|i| {
+            charge(ProposalRow {
+                id: format!("prp_{i}"),
+                run_id: format!("run_{i}"),
+                idempotency_key: Some(format!("k{i}")),
+                ..p.clone()
+            })
+        })
+        .collect();
+    let out = s
+        .write(move |tx| {
+            Box::pin(async move {
+                for r in &fresh_runs {
+                    runs::insert(&mut tx.conn, r).await?;
+                }
+                proposals::insert_and_spend_many(&mut tx.conn, &rows, 20).await
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Inserted::Paid; 3]);
+    let mut r = s.reader().await.unwrap();
+    for i in 3..=5 {
+        let run = runs::get(&mut r.conn(), &format!("run_{i}")).await.unwrap().unwrap();
+        assert_eq!((run.steps_used, run.usd_used), (1, 0.25), "run_{i} is charged once");
+        assert!(proposals::get(&mut r.conn(), &format!("prp_{i}"))
+            .await
+            .unwrap()
+            .is_some());
     }
 }
 
@@ -827,6 +859,7 @@ crate::store_tests!(
     verify_catches_truncation,
     notices_are_published_only_after_commit,
     a_proposal_is_charged_to_its_run_once_and_only_if_inserted,
+    many_proposals_are_inserted_and_charged_as_each_would_be_alone,
     pending_and_gone_wrong_proposals_are_found_as_their_status_moves,
 );
 

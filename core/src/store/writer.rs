@@ -265,7 +265,7 @@ async fn attempt(
         controls: None,
         inserted: std::collections::HashMap::new(),
     };
-    if !careful && tx.conn.dialect() == super::Backend::Postgres {
+    if !careful {
         // Any failure here: the batch runs again carefully, one row at a time.
         if let Err(e) = insert_ahead(&mut tx, &mut *batch).await {
             tracing::warn!(error = %e, "inserting a batch's proposals together failed; running it one by one");
@@ -297,7 +297,8 @@ async fn attempt(
 }
 
 /// Insert and charge the proposals of the batch's leading proposal requests
-/// in one statement (PostgreSQL), instead of a round trip each, and leave
+/// in one call, instead of a round trip (PostgreSQL) or a hand-off to the
+/// connection's thread (SQLite) each, and leave
 /// each request its outcome (`Tx::inserted`). Only as long as nothing can
 /// depend on the order of the rows: the run of requests stops at the first
 /// that is not a new proposal, shares a run or an idempotency key with an

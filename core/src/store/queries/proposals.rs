@@ -186,16 +186,21 @@ pub struct ToInsert {
     pub budgets: crate::policy::Budgets,
 }
 
-/// `insert_and_spend` for several proposals in one statement (PostgreSQL):
-/// each row as the one-row statement would treat it, all at `now`. The runs
-/// must be distinct (one statement updates a row at most once) and so must
-/// the idempotency keys of a scope (which row would win is not defined);
-/// the caller ensures both. Answers what happened to each, in order.
+/// `insert_and_spend` for several proposals in one call: each row as the
+/// one-row statement would treat it, all at `now`. The runs must be distinct
+/// (one statement updates a row at most once) and so must the idempotency
+/// keys of a scope (which row would win is not defined); the caller ensures
+/// both. Answers what happened to each, in order. On PostgreSQL one
+/// statement over arrays; on SQLite by the writer's own thread
+/// (`insert_and_spend_many_sqlite`).
 pub async fn insert_and_spend_many<R: std::borrow::Borrow<ToInsert>>(
     conn: &mut Conn<'_>,
     rows: &[R],
     now: i64,
 ) -> Result<Vec<Inserted>> {
+    if let Conn::Sqlite(c) = conn {
+        return insert_and_spend_many_sqlite(c, rows, now).await;
+    }
     // The arrays are bound below in `PROPOSAL_COLUMNS` order, then the charge.
     static SQL: LazyLock<String> = LazyLock::new(|| {
         let types = [
@@ -226,9 +231,8 @@ pub async fn insert_and_spend_many<R: std::borrow::Borrow<ToInsert>>(
     fn col<R: std::borrow::Borrow<ToInsert>, T>(rows: &[R], f: impl Fn(&ToInsert) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r.borrow())).collect()
     }
-    // Arrays bound as parameters are PostgreSQL's.
     let Conn::Postgres(c) = conn else {
-        return Err(Error::internal("insert_and_spend_many is for PostgreSQL"));
+        return Err(Error::internal("SQLite is answered above"));
     };
     let answered: Vec<(String, i32)> = sqlx::query_as(SQL.as_str())
         .bind(col(rows, |t| t.row.id.clone()))
@@ -281,6 +285,113 @@ pub async fn insert_and_spend_many<R: std::borrow::Borrow<ToInsert>>(
             None => Err(Error::internal("a proposal of a many-row insert went unanswered")),
         })
         .collect()
+}
+
+/// `insert_and_spend_many` on SQLite. Every statement sqlx runs is a
+/// hand-off to the connection's thread and back (and every row or result a
+/// message back), which costs the single writer more than SQLite's own work;
+/// so the rows are inserted and charged here by the writer's own thread,
+/// through the raw handle sqlx lends while its thread waits
+/// (`lock_handle`), with rusqlite: one hand-off for the batch. Each row is
+/// the one-row pair of `INSERT_AND_SPEND_SQL`: the insert unless its key was
+/// used, then, only if it inserted, the charge (a lookup by primary key).
+async fn insert_and_spend_many_sqlite<R: std::borrow::Borrow<ToInsert>>(
+    c: &mut sqlx::SqliteConnection,
+    rows: &[R],
+    now: i64,
+) -> Result<Vec<Inserted>> {
+    let mut locked = c.lock_handle().await?;
+    // SAFETY: the handle is sqlx's open connection, and while `locked` lives
+    // sqlx's thread does not touch it: it is ours alone. The rusqlite
+    // connection made from it does not own it (it never closes it), is used
+    // on this thread only, and is dropped, with its statements, before
+    // `locked` gives the handle back.
+    let conn = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }.map_err(sqlite_error)?;
+    let done = insert_and_spend_rows(&conn, rows, now);
+    drop(conn);
+    drop(locked);
+    done.map_err(sqlite_error)
+}
+
+/// The rows of `insert_and_spend_many_sqlite`, on the writer's thread.
+fn insert_and_spend_rows<R: std::borrow::Borrow<ToInsert>>(
+    conn: &rusqlite::Connection,
+    rows: &[R],
+    now: i64,
+) -> rusqlite::Result<Vec<Inserted>> {
+    static INSERT: LazyLock<String> = LazyLock::new(|| {
+        let values = vec!["?"; PROPOSAL_VALUES].join(", ");
+        format!("INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ({values}) ON CONFLICT DO NOTHING")
+    });
+    const SPEND: &str = "UPDATE runs SET steps_used = steps_used + ?1, usd_used = usd_used + ?2, \
+         denials_in_row = 0 WHERE id = ?3 AND revoked_at IS NULL AND expires_at > ?4 \
+         AND steps_used + ?1 <= ?5 AND usd_used + ?2 <= ?6 AND ?4 - created_at <= ?7";
+    let mut insert = conn.prepare(&INSERT)?;
+    let mut spend = conn.prepare(SPEND)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for t in rows {
+        let t = t.borrow();
+        let p = &t.row;
+        let inserted = insert.execute(rusqlite::params![
+            p.id,
+            p.tenant,
+            p.env,
+            p.route,
+            p.run_id,
+            p.tool,
+            p.args,
+            p.args_hash,
+            p.content_hash,
+            p.idempotency_key,
+            p.reason,
+            p.preview_before,
+            p.preview_after,
+            p.diff,
+            p.on_behalf_of,
+            p.status.as_str(),
+            p.approvals_required,
+            p.approvals,
+            p.destructive,
+            p.irreversible,
+            p.created_at,
+            p.expires_at,
+            p.decided_at,
+            p.execute_by,
+            p.preview_state,
+            p.preview_by,
+            p.preview_at,
+            p.idempotency_scope,
+            p.pii_fields,
+            p.pii_erased_at,
+            p.upstream,
+            p.upstream_tool,
+            p.via,
+        ])? == 1;
+        out.push(match inserted {
+            false => Inserted::Repeat,
+            true => {
+                let charged = spend.execute(rusqlite::params![
+                    t.steps,
+                    t.usd,
+                    p.run_id,
+                    now,
+                    t.budgets.steps,
+                    t.budgets.usd + 1e-9,
+                    t.budgets.seconds * 1000,
+                ])?;
+                if charged == 1 {
+                    Inserted::Paid
+                } else {
+                    Inserted::Unpaid
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn sqlite_error(e: rusqlite::Error) -> Error {
+    Error::internal(format!("sqlite: {e}"))
 }
 
 pub async fn delete(conn: &mut Conn<'_>, id: &str) -> Result<()> {
