@@ -523,7 +523,7 @@ impl Core {
     }
 
     /// Everything done before the transaction: the request checked, its
-    /// diff computed, and the row the writer may insert ahead (PostgreSQL).
+    /// diff computed, and the row the writer may insert ahead.
     async fn new_proposal(
         &self,
         run: &RunPrincipal,

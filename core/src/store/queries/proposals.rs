@@ -319,15 +319,11 @@ fn insert_and_spend_rows<R: std::borrow::Borrow<ToInsert>>(
     rows: &[R],
     now: i64,
 ) -> rusqlite::Result<Vec<Inserted>> {
-    static INSERT: LazyLock<String> = LazyLock::new(|| {
-        let values = vec!["?"; PROPOSAL_VALUES].join(", ");
-        format!("INSERT INTO proposals ({PROPOSAL_COLUMNS}) VALUES ({values}) ON CONFLICT DO NOTHING")
-    });
-    const SPEND: &str = "UPDATE runs SET steps_used = steps_used + ?1, usd_used = usd_used + ?2, \
-         denials_in_row = 0 WHERE id = ?3 AND revoked_at IS NULL AND expires_at > ?4 \
-         AND steps_used + ?1 <= ?5 AND usd_used + ?2 <= ?6 AND ?4 - created_at <= ?7";
-    let mut insert = conn.prepare(&INSERT)?;
-    let mut spend = conn.prepare(SPEND)?;
+    // The one-row statements, as written once: their parameters, numbered
+    // in order of first use, are bound by position below.
+    static SPEND: LazyLock<String> = LazyLock::new(|| super::runs::spend_sql(1));
+    let mut insert = conn.prepare(&INSERT_SQL)?;
+    let mut spend = conn.prepare(&SPEND)?;
     let mut out = Vec::with_capacity(rows.len());
     for t in rows {
         let t = t.borrow();
