@@ -66,6 +66,41 @@ async fn a_failed_write_leaves_nothing_behind(db: &TestDb) {
     assert_eq!(verify(&s).await, Ok(1));
 }
 
+/// The end of a write (its events, the chain's head, the commit: on SQLite
+/// one call on the writer's own thread) is all or nothing: an event that
+/// cannot be stored fails the write, and nothing the write did is kept.
+async fn a_write_whose_events_cannot_be_stored_commits_nothing(db: &TestDb) {
+    let s = open(db).await;
+    let r: Result<(), Error> = s
+        .write(|tx| {
+            Box::pin(async move {
+                // A row in the place of the chain's next event, then that event.
+                tx.conn
+                    .exec(
+                        "INSERT INTO audit_events (seq, id, at_ms, actor, action, approval_ids, result_status, \
+                         details, prev_hash, hash) SELECT seq + 1, 'evt_in_the_way', 0, 'test', 'in.the.way', '[]', \
+                         '', '', '', '' FROM audit_head WHERE id = 1",
+                    )
+                    .await?;
+                tx.audit(AuditDraft::new("test", "collides"));
+                Ok(())
+            })
+        })
+        .await;
+    assert!(r.is_err(), "an event that cannot be inserted must fail its write");
+    let mut rd = s.reader().await.unwrap();
+    assert_eq!(
+        audit::events_after(&mut rd.conn(), 0, 10).await.unwrap(),
+        Vec::new(),
+        "nothing of the failed write is kept"
+    );
+    assert_eq!(audit::head(&mut rd.conn()).await.unwrap().0, 0, "the head did not move");
+    drop(rd);
+    // The writer goes on, and the chain is whole.
+    append(&s, 2).await;
+    assert_eq!(verify(&s).await, Ok(2));
+}
+
 async fn concurrent_writes_are_grouped_and_the_chain_stays_whole(db: &TestDb) {
     let s = open(db).await;
     let batches_before = s.batches_committed();
@@ -860,6 +895,7 @@ crate::store_tests!(
     notices_are_published_only_after_commit,
     a_proposal_is_charged_to_its_run_once_and_only_if_inserted,
     many_proposals_are_inserted_and_charged_as_each_would_be_alone,
+    a_write_whose_events_cannot_be_stored_commits_nothing,
     pending_and_gone_wrong_proposals_are_found_as_their_status_moves,
 );
 

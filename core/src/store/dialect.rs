@@ -64,13 +64,6 @@ impl Backend {
         }
     }
 
-    /// Whether many-row statements are padded to a few lengths (see
-    /// `queries::padded`). SQLite: yes, preparing is what it pays for. On
-    /// PostgreSQL it measured slower (claim + complete 1,741 -> 1,357 jobs/s).
-    pub(crate) fn pads_lists(self) -> bool {
-        self == Backend::Sqlite
-    }
-
     /// Whether several statements may go to the database as one call
     /// (SQLite's multi-statement execute; each call is a thread hand-off).
     pub(crate) fn combines_statements(self) -> bool {

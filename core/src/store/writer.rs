@@ -403,13 +403,13 @@ async fn finish(tx: &mut Tx<'_>, start_seq: i64) -> Result<()> {
             super::queries::audit::append_and_notify(&mut tx.conn, &events, tx.head_seq, &tx.head_hash, &payloads)
                 .await?;
         }
+        tx.conn.exec("COMMIT").await
     } else {
-        if !events.is_empty() {
-            super::queries::audit::insert_events(&mut tx.conn, &events).await?;
-        }
-        if tx.head_seq != start_seq {
-            super::queries::audit::set_head(&mut tx.conn, tx.head_seq, &tx.head_hash).await?;
+        // SQLite: events, head and commit in one hand-off, on this thread.
+        let head = (tx.head_seq != start_seq).then_some((tx.head_seq, tx.head_hash.as_str()));
+        match &mut tx.conn {
+            Conn::Sqlite(c) => super::queries::audit::append_and_commit_sqlite(c, &events, head).await,
+            Conn::Postgres(_) => Err(Error::internal("PostgreSQL commits above")),
         }
     }
-    tx.conn.exec("COMMIT").await
 }

@@ -7,38 +7,61 @@ use sqlx::Row;
 const EVENT_COLUMNS: &str = "seq, id, at_ms, request_id, tenant, actor, action, subject, tool, args_hash, \
      idempotency_key, credential_scope, approval_ids, result_status, duration_ms, details, prev_hash, hash";
 
-/// Insert many events in as few statements as the databases allow.
-pub async fn insert_events(conn: &mut Conn<'_>, events: &[AuditEvent]) -> Result<()> {
-    // 18 columns, at most 256 rows a statement: under SQLite's limit of
-    // 32766 bound variables, and few statement texts (see `padded`).
-    let pad = conn.dialect().pads_lists();
-    for chunk in super::power_of_two_chunks(events, pad) {
-        on!(conn, c => {
-            let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({EVENT_COLUMNS}) "));
-            qb.push_values(chunk, |mut b, e| {
-                b.push_bind(e.seq)
-                    .push_bind(e.id.clone())
-                    .push_bind(e.at_ms)
-                    .push_bind(e.request_id.clone())
-                    .push_bind(e.tenant.clone())
-                    .push_bind(e.actor.clone())
-                    .push_bind(e.action.clone())
-                    .push_bind(e.subject.clone())
-                    .push_bind(e.tool.clone())
-                    .push_bind(e.args_hash.clone())
-                    .push_bind(e.idempotency_key.clone())
-                    .push_bind(e.credential_scope.clone())
-                    .push_bind(e.approval_ids.clone())
-                    .push_bind(e.result_status.clone())
-                    .push_bind(e.duration_ms)
-                    .push_bind(e.details.clone())
-                    .push_bind(e.prev_hash.clone())
-                    .push_bind(e.hash.clone());
-            });
-            qb.build().execute(&mut **c).await?;
-        });
-    }
-    Ok(())
+/// Move the chain's head (the one row of `audit_head`).
+const SET_HEAD_SQL: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+
+/// SQLite: the end of a write transaction in one hand-off, as
+/// `append_and_notify` is one round trip on PostgreSQL: its events inserted
+/// (the one-row insert, prepared once and run for each), the head moved to
+/// `head` if it moved, and the commit, run on this thread through the raw
+/// connection (`on_sqlite_directly`). An error leaves the transaction open,
+/// for the caller to roll back.
+pub async fn append_and_commit_sqlite(
+    c: &mut sqlx::SqliteConnection,
+    events: &[AuditEvent],
+    head: Option<(i64, &str)>,
+) -> Result<()> {
+    static INSERT_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let n = EVENT_COLUMNS.split(',').count();
+        let params: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+        format!(
+            "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ({})",
+            params.join(", ")
+        )
+    });
+    super::on_sqlite_directly(c, |conn| {
+        if !events.is_empty() {
+            let mut insert = conn.prepare(&INSERT_ONE)?;
+            for e in events {
+                // In `EVENT_COLUMNS` order.
+                insert.execute(rusqlite::params![
+                    e.seq,
+                    e.id,
+                    e.at_ms,
+                    e.request_id,
+                    e.tenant,
+                    e.actor,
+                    e.action,
+                    e.subject,
+                    e.tool,
+                    e.args_hash,
+                    e.idempotency_key,
+                    e.credential_scope,
+                    e.approval_ids,
+                    e.result_status,
+                    e.duration_ms,
+                    e.details,
+                    e.prev_hash,
+                    e.hash,
+                ])?;
+            }
+        }
+        if let Some((seq, hash)) = head {
+            conn.execute(SET_HEAD_SQL, rusqlite::params![seq, hash])?;
+        }
+        conn.execute_batch("COMMIT")
+    })
+    .await
 }
 
 /// Begin a write transaction and read the chain head (locked for the
@@ -118,17 +141,6 @@ pub async fn head(conn: &mut Conn<'_>) -> Result<(i64, String)> {
         on!(conn, c => sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut **c).await?),
     )
-}
-
-pub async fn set_head(conn: &mut Conn<'_>, seq: i64, hash: &str) -> Result<()> {
-    on!(conn, c => {
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(hash)
-            .execute(&mut **c)
-            .await?;
-    });
-    Ok(())
 }
 
 /// Events with `seq > after`, in order, at most `limit`.

@@ -13,7 +13,35 @@ pub mod runs;
 pub mod upstream_calls;
 pub mod users;
 
+use crate::error::{Error, Result};
 use std::borrow::Cow;
+
+/// Run `f` on a SQLite connection directly, on this thread: sqlx lends its
+/// raw handle while its own thread waits (`lock_handle`), and rusqlite runs
+/// the statements. One hand-off for everything `f` does, where through sqlx
+/// each statement is a hand-off to the connection's thread and back, and
+/// each row or result a message. For the writer's hot statements
+/// (docs/architecture.md); the rest go through sqlx.
+pub(crate) async fn on_sqlite_directly<T>(
+    c: &mut sqlx::SqliteConnection,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> Result<T> {
+    let mut locked = c.lock_handle().await?;
+    // SAFETY: the handle is sqlx's open connection, and while `locked` lives
+    // sqlx's thread does not touch it: it is ours alone. The rusqlite
+    // connection made from it does not own it (it never closes it), is used
+    // on this thread only, and is dropped, with its statements, before
+    // `locked` gives the handle back.
+    let conn = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }.map_err(sqlite_error)?;
+    let done = f(&conn);
+    drop(conn);
+    drop(locked);
+    done.map_err(sqlite_error)
+}
+
+fn sqlite_error(e: rusqlite::Error) -> Error {
+    Error::internal(format!("sqlite: {e}"))
+}
 
 /// `= ANY(list)`, appended to a column in a query being built, for lists of
 /// any length as one statement text: on PostgreSQL the list is one array
@@ -89,28 +117,6 @@ pub(crate) fn padded<T: Clone>(items: &[T], pad: bool) -> Cow<'_, [T]> {
     }
 }
 
-/// `items` in consecutive pieces whose lengths are powers of two (at most
-/// 256), largest first: for multi-row statements that cannot be padded (an
-/// INSERT), so their texts stay few, as with `padded`. Without `pad`
-/// (PostgreSQL), pieces of up to 500, each one statement.
-pub(crate) fn power_of_two_chunks<T>(items: &[T], pad: bool) -> impl Iterator<Item = &[T]> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let n = rest.len().min(if pad { MAX_PADDED } else { 500 });
-        let take = if !pad || n.is_power_of_two() {
-            n
-        } else {
-            n.next_power_of_two() / 2
-        };
-        let (head, tail) = rest.split_at(take);
-        rest = tail;
-        Some(head)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,22 +138,5 @@ mod tests {
             &[1, 2, 3],
             "PostgreSQL lists keep their length"
         );
-    }
-
-    #[test]
-    fn power_of_two_chunks_cover_every_item_in_order() {
-        for n in 0..1200 {
-            let items: Vec<usize> = (0..n).collect();
-            let chunks: Vec<&[usize]> = power_of_two_chunks(&items, true).collect();
-            assert!(chunks
-                .iter()
-                .all(|c| c.len().is_power_of_two() && c.len() <= MAX_PADDED));
-            assert_eq!(chunks.concat(), items);
-            let plain: Vec<&[usize]> = power_of_two_chunks(&items, false).collect();
-            assert_eq!(plain.len(), n.div_ceil(500), "PostgreSQL: pieces of up to 500");
-            assert_eq!(plain.concat(), items);
-        }
-        let lens: Vec<usize> = power_of_two_chunks(&[0; 147], true).map(|c| c.len()).collect();
-        assert_eq!(lens, vec![128, 16, 2, 1]);
     }
 }

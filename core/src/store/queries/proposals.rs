@@ -300,17 +300,7 @@ async fn insert_and_spend_many_sqlite<R: std::borrow::Borrow<ToInsert>>(
     rows: &[R],
     now: i64,
 ) -> Result<Vec<Inserted>> {
-    let mut locked = c.lock_handle().await?;
-    // SAFETY: the handle is sqlx's open connection, and while `locked` lives
-    // sqlx's thread does not touch it: it is ours alone. The rusqlite
-    // connection made from it does not own it (it never closes it), is used
-    // on this thread only, and is dropped, with its statements, before
-    // `locked` gives the handle back.
-    let conn = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }.map_err(sqlite_error)?;
-    let done = insert_and_spend_rows(&conn, rows, now);
-    drop(conn);
-    drop(locked);
-    done.map_err(sqlite_error)
+    super::on_sqlite_directly(c, |conn| insert_and_spend_rows(conn, rows, now)).await
 }
 
 /// The rows of `insert_and_spend_many_sqlite`, on the writer's thread.
@@ -384,10 +374,6 @@ fn insert_and_spend_rows<R: std::borrow::Borrow<ToInsert>>(
         });
     }
     Ok(out)
-}
-
-fn sqlite_error(e: rusqlite::Error) -> Error {
-    Error::internal(format!("sqlite: {e}"))
 }
 
 pub async fn delete(conn: &mut Conn<'_>, id: &str) -> Result<()> {
