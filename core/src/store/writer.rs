@@ -391,25 +391,25 @@ async fn run_item(tx: &mut Tx<'_>, run: &mut super::WorkFn, careful: bool) -> Re
 
 async fn finish(tx: &mut Tx<'_>, start_seq: i64) -> Result<()> {
     let events = std::mem::take(&mut tx.pending);
-    if tx.conn.dialect().notifies_through_database() {
-        // PostgreSQL: events, head and notices in one statement. NOTIFY
-        // payloads are limited to 8000 bytes: notices go in small groups.
-        let payloads = tx
-            .notices
-            .chunks(16)
-            .map(serde_json::to_string)
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if !events.is_empty() || !payloads.is_empty() {
-            super::queries::audit::append_and_notify(&mut tx.conn, &events, tx.head_seq, &tx.head_hash, &payloads)
-                .await?;
+    match &mut tx.conn {
+        Conn::Postgres(_) => {
+            // Events, head and notices in one statement. NOTIFY payloads
+            // are limited to 8000 bytes: notices go in small groups.
+            let payloads = tx
+                .notices
+                .chunks(16)
+                .map(serde_json::to_string)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if !events.is_empty() || !payloads.is_empty() {
+                super::queries::audit::append_and_notify(&mut tx.conn, &events, tx.head_seq, &tx.head_hash, &payloads)
+                    .await?;
+            }
+            tx.conn.exec("COMMIT").await
         }
-        tx.conn.exec("COMMIT").await
-    } else {
-        // SQLite: events, head and commit in one hand-off, on this thread.
-        let head = (tx.head_seq != start_seq).then_some((tx.head_seq, tx.head_hash.as_str()));
-        match &mut tx.conn {
-            Conn::Sqlite(c) => super::queries::audit::append_and_commit_sqlite(c, &events, head).await,
-            Conn::Postgres(_) => Err(Error::internal("PostgreSQL commits above")),
+        Conn::Sqlite(c) => {
+            // Events, head and commit in one hand-off, on this thread.
+            let head = (tx.head_seq != start_seq).then_some((tx.head_seq, tx.head_hash.as_str()));
+            super::queries::audit::append_and_commit_sqlite(c, &events, head).await
         }
     }
 }

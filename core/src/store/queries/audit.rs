@@ -65,18 +65,25 @@ pub async fn append_and_commit_sqlite(
 }
 
 /// Begin a write transaction and read the chain head (locked for the
-/// transaction on PostgreSQL), in one call to the database: on SQLite one
-/// hand-off to the connection's thread, on PostgreSQL one round trip.
+/// transaction on PostgreSQL), in one call to the database: on SQLite on
+/// the writer's thread (`on_sqlite_directly`), on PostgreSQL one round trip.
 pub async fn begin_and_head(conn: &mut Conn<'_>) -> Result<(i64, String)> {
-    let sql = format!(
-        "{}; SELECT seq, hash FROM audit_head WHERE id = 1{}",
-        conn.dialect().begin_write(),
-        conn.dialect().lock_rows()
-    );
-    Ok(on!(conn, c => {
-        let row = sqlx::raw_sql(&sql).fetch_one(&mut **c).await?;
-        (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?)
-    }))
+    const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+    let begin = conn.dialect().begin_write();
+    match conn {
+        Conn::Sqlite(c) => {
+            super::on_sqlite_directly(c, |db| {
+                db.execute_batch(begin)?;
+                db.query_row(HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
+            .await
+        }
+        Conn::Postgres(c) => {
+            let sql = format!("{begin}; {HEAD}{}", crate::store::Backend::Postgres.lock_rows());
+            let row = sqlx::raw_sql(&sql).fetch_one(&mut **c).await?;
+            Ok((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?))
+        }
+    }
 }
 
 /// PostgreSQL: the end of a write transaction in one statement, one round

@@ -10,11 +10,11 @@
 //! job. Through an expression the check stays, and the primary key is the
 //! only way in (`store::conformance::plans`).
 
-use super::PushAny;
 use crate::error::{Error, Result};
 use crate::lifecycle::{job_can_transition, JobKind, JobState};
 use crate::store::on;
 use crate::store::Conn;
+use std::sync::LazyLock;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JobRow {
@@ -131,34 +131,74 @@ pub async fn claimable_rows(
     if tools.is_empty() || kinds.is_empty() {
         return Ok(Vec::new());
     }
-    let lock = conn.dialect().lock_skipping_locked();
-    Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT id, proposal_id, tenant, env, route, tool, attempt, kind, execution_key, receipt FROM jobs \
-             WHERE state = 'queued' AND env = ");
-        qb.push_bind(env.to_owned());
-        qb.push(" AND available_at <= ").push_bind(now);
-        qb.push(" AND execute_by > ").push_bind(now);
-        qb.push(" AND tool IN (");
-        let mut sep = qb.separated(", ");
-        for t in tools {
-            sep.push_bind(t.clone());
+    // Parameters in order of first use (SQLite numbers `$n` so): the env,
+    // the time, the kind if only one, the tools, the limit.
+    let kind = (kinds.len() == 1).then_some(kinds[0]);
+    let first_tool = if kind.is_some() { 4 } else { 3 };
+    let tool_list = (first_tool..first_tool + tools.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT id, proposal_id, tenant, env, route, tool, attempt, kind, execution_key, receipt FROM jobs \
+         WHERE state = 'queued' AND env = $1 AND available_at <= $2 AND execute_by > $2{} AND tool IN ({tool_list}) \
+         ORDER BY available_at, id LIMIT ${}{}",
+        if kind.is_some() { " AND kind = $3" } else { "" },
+        first_tool + tools.len(),
+        conn.dialect().lock_skipping_locked(),
+    );
+    match conn {
+        Conn::Sqlite(c) => {
+            super::on_sqlite_directly(c, |db| {
+                let mut params: Vec<&dyn rusqlite::ToSql> = vec![&env, &now];
+                if let Some(k) = &kind {
+                    params.push(k);
+                }
+                params.extend(tools.iter().map(|t| t as &dyn rusqlite::ToSql));
+                params.push(&limit);
+                let mut select = db.prepare(&sql)?;
+                let rows = select.query_map(params.as_slice(), |r| {
+                    Ok(ClaimableRow {
+                        id: r.get(0)?,
+                        proposal_id: r.get(1)?,
+                        tenant: r.get(2)?,
+                        env: r.get(3)?,
+                        route: r.get(4)?,
+                        tool: r.get(5)?,
+                        attempt: r.get(6)?,
+                        kind: r.get(7)?,
+                        execution_key: r.get(8)?,
+                        receipt: r.get(9)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
         }
-        sep.push_unseparated(")");
-        if kinds.len() == 1 {
-            qb.push(" AND kind = ").push_bind(kinds[0]);
+        Conn::Postgres(c) => {
+            let mut q = sqlx::query_as::<_, ClaimableRow>(&sql).bind(env).bind(now);
+            if let Some(k) = kind {
+                q = q.bind(k);
+            }
+            for t in tools {
+                q = q.bind(t);
+            }
+            Ok(q.bind(limit).fetch_all(&mut **c).await?)
         }
-        qb.push(" ORDER BY available_at, id LIMIT ");
-        qb.push_bind(limit);
-        qb.push(lock);
-        qb.build_query_as::<ClaimableRow>().fetch_all(&mut **c).await?
-    }))
+    }
 }
 
-/// Lease many queued jobs in one statement. Each gets the lease id
+/// What a lease sets (`lease_many`): parameters `$1` the claim, `$2` the
+/// lease's end, `$3` the time.
+const LEASE_SET: &str = "state = 'leased', lease_id = 'lse_' || $1 || '_' || id, \
+     lease_expires_at = CASE WHEN execute_by < $2 THEN execute_by ELSE $2 END, leased_at = $3, attempt = attempt + 1";
+
+/// Lease many queued jobs in one call. Each gets the lease id
 /// `lse_<claim>_<job id>`: new at every claim. A lease ends at `until` or at
 /// the job's execute-by deadline, whichever comes first: work may not be
 /// done after it. Returns (job id, lease id, lease end) of those leased.
+/// PostgreSQL: one statement over the ids. SQLite: the one-row statement,
+/// prepared once and run for each id, on the writer's thread.
 pub async fn lease_many(
     conn: &mut Conn<'_>,
     ids: &[String],
@@ -170,17 +210,38 @@ pub async fn lease_many(
         return Ok(Vec::new());
     }
     check_move(JobState::Queued, JobState::Leased)?;
-    Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'leased', lease_id = 'lse_' || ");
-        qb.push_bind(claim.to_owned());
-        qb.push(" || '_' || id, lease_expires_at = CASE WHEN execute_by < ").push_bind(until);
-        qb.push(" THEN execute_by ELSE ").push_bind(until);
-        qb.push(" END, leased_at = ").push_bind(now);
-        qb.push(", attempt = attempt + 1 WHERE state || '' = 'queued' AND id");
-        qb.push_any(ids);
-        qb.push(" RETURNING id, lease_id, lease_expires_at");
-        qb.build_query_as::<(String, String, i64)>().fetch_all(&mut **c).await?
-    }))
+    const RETURNING: &str = " RETURNING id, lease_id, lease_expires_at";
+    match conn {
+        Conn::Sqlite(c) => {
+            static ONE: LazyLock<String> = LazyLock::new(|| {
+                format!("UPDATE jobs SET {LEASE_SET} WHERE id = $4 AND state || '' = 'queued'{RETURNING}")
+            });
+            super::on_sqlite_directly(c, |db| {
+                let mut lease = db.prepare(&ONE)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let mut rows = lease.query(rusqlite::params![claim, until, now, id])?;
+                    if let Some(r) = rows.next()? {
+                        out.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+        }
+        Conn::Postgres(c) => {
+            static MANY: LazyLock<String> = LazyLock::new(|| {
+                format!("UPDATE jobs SET {LEASE_SET} WHERE state || '' = 'queued' AND id = ANY($4){RETURNING}")
+            });
+            Ok(sqlx::query_as(MANY.as_str())
+                .bind(claim)
+                .bind(until)
+                .bind(now)
+                .bind(ids)
+                .fetch_all(&mut **c)
+                .await?)
+        }
+    }
 }
 
 /// Extend a live lease; false if the lease is no longer held.
@@ -229,23 +290,56 @@ pub struct Finishable {
     pub idempotency_key: Option<String>,
 }
 
-/// The jobs `ids` with their proposals' facts, in one statement; locked on
-/// PostgreSQL until the transaction ends.
+/// The jobs `ids` with their proposals' facts: on PostgreSQL in one
+/// statement, locked until the transaction ends; on SQLite by the one-row
+/// statement run for each id on the writer's thread.
 pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finishable>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let lock = conn.dialect().lock_rows_of("j");
-    Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, j.lease_id, j.leased_at, \
-             j.lease_expires_at, \
-             p.args_hash, p.idempotency_key FROM jobs j JOIN proposals p ON p.id = j.proposal_id \
-             WHERE j.kind = 'execute' AND j.id");
-        qb.push_any(ids);
-        qb.push(&lock);
-        qb.build_query_as::<Finishable>().fetch_all(&mut **c).await?
-    }))
+    const SELECT: &str = "SELECT j.id, j.proposal_id, j.tenant, j.env, j.route, j.tool, j.state, j.attempt, \
+         j.lease_id, j.leased_at, j.lease_expires_at, p.args_hash, p.idempotency_key \
+         FROM jobs j JOIN proposals p ON p.id = j.proposal_id WHERE j.kind = 'execute' AND j.id";
+    match conn {
+        Conn::Sqlite(c) => {
+            static ONE: LazyLock<String> = LazyLock::new(|| format!("{SELECT} = $1"));
+            super::on_sqlite_directly(c, |db| {
+                let mut select = db.prepare(&ONE)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let mut rows = select.query([id])?;
+                    if let Some(r) = rows.next()? {
+                        out.push(Finishable {
+                            id: r.get(0)?,
+                            proposal_id: r.get(1)?,
+                            tenant: r.get(2)?,
+                            env: r.get(3)?,
+                            route: r.get(4)?,
+                            tool: r.get(5)?,
+                            state: r.get(6)?,
+                            attempt: r.get(7)?,
+                            lease_id: r.get(8)?,
+                            leased_at: r.get(9)?,
+                            lease_expires_at: r.get(10)?,
+                            args_hash: r.get(11)?,
+                            idempotency_key: r.get(12)?,
+                        });
+                    }
+                }
+                Ok(out)
+            })
+            .await
+        }
+        Conn::Postgres(c) => {
+            static MANY: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "{SELECT} = ANY($1){}",
+                    crate::store::Backend::Postgres.lock_rows_of("j")
+                )
+            });
+            Ok(sqlx::query_as(MANY.as_str()).bind(ids).fetch_all(&mut **c).await?)
+        }
+    }
 }
 
 /// A leased job to mark succeeded: its id, result and accepted body.
@@ -256,21 +350,50 @@ pub struct Success<'a> {
     pub completion: &'a str,
 }
 
-/// Mark many leased jobs succeeded in one statement; answers how many were.
+/// Mark many leased jobs succeeded; answers how many were. PostgreSQL: one
+/// statement over arrays. SQLite: the one-row statement, prepared once and
+/// run for each job, on the writer's thread.
 pub async fn succeed_many(conn: &mut Conn<'_>, done: &[Success<'_>], now: i64) -> Result<u64> {
     if done.is_empty() {
         return Ok(0);
     }
     check_move(JobState::Leased, JobState::Succeeded)?;
-    let rows: Vec<[&str; 3]> = done.iter().map(|s| [s.id, s.result, s.completion]).collect();
-    Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', result = v.column2, completion = v.column3, finished_at = ");
-        qb.push_bind(now);
-        qb.push(", lease_expires_at = NULL FROM ");
-        qb.push_rows_v(&rows);
-        qb.push(" WHERE jobs.id = v.column1 AND jobs.state || '' = 'leased'");
-        qb.build().execute(&mut **c).await?.rows_affected()
-    }))
+    const SET: &str = "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_expires_at = NULL, ";
+    match conn {
+        Conn::Sqlite(c) => {
+            static ONE: LazyLock<String> =
+                LazyLock::new(|| format!("{SET}result = $2, completion = $3 WHERE id = $4 AND state || '' = 'leased'"));
+            super::on_sqlite_directly(c, |db| {
+                let mut succeed = db.prepare(&ONE)?;
+                let mut n = 0;
+                for s in done {
+                    n += succeed.execute(rusqlite::params![now, s.result, s.completion, s.id])? as u64;
+                }
+                Ok(n)
+            })
+            .await
+        }
+        Conn::Postgres(c) => {
+            static MANY: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "{SET}result = v.result, completion = v.completion \
+                     FROM UNNEST($2::TEXT[], $3::TEXT[], $4::TEXT[]) AS v (id, result, completion) \
+                     WHERE jobs.id = v.id AND jobs.state || '' = 'leased'"
+                )
+            });
+            let ids: Vec<&str> = done.iter().map(|s| s.id).collect();
+            let results: Vec<&str> = done.iter().map(|s| s.result).collect();
+            let completions: Vec<&str> = done.iter().map(|s| s.completion).collect();
+            Ok(sqlx::query(MANY.as_str())
+                .bind(now)
+                .bind(ids)
+                .bind(results)
+                .bind(completions)
+                .execute(&mut **c)
+                .await?
+                .rows_affected())
+        }
+    }
 }
 
 /// Offer a leased job again after `available_at` (retry with backoff, or a

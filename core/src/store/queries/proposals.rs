@@ -1,5 +1,4 @@
 use super::runs::bind_spend;
-use super::PushAny;
 use crate::error::{Error, Result};
 use crate::lifecycle::{can_transition, Status};
 use crate::store::on;
@@ -508,36 +507,66 @@ pub struct RunFacts {
 
 const RUN_FACTS: &str = "id, args, args_hash, idempotency_key, preview_state";
 
+fn run_facts_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunFacts> {
+    Ok(RunFacts {
+        id: r.get(0)?,
+        args: r.get(1)?,
+        args_hash: r.get(2)?,
+        idempotency_key: r.get(3)?,
+        preview_state: r.get(4)?,
+    })
+}
+
+/// Run a statement whose last parameter is one id for each of `ids` on
+/// SQLite, on the writer's thread (prepared once), after `params`; `each`
+/// takes what each run answers.
+async fn for_each_id<T>(
+    c: &mut sqlx::SqliteConnection,
+    sql: &str,
+    params: &[&(dyn rusqlite::ToSql + Sync)],
+    ids: &[String],
+    mut each: impl FnMut(&mut rusqlite::Rows<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    super::on_sqlite_directly(c, |db| {
+        let mut st = db.prepare(sql)?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut all: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| *p as &dyn rusqlite::ToSql).collect();
+        for id in ids {
+            all.truncate(params.len());
+            all.push(id);
+            out.push(each(&mut st.query(all.as_slice())?)?);
+        }
+        Ok(out)
+    })
+    .await
+}
+
 /// The run facts of proposals whose status does not change at claim
 /// (previews).
 pub async fn run_facts(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<RunFacts>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(on!(conn, c => {
-        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {RUN_FACTS} FROM proposals WHERE id IN ("));
-        let mut sep = qb.separated(", ");
-        for id in ids {
-            sep.push_bind(id.clone());
+    let select = format!("SELECT {RUN_FACTS} FROM proposals WHERE id");
+    match conn {
+        Conn::Sqlite(c) => {
+            let found = for_each_id(c, &format!("{select} = $1"), &[], ids, |rows| {
+                rows.next()?.map(run_facts_of).transpose()
+            })
+            .await?;
+            Ok(found.into_iter().flatten().collect())
         }
-        sep.push_unseparated(")");
-        qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
-    }))
+        Conn::Postgres(c) => Ok(sqlx::query_as(&format!("{select} = ANY($1)"))
+            .bind(ids)
+            .fetch_all(&mut **c)
+            .await?),
+    }
 }
 
-/// `UPDATE proposals SET status = <to> WHERE status = <from> AND id IN (<ids>`
-/// and then `tail`, as a query builder for whichever store `on!` picked.
-macro_rules! status_update {
-    ($from:expr, $to:expr, $ids:expr, $tail:expr) => {{
-        let mut qb = sqlx::QueryBuilder::new("UPDATE proposals SET status = ");
-        qb.push_bind($to);
-        qb.push(" WHERE status = ");
-        qb.push_bind($from);
-        qb.push(" AND id");
-        qb.push_any($ids);
-        qb.push($tail);
-        qb
-    }};
+/// `UPDATE proposals SET status = $1 WHERE status = $2 AND id` and then
+/// `tail` (the ids' match, from `$3`).
+fn status_update_sql(tail: &str) -> String {
+    format!("UPDATE proposals SET status = $1 WHERE status = $2 AND id{tail}")
 }
 
 /// Move many proposals from `from` to `to`, answering what their executors
@@ -552,22 +581,53 @@ pub async fn transition_many_returning(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(on!(conn, c => {
-        let mut qb = status_update!(from, to, ids, format!(" RETURNING {RUN_FACTS}"));
-        qb.build_query_as::<RunFacts>().fetch_all(&mut **c).await?
-    }))
+    match conn {
+        Conn::Sqlite(c) => {
+            static ONE: LazyLock<String> = LazyLock::new(|| status_update_sql(&format!(" = $3 RETURNING {RUN_FACTS}")));
+            let moved = for_each_id(c, &ONE, &[&to, &from], ids, |rows| {
+                rows.next()?.map(run_facts_of).transpose()
+            })
+            .await?;
+            Ok(moved.into_iter().flatten().collect())
+        }
+        Conn::Postgres(c) => {
+            static MANY: LazyLock<String> =
+                LazyLock::new(|| status_update_sql(&format!(" = ANY($3) RETURNING {RUN_FACTS}")));
+            Ok(sqlx::query_as(MANY.as_str())
+                .bind(to)
+                .bind(from)
+                .bind(ids)
+                .fetch_all(&mut **c)
+                .await?)
+        }
+    }
 }
 
-/// Move many proposals from `from` to `to` in one statement; answers how many.
+/// Move many proposals from `from` to `to`; answers how many. PostgreSQL:
+/// one statement; SQLite: the one-row statement for each, on the writer's
+/// thread.
 pub async fn transition_many(conn: &mut Conn<'_>, ids: &[String], from: Status, to: Status) -> Result<u64> {
     check_move(from, to)?;
     if ids.is_empty() {
         return Ok(0);
     }
-    Ok(on!(conn, c => {
-        let mut qb = status_update!(from, to, ids, "");
-        qb.build().execute(&mut **c).await?.rows_affected()
-    }))
+    match conn {
+        Conn::Sqlite(c) => {
+            static ONE: LazyLock<String> = LazyLock::new(|| status_update_sql(" = $3 RETURNING 1"));
+            let moved = for_each_id(c, &ONE, &[&to, &from], ids, |rows| Ok(rows.next()?.is_some())).await?;
+            Ok(moved.into_iter().filter(|m| *m).count() as u64)
+        }
+        Conn::Postgres(c) => {
+            static MANY: LazyLock<String> = LazyLock::new(|| status_update_sql(" = ANY($3)"));
+            Ok(sqlx::query(MANY.as_str())
+                .bind(to)
+                .bind(from)
+                .bind(ids)
+                .execute(&mut **c)
+                .await?
+                .rows_affected())
+        }
+    }
 }
 
 /// What an execution's audit event and answer need of its proposal.
