@@ -213,16 +213,19 @@ pub async fn lease_many(
     const RETURNING: &str = " RETURNING id, lease_id, lease_expires_at";
     match conn {
         Conn::Sqlite(c) => {
-            static ONE: LazyLock<String> = LazyLock::new(|| {
-                format!("UPDATE jobs SET {LEASE_SET} WHERE id = $4 AND state || '' = 'queued'{RETURNING}")
-            });
+            // The update, then its lease read back by primary key: SQLite
+            // answers `RETURNING` through a temporary table, opened and
+            // closed at every run.
+            static ONE: LazyLock<String> =
+                LazyLock::new(|| format!("UPDATE jobs SET {LEASE_SET} WHERE id = $4 AND state || '' = 'queued'"));
             super::on_sqlite_directly(c, |db| {
                 let mut lease = db.prepare(&ONE)?;
+                let mut read = db.prepare("SELECT lease_id, lease_expires_at FROM jobs WHERE id = $1")?;
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let mut rows = lease.query(rusqlite::params![claim, until, now, id])?;
-                    if let Some(r) = rows.next()? {
-                        out.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                    if lease.execute(rusqlite::params![claim, until, now, id])? == 1 {
+                        let (lease_id, ends) = read.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        out.push((id.clone(), lease_id, ends));
                     }
                 }
                 Ok(out)

@@ -517,28 +517,38 @@ fn run_facts_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunFacts> {
     })
 }
 
-/// Run a statement whose last parameter is one id for each of `ids` on
-/// SQLite, on the writer's thread (prepared once), after `params`; `each`
-/// takes what each run answers.
-async fn for_each_id<T>(
-    c: &mut sqlx::SqliteConnection,
-    sql: &str,
-    params: &[&(dyn rusqlite::ToSql + Sync)],
-    ids: &[String],
-    mut each: impl FnMut(&mut rusqlite::Rows<'_>) -> rusqlite::Result<T>,
-) -> Result<Vec<T>> {
-    super::on_sqlite_directly(c, |db| {
-        let mut st = db.prepare(sql)?;
-        let mut out = Vec::with_capacity(ids.len());
-        let mut all: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| *p as &dyn rusqlite::ToSql).collect();
-        for id in ids {
-            all.truncate(params.len());
-            all.push(id);
-            out.push(each(&mut st.query(all.as_slice())?)?);
+/// SQLite, on the writer's thread: the run facts of each of `ids` found,
+/// the one-row select prepared once.
+fn run_facts_sqlite<'a>(
+    db: &rusqlite::Connection,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> rusqlite::Result<Vec<RunFacts>> {
+    use rusqlite::OptionalExtension;
+    let mut select = db.prepare(&format!("SELECT {RUN_FACTS} FROM proposals WHERE id = $1"))?;
+    ids.into_iter()
+        .filter_map(|id| select.query_row([id], run_facts_of).optional().transpose())
+        .collect()
+}
+
+/// SQLite, on the writer's thread: move each of `ids` from `from` to `to`
+/// with the one-row update, prepared once; answers those moved. (Without
+/// `RETURNING`, which SQLite answers through a temporary table opened and
+/// closed at every run.)
+fn move_each_sqlite<'a>(
+    db: &rusqlite::Connection,
+    ids: &'a [String],
+    from: Status,
+    to: Status,
+) -> rusqlite::Result<Vec<&'a String>> {
+    static ONE: LazyLock<String> = LazyLock::new(|| status_update_sql(" = $3"));
+    let mut update = db.prepare(&ONE)?;
+    let mut moved = Vec::with_capacity(ids.len());
+    for id in ids {
+        if update.execute(rusqlite::params![to, from, id])? == 1 {
+            moved.push(id);
         }
-        Ok(out)
-    })
-    .await
+    }
+    Ok(moved)
 }
 
 /// The run facts of proposals whose status does not change at claim
@@ -547,19 +557,14 @@ pub async fn run_facts(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<RunFac
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let select = format!("SELECT {RUN_FACTS} FROM proposals WHERE id");
     match conn {
-        Conn::Sqlite(c) => {
-            let found = for_each_id(c, &format!("{select} = $1"), &[], ids, |rows| {
-                rows.next()?.map(run_facts_of).transpose()
-            })
-            .await?;
-            Ok(found.into_iter().flatten().collect())
-        }
-        Conn::Postgres(c) => Ok(sqlx::query_as(&format!("{select} = ANY($1)"))
-            .bind(ids)
-            .fetch_all(&mut **c)
-            .await?),
+        Conn::Sqlite(c) => super::on_sqlite_directly(c, |db| run_facts_sqlite(db, ids)).await,
+        Conn::Postgres(c) => Ok(
+            sqlx::query_as(&format!("SELECT {RUN_FACTS} FROM proposals WHERE id = ANY($1)"))
+                .bind(ids)
+                .fetch_all(&mut **c)
+                .await?,
+        ),
     }
 }
 
@@ -583,12 +588,11 @@ pub async fn transition_many_returning(
     }
     match conn {
         Conn::Sqlite(c) => {
-            static ONE: LazyLock<String> = LazyLock::new(|| status_update_sql(&format!(" = $3 RETURNING {RUN_FACTS}")));
-            let moved = for_each_id(c, &ONE, &[&to, &from], ids, |rows| {
-                rows.next()?.map(run_facts_of).transpose()
+            super::on_sqlite_directly(c, |db| {
+                let moved = move_each_sqlite(db, ids, from, to)?;
+                run_facts_sqlite(db, moved)
             })
-            .await?;
-            Ok(moved.into_iter().flatten().collect())
+            .await
         }
         Conn::Postgres(c) => {
             static MANY: LazyLock<String> =
@@ -613,9 +617,7 @@ pub async fn transition_many(conn: &mut Conn<'_>, ids: &[String], from: Status, 
     }
     match conn {
         Conn::Sqlite(c) => {
-            static ONE: LazyLock<String> = LazyLock::new(|| status_update_sql(" = $3 RETURNING 1"));
-            let moved = for_each_id(c, &ONE, &[&to, &from], ids, |rows| Ok(rows.next()?.is_some())).await?;
-            Ok(moved.into_iter().filter(|m| *m).count() as u64)
+            super::on_sqlite_directly(c, |db| Ok(move_each_sqlite(db, ids, from, to)?.len() as u64)).await
         }
         Conn::Postgres(c) => {
             static MANY: LazyLock<String> = LazyLock::new(|| status_update_sql(" = ANY($3)"));
