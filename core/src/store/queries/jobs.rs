@@ -307,29 +307,23 @@ pub async fn finishable(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<Finis
         Conn::Sqlite(c) => {
             static ONE: LazyLock<String> = LazyLock::new(|| format!("{SELECT} = $1"));
             super::on_sqlite_directly(c, |db| {
-                let mut select = db.prepare(&ONE)?;
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let mut rows = select.query([id])?;
-                    if let Some(r) = rows.next()? {
-                        out.push(Finishable {
-                            id: r.get(0)?,
-                            proposal_id: r.get(1)?,
-                            tenant: r.get(2)?,
-                            env: r.get(3)?,
-                            route: r.get(4)?,
-                            tool: r.get(5)?,
-                            state: r.get(6)?,
-                            attempt: r.get(7)?,
-                            lease_id: r.get(8)?,
-                            leased_at: r.get(9)?,
-                            lease_expires_at: r.get(10)?,
-                            args_hash: r.get(11)?,
-                            idempotency_key: r.get(12)?,
-                        });
-                    }
-                }
-                Ok(out)
+                super::rows_by_id(db, &ONE, ids, |r| {
+                    Ok(Finishable {
+                        id: r.get(0)?,
+                        proposal_id: r.get(1)?,
+                        tenant: r.get(2)?,
+                        env: r.get(3)?,
+                        route: r.get(4)?,
+                        tool: r.get(5)?,
+                        state: r.get(6)?,
+                        attempt: r.get(7)?,
+                        lease_id: r.get(8)?,
+                        leased_at: r.get(9)?,
+                        lease_expires_at: r.get(10)?,
+                        args_hash: r.get(11)?,
+                        idempotency_key: r.get(12)?,
+                    })
+                })
             })
             .await
         }

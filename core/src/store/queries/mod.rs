@@ -38,6 +38,26 @@ pub(crate) async fn on_sqlite_directly<T>(
     done.map_err(sqlite_error)
 }
 
+/// SQLite, on the writer's thread (`on_sqlite_directly`): `sql`, which
+/// reads at most one row by `$1`, prepared once and run for each of `ids`;
+/// the rows found, mapped, in the order of `ids`.
+pub(crate) fn rows_by_id<'a, T>(
+    db: &rusqlite::Connection,
+    sql: &str,
+    ids: impl IntoIterator<Item = &'a String>,
+    mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut select = db.prepare(sql)?;
+    let mut out = Vec::new();
+    for id in ids {
+        let mut rows = select.query([id])?;
+        if let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+    }
+    Ok(out)
+}
+
 fn sqlite_error(e: rusqlite::Error) -> Error {
     Error::internal(format!("sqlite: {e}"))
 }

@@ -523,11 +523,8 @@ fn run_facts_sqlite<'a>(
     db: &rusqlite::Connection,
     ids: impl IntoIterator<Item = &'a String>,
 ) -> rusqlite::Result<Vec<RunFacts>> {
-    use rusqlite::OptionalExtension;
-    let mut select = db.prepare(&format!("SELECT {RUN_FACTS} FROM proposals WHERE id = $1"))?;
-    ids.into_iter()
-        .filter_map(|id| select.query_row([id], run_facts_of).optional().transpose())
-        .collect()
+    static ONE: LazyLock<String> = LazyLock::new(|| format!("SELECT {RUN_FACTS} FROM proposals WHERE id = $1"));
+    super::rows_by_id(db, &ONE, ids, run_facts_of)
 }
 
 /// SQLite, on the writer's thread: move each of `ids` from `from` to `to`
