@@ -521,7 +521,166 @@ async fn metrics_show_leased_jobs_lost_leases_and_the_oldest_wait(db: &TestDb) {
     assert_eq!(metric(&text, "countersign_jobs_queued"), Some(2.0), "{text}");
 }
 
+/// An executor key made by `t`: (its id, its plaintext).
+async fn executor_key_with_id(t: &TestApp, tools: &[&str]) -> (String, String) {
+    t.core()
+        .create_key(
+            &Admin::cli(),
+            countersign_core::service::NewKey {
+                kind: countersign_core::tokens::KeyKind::Executor,
+                name: "exec".into(),
+                tenant: None,
+                env: "prod".into(),
+                tools: tools.iter().map(|t| t.to_string()).collect(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// A process admits an executor's key from what it knows of it (no read of
+/// the key per call); a key revoked by another process is still refused at
+/// its next call, whichever call it is, and nothing is done for it.
+async fn an_executor_key_revoked_in_another_process_is_refused_by_each_executor_call(db: &TestDb) {
+    let t = app(db).await;
+    // A second process over the same database, as behind a load balancer.
+    let other = app(db).await;
+    release(&t, "acme", 10).await;
+    let cases = [
+        "a heartbeat",
+        "a success (finished with others)",
+        "a failure (finished one by one)",
+        "a completion whose body does not fit",
+        "a claim with jobs waiting",
+        "a claim of tools it does not serve",
+        "a long-poll claim with nothing to claim",
+    ];
+    for what in cases {
+        let (id, key) = executor_key_with_id(&t, &["note.write"]).await;
+        // This process has seen the key live, and leased a job to it.
+        let job = claim(&t, &key, json!({ "max": 1 })).await.remove(0);
+        other.core().revoke_key(&Admin::cli(), &id).await.unwrap();
+        let recorded = t.inspect().audit_events().await.unwrap().len();
+        let job_path = |verb: &str| format!("/api/v1/jobs/{}/{verb}", job["job_id"].as_str().unwrap());
+        let started = Instant::now();
+        let r = match what {
+            "a heartbeat" => {
+                t.post(&job_path("heartbeat"), &key, json!({ "lease_id": job["lease_id"] }))
+                    .await
+            }
+            "a success (finished with others)" => complete(&t, &key, &job, "succeeded", false).await,
+            "a failure (finished one by one)" => complete(&t, &key, &job, "failed", false).await,
+            "a completion whose body does not fit" => {
+                t.post(
+                    &job_path("complete"),
+                    &key,
+                    json!({ "lease_id": job["lease_id"], "no_such_field": 1 }),
+                )
+                .await
+            }
+            "a claim with jobs waiting" => t.post("/api/v1/jobs/claim", &key, json!({ "max": 1 })).await,
+            "a claim of tools it does not serve" => {
+                t.post("/api/v1/jobs/claim", &key, json!({ "tools": ["ticket.close"] }))
+                    .await
+            }
+            _ => {
+                t.post(
+                    "/api/v1/jobs/claim",
+                    &key,
+                    json!({ "kinds": ["preview"], "wait_seconds": 20 }),
+                )
+                .await
+            }
+        };
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            "{what}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains("revoked"),
+            "{what}: {}",
+            r.body
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: refused at once, not after a wait"
+        );
+        assert_eq!(
+            t.inspect().audit_events().await.unwrap().len(),
+            recorded,
+            "{what}: nothing done for a revoked key"
+        );
+        assert_eq!(
+            stored_status(&t, job["proposal_id"].as_str().unwrap()).await,
+            "running",
+            "{what}"
+        );
+        // Known revoked now: refused before any read.
+        let reads = t.core().executor_key_reads();
+        let again = t.post("/api/v1/jobs/claim", &key, json!({ "max": 1 })).await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{what}: {}", again.body);
+        assert_eq!(t.core().executor_key_reads(), reads, "{what}");
+    }
+    assert!(t.core().verify_audit_chain().await.unwrap().ok());
+}
+
+/// Revoked where it is known: refused at its next call, with no read.
+async fn an_executor_key_revoked_in_this_process_is_refused_without_a_read(db: &TestDb) {
+    let t = app(db).await;
+    release(&t, "acme", 1).await;
+    let (id, key) = executor_key_with_id(&t, &["note.write"]).await;
+    let job = claim(&t, &key, json!({})).await.remove(0);
+    t.core().revoke_key(&Admin::cli(), &id).await.unwrap();
+    let reads = t.core().executor_key_reads();
+    let r = complete(&t, &key, &job, "succeeded", false).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        "{}",
+        r.body
+    );
+    assert_eq!(t.core().executor_key_reads(), reads);
+    assert_eq!(stored_status(&t, job["proposal_id"].as_str().unwrap()).await, "running");
+}
+
+/// The drain's hot path: a known key's claims and completions read no key
+/// row before they act (their transactions check it).
+async fn a_known_executors_later_calls_read_no_key_row(db: &TestDb) {
+    let t = app(db).await;
+    let (_, ids) = release(&t, "acme", 6).await;
+    let key = t.executor_key("prod", &["note.write"]).await;
+    let jobs = claim(&t, &key, json!({ "max": 1 })).await;
+    let reads = t.core().executor_key_reads();
+    assert!(reads >= 1, "the first call reads the key");
+    let mut jobs = jobs;
+    for _ in 0..5 {
+        let job = jobs.remove(0);
+        let hb = t
+            .post(
+                &format!("/api/v1/jobs/{}/heartbeat", job["job_id"].as_str().unwrap()),
+                &key,
+                json!({ "lease_id": job["lease_id"] }),
+            )
+            .await;
+        assert_eq!(hb.status, StatusCode::OK, "{}", hb.body);
+        let r = complete(&t, &key, &job, "succeeded", false).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        jobs = claim(&t, &key, json!({ "max": 1 })).await;
+    }
+    let r = complete(&t, &key, &jobs[0], "succeeded", false).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(t.core().executor_key_reads(), reads, "no key read after the first");
+    for id in &ids {
+        assert_eq!(stored_status(&t, id).await, "succeeded");
+    }
+}
+
 countersign_core::store_tests!(
+    an_executor_key_revoked_in_another_process_is_refused_by_each_executor_call,
+    an_executor_key_revoked_in_this_process_is_refused_without_a_read,
+    a_known_executors_later_calls_read_no_key_row,
     two_hundred_jobs_sixteen_executors_each_completed_exactly_once,
     successes_reported_at_once_each_finish_once_with_their_own_event,
     a_dead_executors_lease_runs_out_and_the_job_returns_with_the_next_attempt,

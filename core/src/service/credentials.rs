@@ -1,7 +1,8 @@
 //! Credentials: who is calling, from the bearer value alone; API keys (made,
 //! listed, revoked) and the server's signing keys.
 
-use super::runs::{Known, ProposingRun};
+use super::known::Known;
+use super::runs::{LiveRun, ProposingRun};
 use super::{Core, ExecutorPrincipal, RunPrincipal, ServicePrincipal};
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
@@ -36,6 +37,9 @@ pub struct NewKey {
     pub env: String,
     pub tools: Vec<String>,
 }
+
+/// What a caller whose key was revoked is told.
+pub(super) const KEY_REVOKED: &str = "this key was revoked";
 
 fn unauth(msg: &str) -> Error {
     Error::Unauthenticated(msg.to_owned())
@@ -103,7 +107,7 @@ impl Core {
             .filter(|k| k.kind == claimed)
             .ok_or_else(|| unauth("unknown key"))?;
         if row.revoked_at.is_some() {
-            return Err(unauth("this key was revoked"));
+            return Err(unauth(KEY_REVOKED));
         }
         Ok(match row.kind {
             KeyKind::Service => Credential::Service(ServicePrincipal {
@@ -119,6 +123,81 @@ impl Core {
                 tools: serde_json::from_str::<BTreeSet<String>>(&row.tools).unwrap_or_default(),
             }),
         })
+    }
+
+    /// An executor key, for the executor's own calls (claim, heartbeat,
+    /// complete), admitted from what this process knows of it: read once,
+    /// at its first call here. Its revocation is checked by each of those
+    /// calls in the transaction that acts (`Core::executor_live_in`), and an
+    /// answer other than that transaction's success is given only after a
+    /// read of the key (`Core::confirm_executor`), so a key revoked by any
+    /// process is refused at its next call. A key seen revoked is refused
+    /// at once. Any other credential is authenticated as every call is.
+    pub async fn authenticate_executor(&self, bearer: &str) -> Result<Credential> {
+        if KeyKind::of_key(bearer) != Some(KeyKind::Executor) {
+            return self.authenticate(bearer).await;
+        }
+        let hash = hash_key(bearer);
+        match self.known_keys.get(&hash) {
+            Some(Known::Live(exec)) => Ok(Credential::Executor(exec)),
+            Some(Known::Ended(why)) => Err(unauth(&why)),
+            None => {
+                self.known_keys.count_read();
+                let found = self.authenticate(bearer).await;
+                match &found {
+                    Ok(Credential::Executor(exec)) => self.known_keys.learn(&hash, Known::Live(exec.clone())),
+                    Err(Error::Unauthenticated(why)) if why == KEY_REVOKED => self.known_keys.ended(&hash, why),
+                    _ => {}
+                }
+                found
+            }
+        }
+    }
+
+    /// Whether an executor's key is live, read now; refused (401) if not.
+    pub async fn confirm_executor(&self, exec: &ExecutorPrincipal) -> Result<()> {
+        if exec.is_upstream_executor() {
+            return Ok(());
+        }
+        self.known_keys.count_read();
+        let row = keys::by_id(&mut self.store.reader().await?.conn(), &exec.key_id).await?;
+        if row.is_some_and(|k| k.revoked_at.is_none()) {
+            return Ok(());
+        }
+        self.executor_ended(&exec.key_id);
+        Err(unauth(KEY_REVOKED))
+    }
+
+    /// An executor's call answered as its key stands now: a refusal of the
+    /// key by the call's own transaction is remembered, and any other
+    /// failure is answered only after a read of the key, so a revoked key
+    /// hears 401 whatever else was wrong with its call.
+    pub(super) async fn answer_executor<T>(&self, exec: &ExecutorPrincipal, done: Result<T>) -> Result<T> {
+        match done {
+            Ok(v) => Ok(v),
+            Err(Error::Unauthenticated(why)) => {
+                if why == KEY_REVOKED {
+                    self.executor_ended(&exec.key_id);
+                }
+                Err(Error::Unauthenticated(why))
+            }
+            Err(e) => {
+                self.confirm_executor(exec).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The executor's key was found revoked (or gone): its next call here
+    /// is refused without a read.
+    pub(super) fn executor_ended(&self, key_id: &str) {
+        self.known_keys.ended_where(|k| k.key_id == key_id, KEY_REVOKED);
+    }
+
+    /// How many times this process read an executor's key to admit or
+    /// confirm it; its later calls are admitted from what it learned then.
+    pub fn executor_key_reads(&self) -> u64 {
+        self.known_keys.reads()
     }
 
     async fn authenticate_run(&self, token: &str) -> Result<RunPrincipal> {
@@ -163,7 +242,7 @@ impl Core {
         let row = runs::get(&mut self.store.reader().await?.conn(), &claims.run)
             .await?
             .ok_or_else(|| unauth("the run does not exist"))?;
-        let known = Known::of(row);
+        let known = Known::<LiveRun>::of(row);
         self.known_runs.learn(&claims.run, known.clone());
         known.admit(claims, self.now_ms())
     }
@@ -234,13 +313,30 @@ impl Core {
     }
 
     pub async fn revoke_key(&self, by: &super::Admin, id: &str) -> Result<()> {
-        let (actor, id) = (by.actor().to_owned(), id.to_owned());
-        self.store.write(move |tx| Box::pin(revoke_key_in(tx, actor, id))).await
+        let (actor, key_id) = (by.actor().to_owned(), id.to_owned());
+        self.store
+            .write(move |tx| Box::pin(revoke_key_in(tx, actor, key_id)))
+            .await?;
+        self.executor_ended(id);
+        Ok(())
     }
 
     pub async fn list_keys(&self) -> Result<Vec<keys::KeyRow>> {
         keys::all(&mut self.store.reader().await?.conn()).await
     }
+}
+
+/// In a write that acts for `exec`: refused (401) unless its key is live
+/// now, as this transaction reads it.
+pub(super) async fn executor_live_in(tx: &mut Tx<'_>, exec: &ExecutorPrincipal) -> Result<()> {
+    if exec.is_upstream_executor()
+        || !keys::live_among(&mut tx.conn, std::slice::from_ref(&exec.key_id))
+            .await?
+            .is_empty()
+    {
+        return Ok(());
+    }
+    Err(unauth(KEY_REVOKED))
 }
 
 async fn rotate_in(tx: &mut Tx<'_>, actor: String, id: String, secret_hex: String) -> Result<()> {

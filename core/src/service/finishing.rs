@@ -6,14 +6,15 @@
 //! successes waiting at one moment are gathered and finished together: one
 //! read of their jobs, one update of the jobs, one of their proposals, and an
 //! audit event each, in one write. Anything that is not a live lease of the
-//! caller's (a repeat, a stale lease, a job it does not serve) is handed back
-//! untaken, to the one-by-one path that answers those cases.
+//! caller's (a repeat, a stale lease, a job it does not serve, a key revoked
+//! since the caller was admitted) is handed back untaken, to the one-by-one
+//! path that answers those cases.
 
 use super::ExecutorPrincipal;
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
 use crate::lifecycle::{JobState, Status};
-use crate::store::queries::{jobs, proposals};
+use crate::store::queries::{jobs, keys, proposals};
 use crate::store::{Notice, Store, Tx};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
@@ -115,6 +116,16 @@ async fn finish_many(tx: &mut Tx<'_>, successes: Vec<Success>) -> Result<Vec<Opt
         .into_iter()
         .map(|j| (j.id.clone(), j))
         .collect();
+    // Only for executors whose keys are live now; the others go the
+    // one-by-one way, which refuses them.
+    let mut key_ids: Vec<String> = successes
+        .iter()
+        .filter(|s| !s.exec.is_upstream_executor())
+        .map(|s| s.exec.key_id.clone())
+        .collect();
+    key_ids.sort_unstable();
+    key_ids.dedup();
+    let live_keys = keys::live_among(&mut tx.conn, &key_ids).await?;
     // A job reported twice in one group is taken once; the repeat goes the
     // one-by-one way, which answers it as the repeat it is.
     let now = tx.now_ms();
@@ -128,6 +139,7 @@ async fn finish_many(tx: &mut Tx<'_>, successes: Vec<Success>) -> Result<Vec<Opt
                     && j.lease_expires_at.is_some_and(|t| t > now)
                     && j.env == s.exec.env
                     && s.exec.tools.contains(&j.tool)
+                    && (s.exec.is_upstream_executor() || live_keys.contains(&s.exec.key_id))
                     && seen.insert(j.id.clone())
             })
         })

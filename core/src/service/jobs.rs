@@ -2,6 +2,7 @@
 //! out stale holders, completed once, retried with backoff; expired or
 //! re-offered when the sweeper finds them overdue or their lease lost.
 
+use super::credentials::executor_live_in;
 use super::finishing::Completion;
 use super::previews::{announce_pending, content_hash, diff_json, MAX_PREVIEW_BYTES};
 use super::waiting::Waiter;
@@ -161,6 +162,7 @@ struct Claim {
 }
 
 async fn claim_in(tx: &mut Tx<'_>, c: Claim) -> Result<Vec<ClaimedJob>> {
+    executor_live_in(tx, &c.exec).await?;
     let now = tx.now_ms();
     let candidates = jobs::claimable_rows(&mut tx.conn, &c.exec.env, &c.tools, &c.kinds, now, c.max).await?;
     if candidates.is_empty() {
@@ -248,6 +250,7 @@ async fn heartbeat_in(
     lease_id: String,
     secs: i64,
 ) -> Result<Heartbeat> {
+    executor_live_in(tx, &exec).await?;
     let j = jobs::get_for_update(&mut tx.conn, &job_id)
         .await?
         .filter(|j| exec.serves(j))
@@ -414,6 +417,7 @@ async fn finish_unwanted_preview(
 }
 
 async fn complete_in(tx: &mut Tx<'_>, c: Completing) -> Result<Completion> {
+    executor_live_in(tx, &c.exec).await?;
     let now = tx.now_ms();
     let j = jobs::get_for_update(&mut tx.conn, &c.job_id)
         .await?
@@ -641,7 +645,19 @@ pub(super) async fn reoffer_lost(tx: &mut Tx<'_>, policy: &Policy, public_url: &
 impl Core {
     /// Claim up to `max` jobs of the key's env and tools, long-polling up to
     /// `wait_seconds` for one to be released.
+    ///
+    /// Jobs are leased only by a transaction that finds the key live; an
+    /// empty answer, or a refusal, is given only after a read of the key.
     pub async fn claim(&self, exec: &ExecutorPrincipal, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        let got = self.claim_unconfirmed(exec, req).await;
+        let got = self.answer_executor(exec, got).await?;
+        if got.is_empty() {
+            self.confirm_executor(exec).await?;
+        }
+        Ok(got)
+    }
+
+    async fn claim_unconfirmed(&self, exec: &ExecutorPrincipal, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         let max = range("max", req.max, 1, 1, MAX_CLAIM)?;
         let lease_secs = range("lease_seconds", req.lease_seconds, 60, 1, MAX_LEASE_SECS)?;
         let wait = range("wait_seconds", req.wait_seconds, 0, 0, MAX_CLAIM_WAIT_SECS)?;
@@ -675,6 +691,7 @@ impl Core {
             None
         };
         let mut waiter = Waiter::new(self.subscribe(), Duration::from_secs(wait as u64), self.recheck());
+        let mut confirmed = false;
         loop {
             // A read first: a waiting executor with nothing to claim takes
             // no turn of the writer.
@@ -687,6 +704,11 @@ impl Core {
             }
             if waiter.expired() {
                 return Ok(Vec::new());
+            }
+            if !confirmed {
+                // A revoked key hears so now, not when its wait ends.
+                self.confirm_executor(exec).await?;
+                confirmed = true;
             }
             // Woken by a release in this env; the recheck covers jobs that
             // become available by time (backoff).
@@ -718,16 +740,30 @@ impl Core {
         lease_id: &str,
         lease_secs: Option<i64>,
     ) -> Result<Heartbeat> {
-        let secs = range("lease_seconds", lease_secs, 60, 1, MAX_LEASE_SECS)?;
-        let (exec, job_id, lease_id) = (exec.clone(), job_id.to_owned(), lease_id.to_owned());
-        self.store
-            .write(move |tx| Box::pin(heartbeat_in(tx, exec, job_id, lease_id, secs)))
-            .await
+        let beat = async {
+            let secs = range("lease_seconds", lease_secs, 60, 1, MAX_LEASE_SECS)?;
+            let (exec, job_id, lease_id) = (exec.clone(), job_id.to_owned(), lease_id.to_owned());
+            self.store
+                .write(move |tx| Box::pin(heartbeat_in(tx, exec, job_id, lease_id, secs)))
+                .await
+        };
+        let beat = beat.await;
+        self.answer_executor(exec, beat).await
     }
 
     /// Report a job's outcome. The same body twice is answered alike; a stale
     /// lease or a different outcome is `invalid_transition`.
     pub async fn complete(&self, exec: &ExecutorPrincipal, job_id: &str, req: CompleteRequest) -> Result<Completion> {
+        let done = self.complete_unconfirmed(exec, job_id, req).await;
+        self.answer_executor(exec, done).await
+    }
+
+    async fn complete_unconfirmed(
+        &self,
+        exec: &ExecutorPrincipal,
+        job_id: &str,
+        req: CompleteRequest,
+    ) -> Result<Completion> {
         let succeeded = match req.status.as_str() {
             "succeeded" => true,
             "failed" => false,

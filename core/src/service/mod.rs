@@ -29,6 +29,7 @@ mod decisions;
 mod finishing;
 mod history;
 mod jobs;
+mod known;
 mod notify;
 mod passkeys;
 mod people;
@@ -143,6 +144,9 @@ pub struct ExecutorPrincipal {
     pub tools: BTreeSet<String>,
 }
 
+/// How many executors' keys a process keeps what it knows of.
+const KNOWN_KEYS_MAX: usize = 10_000;
+
 /// The system itself: background tasks.
 pub const SYSTEM_ACTOR: &str = "system";
 pub const CLI_ACTOR: &str = "cli";
@@ -213,6 +217,9 @@ pub struct Core {
     keyring_reloaded: std::sync::Mutex<Option<std::time::Instant>>,
     /// What this process knows of the runs it has admitted.
     known_runs: runs::KnownRuns,
+    /// What this process knows of the executors' keys it has admitted, by
+    /// the key's hash (`Core::authenticate_executor`).
+    known_keys: known::Memory<ExecutorPrincipal>,
     /// Long-polls each run or executor key holds open.
     long_polls: std::sync::Arc<crate::limits::Slots>,
     /// The diff thread: one diff at a time, 32 in the line.
@@ -257,7 +264,8 @@ impl Core {
             policy: RwLock::new(Arc::new(policy)),
             keyring: RwLock::new(Keyring::default()),
             keyring_reloaded: std::sync::Mutex::new(None),
-            known_runs: runs::KnownRuns::default(),
+            known_runs: runs::KnownRuns::new(runs::KNOWN_RUNS_MAX),
+            known_keys: known::Memory::new(KNOWN_KEYS_MAX),
             receipt_key: RwLock::new(None),
             verified_to: std::sync::Mutex::new(None),
             audit_verified_at: std::sync::atomic::AtomicI64::new(0),

@@ -2,6 +2,7 @@
 //! for revocation, expiry and budgets; revoked by the circuit breaker after
 //! too many denials in a row.
 
+use super::known::{Known, Memory};
 use super::{Core, RunPrincipal, ServicePrincipal};
 use crate::audit::AuditDraft;
 use crate::error::{Error, Result};
@@ -113,43 +114,33 @@ impl ProposingRun {
     }
 }
 
-/// How many runs a process keeps what it knows of; when full it starts over
-/// (a run it forgot costs one read at its next call).
-const KNOWN_RUNS_MAX: usize = 20_000;
+/// How many runs a process keeps what it knows of (`known::Memory`).
+pub(super) const KNOWN_RUNS_MAX: usize = 20_000;
 
-/// What never changes about a run once minted (its scope, the person it acts
-/// for, its end), kept by each process once it has read it, and whether
-/// this process has seen it end. Ending is for ever, so "ended" may be kept;
-/// "live" is only ever a reason to check in the transaction, never to skip it.
-#[derive(Default)]
-pub(super) struct KnownRuns {
-    runs: std::sync::Mutex<std::collections::HashMap<String, Known>>,
-    rows_read: std::sync::atomic::AtomicU64,
-}
+/// What this process knows of the runs it has admitted, by run id.
+pub(super) type KnownRuns = Memory<LiveRun>;
 
+/// What never changes about a run once minted: its scope, the person it
+/// acts for, its end.
 #[derive(Debug, Clone)]
-pub(super) enum Known {
-    Live {
-        tenant: String,
-        env: String,
-        on_behalf_of: Option<String>,
-        expires_at: i64,
-    },
-    /// Revoked, expired or gone: why, as the caller is told.
-    Ended(String),
+pub(super) struct LiveRun {
+    tenant: String,
+    env: String,
+    on_behalf_of: Option<String>,
+    expires_at: i64,
 }
 
-impl Known {
-    pub(super) fn of(row: RunRow) -> Known {
+impl Known<LiveRun> {
+    pub(super) fn of(row: RunRow) -> Known<LiveRun> {
         if row.revoked_at.is_some() {
             return Known::Ended("the run was revoked".into());
         }
-        Known::Live {
+        Known::Live(LiveRun {
             tenant: row.tenant,
             env: row.env,
             on_behalf_of: row.on_behalf_of,
             expires_at: row.expires_at,
-        }
+        })
     }
 
     /// The caller a verified token names, if its run is live and is the
@@ -157,13 +148,8 @@ impl Known {
     pub(super) fn admit(self, claims: RunClaims, now: i64) -> Result<RunPrincipal> {
         match self {
             Known::Ended(why) => Err(Error::Unauthenticated(why)),
-            Known::Live {
-                tenant,
-                env,
-                on_behalf_of,
-                expires_at,
-            } => {
-                if expires_at <= now || tenant != claims.tenant || env != claims.env {
+            Known::Live(run) => {
+                if run.expires_at <= now || run.tenant != claims.tenant || run.env != claims.env {
                     return Err(Error::Unauthenticated("the run token has expired".into()));
                 }
                 Ok(RunPrincipal {
@@ -172,50 +158,10 @@ impl Known {
                     env: claims.env,
                     route: claims.route,
                     tools: claims.tools,
-                    on_behalf_of,
+                    on_behalf_of: run.on_behalf_of,
                 })
             }
         }
-    }
-}
-
-impl KnownRuns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Known>> {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn get(&self, run_id: &str) -> Option<Known> {
-        self.lock().get(run_id).cloned()
-    }
-
-    /// A read of a run's row, to admit or confirm it.
-    pub(super) fn count_read(&self) {
-        self.rows_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// What a read of the run found. A run seen ended stays ended here.
-    pub(super) fn learn(&self, run_id: &str, known: Known) {
-        let mut runs = self.lock();
-        if runs.len() >= KNOWN_RUNS_MAX && !runs.contains_key(run_id) {
-            runs.clear();
-        }
-        let entry = runs.entry(run_id.to_owned()).or_insert_with(|| known.clone());
-        if matches!(entry, Known::Live { .. }) {
-            *entry = known;
-        }
-    }
-
-    /// The run has ended (revoked here, or found ended in a transaction).
-    pub(super) fn ended(&self, run_id: &str, why: &str) {
-        let mut runs = self.lock();
-        if runs.len() >= KNOWN_RUNS_MAX && !runs.contains_key(run_id) {
-            runs.clear();
-        }
-        runs.insert(run_id.to_owned(), Known::Ended(why.to_owned()));
-    }
-
-    pub(super) fn rows_read(&self) -> u64 {
-        self.rows_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -644,6 +590,6 @@ impl Core {
     /// How many times this process read a run's row to admit its token;
     /// a run's later proposals are admitted from what it learned then.
     pub fn run_rows_read(&self) -> u64 {
-        self.known_runs.rows_read()
+        self.known_runs.reads()
     }
 }

@@ -138,6 +138,42 @@ pub struct ProposerAuth(pub ProposingRun);
 pub struct ServiceAuth(pub ServicePrincipal);
 pub struct ExecutorAuth(pub ExecutorPrincipal);
 
+impl ExecutorAuth {
+    /// The call's body, or its rejection, answered only after the key is
+    /// confirmed live: a revoked key hears that first, whatever its body.
+    pub async fn body<T>(&self, core: &Core, body: Result<ApiJson<T>, BodyRejection>) -> Result<T, ExecutorError> {
+        match body {
+            Ok(ApiJson(body)) => Ok(body),
+            Err(rejection) => Err(match core.confirm_executor(&self.0).await {
+                Ok(()) => ExecutorError::Body(rejection),
+                Err(e) => ExecutorError::Api(ApiError(e)),
+            }),
+        }
+    }
+}
+
+/// How an executor's call failed: its body did not fit, or the call was
+/// refused (its key first).
+pub enum ExecutorError {
+    Body(BodyRejection),
+    Api(ApiError),
+}
+
+impl From<Error> for ExecutorError {
+    fn from(e: Error) -> Self {
+        ExecutorError::Api(ApiError(e))
+    }
+}
+
+impl IntoResponse for ExecutorError {
+    fn into_response(self) -> Response {
+        match self {
+            ExecutorError::Body(r) => r.into_response(),
+            ExecutorError::Api(e) => e.into_response(),
+        }
+    }
+}
+
 impl FromRequestParts<Arc<Core>> for RunAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Self::Rejection> {
@@ -179,7 +215,9 @@ impl FromRequestParts<Arc<Core>> for ServiceAuth {
 impl FromRequestParts<Arc<Core>> for ExecutorAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Self::Rejection> {
-        match Caller::from_request_parts(parts, core).await?.0 {
+        // An executor key is admitted from what this process knows of it;
+        // its calls check it in their own transactions (`authenticate_executor`).
+        match core.authenticate_executor(bearer(parts)?).await? {
             Credential::Executor(x) => Ok(ExecutorAuth(x)),
             other => Err(wrong_kind(&other, "executor key")),
         }

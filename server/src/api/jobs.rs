@@ -1,7 +1,7 @@
 //! Executors claim approved actions under leases, heartbeat and complete them.
 
-use super::error::{ApiResult, ErrorBody};
-use super::extract::{ApiJson, ExecutorAuth};
+use super::error::ErrorBody;
+use super::extract::{ApiJson, BodyRejection, ExecutorAuth, ExecutorError};
 use super::types::{ClaimBody, ClaimResponse, CompleteBody, CompleteResponse, HeartbeatBody, HeartbeatResponse};
 use axum::extract::{Path, State};
 use axum::Json;
@@ -23,12 +23,13 @@ use std::sync::Arc;
 )]
 pub async fn claim(
     State(core): State<Arc<Core>>,
-    ExecutorAuth(exec): ExecutorAuth,
-    ApiJson(body): ApiJson<ClaimBody>,
-) -> ApiResult<Json<ClaimResponse>> {
+    auth: ExecutorAuth,
+    body: Result<ApiJson<ClaimBody>, BodyRejection>,
+) -> Result<Json<ClaimResponse>, ExecutorError> {
+    let body = auth.body(&core, body).await?;
     let jobs = core
         .claim(
-            &exec,
+            &auth.0,
             ClaimRequest {
                 tools: body.tools,
                 max: body.max,
@@ -59,11 +60,12 @@ pub async fn claim(
 )]
 pub async fn heartbeat(
     State(core): State<Arc<Core>>,
-    ExecutorAuth(exec): ExecutorAuth,
+    auth: ExecutorAuth,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<HeartbeatBody>,
-) -> ApiResult<Json<HeartbeatResponse>> {
-    let hb = core.heartbeat(&exec, &id, &body.lease_id, body.lease_seconds).await?;
+    body: Result<ApiJson<HeartbeatBody>, BodyRejection>,
+) -> Result<Json<HeartbeatResponse>, ExecutorError> {
+    let body = auth.body(&core, body).await?;
+    let hb = core.heartbeat(&auth.0, &id, &body.lease_id, body.lease_seconds).await?;
     Ok(Json(HeartbeatResponse {
         job_id: id,
         lease_id: body.lease_id,
@@ -88,13 +90,14 @@ pub async fn heartbeat(
 )]
 pub async fn complete(
     State(core): State<Arc<Core>>,
-    ExecutorAuth(exec): ExecutorAuth,
+    auth: ExecutorAuth,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<CompleteBody>,
-) -> ApiResult<Json<CompleteResponse>> {
+    body: Result<ApiJson<CompleteBody>, BodyRejection>,
+) -> Result<Json<CompleteResponse>, ExecutorError> {
+    let body = auth.body(&core, body).await?;
     let done = core
         .complete(
-            &exec,
+            &auth.0,
             &id,
             CompleteRequest {
                 lease_id: body.lease_id,

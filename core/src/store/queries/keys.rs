@@ -1,6 +1,8 @@
 use crate::error::Result;
 use crate::store::on;
 use crate::store::Conn;
+use std::collections::HashSet;
+use std::sync::LazyLock;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -49,6 +51,28 @@ pub async fn revoke(conn: &mut Conn<'_>, id: &str, now: i64) -> Result<bool> {
     let n = on!(conn, c => sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(now).bind(id).execute(&mut **c).await?.rows_affected());
     Ok(n == 1)
+}
+
+/// Which of the keys `ids` are live (not revoked), read in the caller's
+/// transaction: a write that acts for an executor checks its key here. On
+/// SQLite by the one-row statement on the writer's thread, on PostgreSQL in
+/// one statement.
+pub async fn live_among(conn: &mut Conn<'_>, ids: &[String]) -> Result<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    const LIVE: &str = "SELECT id FROM api_keys WHERE revoked_at IS NULL AND id";
+    let live: Vec<String> = match conn {
+        Conn::Sqlite(c) => {
+            static ONE: LazyLock<String> = LazyLock::new(|| format!("{LIVE} = $1"));
+            super::on_sqlite_directly(c, |db| super::rows_by_id(db, &ONE, ids, |r| r.get(0))).await?
+        }
+        Conn::Postgres(c) => {
+            static MANY: LazyLock<String> = LazyLock::new(|| format!("{LIVE} = ANY($1)"));
+            sqlx::query_scalar(MANY.as_str()).bind(ids).fetch_all(&mut **c).await?
+        }
+    };
+    Ok(live.into_iter().collect())
 }
 
 /// A run-token signing key; its secret never appears in `Debug` output.
