@@ -128,7 +128,7 @@ impl Core {
     /// An executor key, for the executor's own calls (claim, heartbeat,
     /// complete), admitted from what this process knows of it: read once,
     /// at its first call here. Its revocation is checked by each of those
-    /// calls in the transaction that acts (`Core::executor_live_in`), and an
+    /// calls in the transaction that acts (`executor_live_in`), and an
     /// answer other than that transaction's success is given only after a
     /// read of the key (`Core::confirm_executor`), so a key revoked by any
     /// process is refused at its next call. A key seen revoked is refused
